@@ -15,6 +15,10 @@ Contract, in the spirit of the HEAR 2021 API:
 - `extract(audio, sr)` on mono float32 at `sample_rate` -> `Features`;
 - `weight_files()` / `fetch_weights()` for `--download_only`;
 - `provenance()` -> dict for the metadata.
+
+`weights_path="random"` asks a plugin with a network for architecture-identical
+seeded random weights (benchmarks and shape tests only, never a correctness
+claim); its provenance then says `"weights": "random"`.
 """
 
 from __future__ import annotations
@@ -220,6 +224,10 @@ class Extractor(ABC):
     def weight_files(self) -> list[WeightFile]:
         """Weight files this configuration needs (empty for weight-free plugins)."""
         return []
+
+    @property
+    def random_weights(self) -> bool:
+        return self.weights_path == "random"
 
     def fetch_weights(self) -> None:
         """Make the weights available locally (download into the cache if needed)."""
