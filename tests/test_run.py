@@ -1,0 +1,195 @@
+"""The driver end to end, in subprocesses: outputs, metadata, failures, resume after SIGKILL, config errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, click_track, run_cli, tone, write_wav
+
+
+def make_corpus(folder: Path, n: int = 4, seconds: float = 2.0) -> list[str]:
+    names = []
+    for i in range(n):
+        audio = click_track(100 + 10 * i, seconds, 44100, seed=i) + tone(220 * (i + 1), seconds, 44100, 0.2)
+        name = f"track_{i:02d}.wav"
+        write_wav(folder / name, audio, 44100)
+        names.append(name)
+    return names
+
+
+def all_files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.npy"))}
+
+
+def leftovers(folder: Path) -> list[str]:
+    return [p.name for p in folder.rglob(".*") if p.is_file()]
+
+
+def test_end_to_end_outputs_metadata_and_report(tmp_path):
+    audio = tmp_path / "audio"
+    make_corpus(audio, 2)
+    write_wav(audio / "sub" / "deep.flac", tone(440, 1.0, 48000), 48000)
+    out = tmp_path / "out"
+    res = run_cli("--audio_dir", str(audio), "--output_base", str(out), "--models", "madmom", "melspec",
+                  "--recursive", "--verbose")
+    assert res.returncode == 0, res.stderr + res.stdout
+    act = np.load(out / "madmom" / "track_00.npy")
+    assert act.shape == (200,) and act.dtype == np.float32  # 2 s at 100 fps
+    mel = np.load(out / "melspec" / "sub" / "deep.npy")
+    assert mel.shape == (101, 64)  # 1 s at 16 kHz, hop 160: 1 + 16000 // 160
+    meta = json.loads((out / "melspec" / "features.json").read_text())
+    assert meta["axes"] == ["time", "mel"] and meta["hop_seconds"] == 0.01 and meta["params"]["n_mels"] == 64
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert {(m["model"], m["source"]) for m in manifest} == {
+        (model, src) for model in ("madmom", "melspec") for src in ("track_00.wav", "track_01.wav", "sub/deep.flac")
+    }
+    report = json.loads((out / "run_report.json").read_text())
+    assert report["models"]["madmom"]["ok"] == 3 and report["models"]["madmom"]["audio_seconds"] == pytest.approx(5.0)
+    for key in ("inference_seconds", "write_seconds", "resample_seconds", "realtime_factor", "wall_seconds"):
+        assert key in report["models"]["melspec"]
+    assert "shape (200,)" in res.stdout and "x RT" in res.stdout
+    assert leftovers(out) == []
+
+    # the same command again computes nothing
+    again = run_cli("--audio_dir", str(audio), "--output_base", str(out), "--models", "madmom", "melspec",
+                    "--recursive")
+    assert again.returncode == 0
+    report = json.loads((out / "run_report.json").read_text())
+    assert report["models"]["madmom"]["skipped"] == 3 and report["models"]["madmom"]["ok"] == 0
+
+
+def test_bad_files_are_reported_and_skipped(tmp_path):
+    audio = tmp_path / "audio"
+    make_corpus(audio, 2)
+    (audio / "empty.wav").write_bytes(b"")
+    (audio / "text.wav").write_text("hello, I am not a wave file\n" * 20)
+    (audio / "random.mp3").write_bytes(np.random.default_rng(0).bytes(5000))
+    good = (audio / "track_00.wav").read_bytes()
+    (audio / "truncated.wav").write_bytes(good[:30])
+    write_wav(audio / "header_only.wav", np.zeros(0, np.float32), 44100)
+    nan = tone(440, 0.5, 44100)
+    nan[100] = np.inf
+    write_wav(audio / "inf.wav", nan, 44100, "FLOAT")
+    out = tmp_path / "out"
+    res = run_cli("--audio_dir", str(audio), "--output_base", str(out), "--models", "melspec", "madmom")
+    assert res.returncode == 1, res.stdout + res.stderr
+    failures = json.loads((out / "failures.json").read_text())["failures"]
+    bad = {"empty.wav", "text.wav", "random.mp3", "truncated.wav", "header_only.wav", "inf.wav"}
+    assert {f["file"] for f in failures} == bad
+    assert {(f["file"], f["model"]) for f in failures} == {(b, m) for b in bad for m in ("melspec", "madmom")}
+    assert all(f["cause"] for f in failures)
+    assert {p.name for p in (out / "melspec").glob("*.npy")} == {"track_00.npy", "track_01.npy"}
+    assert "failure" in res.stdout and "inf.wav" in res.stdout
+    assert leftovers(out) == []
+    # failures are retried on the next run (and fail again), done files are skipped
+    res2 = run_cli("--audio_dir", str(audio), "--output_base", str(out), "--models", "melspec")
+    report = json.loads((out / "run_report.json").read_text())
+    assert res2.returncode == 1 and report["models"]["melspec"] == {**report["models"]["melspec"], "ok": 0,
+                                                                     "failed": 6, "skipped": 2}
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_byte_identical(tmp_path):
+    audio = tmp_path / "audio"
+    make_corpus(audio, 10, seconds=3.0)
+    args = ["--audio_dir", str(audio), "--models", "madmom", "melspec"]
+    clean = tmp_path / "clean"
+    assert run_cli(*args, "--output_base", str(clean)).returncode == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_extraction.py"), "--no_progress", *args,
+                             "--output_base", str(killed)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    manifest = killed / "manifest.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if manifest.exists() and len(manifest.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = all_files(killed)
+    assert 0 < len(partial) < 20, "the kill should land mid-run"
+    res = run_cli(*args, "--output_base", str(killed), "--skip_existing")
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads((killed / "run_report.json").read_text())
+    assert sum(m["skipped"] for m in report["models"].values()) >= len(partial)
+    assert all_files(killed) == all_files(clean)
+    assert leftovers(killed) == []
+
+
+def test_sigterm_stops_cleanly_with_report(tmp_path):
+    audio = tmp_path / "audio"
+    make_corpus(audio, 8, seconds=3.0)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_extraction.py"), "--no_progress", "--audio_dir",
+                             str(audio), "--output_base", str(out), "--models", "madmom"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    manifest = out / "manifest.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not manifest.exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    report = json.loads((out / "run_report.json").read_text())
+    assert report["interrupted"] == "SIGTERM" and "rerun" in stdout
+    assert leftovers(out) == []
+    for p in (out / "madmom").glob("*.npy"):
+        assert np.load(p).shape == (300,)
+
+
+@pytest.mark.parametrize("yaml_text, needle", [
+    ("models: [melspec\n", "invalid YAML"),
+    ("audio_dirr: x\n", "unknown key(s) audio_dirr"),
+    ("models: [melspecc]\n", "unknown model 'melspecc'"),
+    ("models:\n  melspec: {n_mel: 3}\n", "models.melspec: melspec: unknown parameter(s) 'n_mel'"),
+    ("models:\n  melspec: {n_mels: many}\n", "'n_mels' = 'many' is invalid"),
+    ("recursive: maybe\n", "recursive must be bool"),
+    ("models:\n  melspec: {batch_size: -1}\n", "batch_size: expected a positive integer"),
+])
+def test_config_errors_stop_before_any_work(tmp_path, yaml_text, needle):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml_text)
+    out = tmp_path / "out"
+    res = run_cli("--config", str(cfg), "--audio_dir", str(ROOT / "examples" / "audio"), "--output_base", str(out))
+    assert res.returncode == 2
+    assert needle in res.stderr
+    assert not out.exists()
+
+
+def test_flags_override_config_and_set_param(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"audio_dir: /nonexistent\noutput_base: {tmp_path / 'wrong'}\nmodels:\n  melspec: {{n_mels: 32}}\n")
+    out = tmp_path / "out"
+    res = run_cli("--config", str(cfg), "--audio_dir", str(ROOT / "examples" / "audio"), "--output_base", str(out),
+                  "--set", "melspec.hop_length=320")
+    assert res.returncode == 0, res.stderr
+    meta = json.loads((out / "melspec" / "features.json").read_text())
+    assert meta["params"]["n_mels"] == 32 and meta["params"]["hop_length"] == 320
+    assert not (tmp_path / "wrong").exists()
+    # a later run with other parameters into the same folder is refused before any work
+    res = run_cli("--config", str(cfg), "--audio_dir", str(ROOT / "examples" / "audio"), "--output_base", str(out))
+    assert res.returncode == 2 and "--overwrite" in res.stderr
+
+
+def test_shards_partition_the_corpus(tmp_path):
+    audio = tmp_path / "audio"
+    for i in range(12):
+        write_wav(audio / f"f{i}.wav", tone(300 + i, 0.2, 16000), 16000)
+    out = tmp_path / "out"
+    for k in range(3):
+        assert run_cli("--audio_dir", str(audio), "--output_base", str(out), "--models", "melspec",
+                       "--shard", f"{k}/3").returncode == 0
+    assert len(list((out / "melspec").glob("*.npy"))) == 12
+    reports = [json.loads((out / f"run_report.shard{k}of3.json").read_text()) for k in range(3)]
+    assert sum(r["models"]["melspec"]["ok"] for r in reports) == 12
+    assert sum(r["files_total"] for r in reports) == 12
+    assert run_cli("--audio_dir", str(audio), "--models", "melspec", "--shard", "3/3").returncode == 2
