@@ -57,10 +57,12 @@ class _Work:
     """One file on its way from the decoder to the models."""
 
     rel: Path
+    rel_out: Path
     jobs: list[ModelJob]
     locks: list[outputs.OutputLock] = field(default_factory=list)
     decoded: audio_io.Decoded | None = None
     error: BaseException | None = None
+    decode_seconds: float = 0.0  # decode + resampling, in the prefetch thread
 
 
 class Interrupted(BaseException):
@@ -201,7 +203,7 @@ class Runner:
             for src, rel_out, jobs in todo:
                 if self._stop.is_set():
                     break
-                work = _Work(src, [])
+                work = _Work(src, rel_out, [])
                 for job in jobs:
                     if job.error:
                         work.jobs.append(job)
@@ -227,7 +229,7 @@ class Runner:
                                 work.decoded.at(job.extractor.sample_rate, job.extractor.resample_method)
                     except Exception as exc:
                         work.error = exc
-                    work.decode_seconds = time.perf_counter() - t0  # type: ignore[attr-defined]
+                    work.decode_seconds = time.perf_counter() - t0
                 while not self._stop.is_set():
                     try:
                         q.put(work, timeout=0.2)
@@ -304,11 +306,10 @@ class Runner:
         rel = work.rel.as_posix()
         if work.decoded is not None or work.error is not None:
             stats.files_decoded += 1 if work.decoded is not None else 0
-            stats.decode_seconds += getattr(work, "decode_seconds", 0.0)
+            stats.decode_seconds += work.decode_seconds - sum(work.decoded.resample_seconds.values() if work.decoded else [])
             if work.decoded is not None:
                 stats.audio_seconds_decoded += work.decoded.duration_seconds
-        names = outputs.output_names([work.rel])
-        rel_out = names[work.rel]
+        rel_out = work.rel_out
         try:
             for job in work.jobs:
                 m = stats.model(job.alias)

@@ -17,6 +17,7 @@ import numpy as np
 from extractors.base import Extractor, Features, OutputSpec, Param
 
 FPS = 100
+HOP_SAMPLES = 441  # 44100 / FPS
 
 
 def import_madmom() -> Any:
@@ -76,8 +77,13 @@ class MadmomBeats(Extractor):
 
     def _extract(self, audio: np.ndarray) -> Features:
         rnn, dbn = self.load()
+        # madmom fails on single-frame signals (<= one 441-sample hop); pad those to
+        # two frames and keep the first, which madmom's framing zero-pads anyway.
+        n_frames = -(-audio.shape[0] // HOP_SAMPLES)
+        if n_frames < 2:
+            audio = np.pad(audio, (0, 2 * HOP_SAMPLES - audio.shape[0]))
         # float32 always: madmom caches its FFT window for the first call's dtype.
-        activation = np.asarray(rnn(np.ascontiguousarray(audio, dtype=np.float32)), dtype=np.float32)
+        activation = np.asarray(rnn(np.ascontiguousarray(audio, dtype=np.float32)), dtype=np.float32)[:n_frames]
         timestamps = np.arange(activation.shape[0]) / FPS
         extras = {}
         if self.config["beats"]:

@@ -54,3 +54,13 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
         [sys.executable, str(ROOT / "run_extraction.py"), "--no_progress", *args],
         cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=full_env,
     )
+
+
+def pytest_addoption(parser):
+    parser.addoption("--stress", action="store_true", default=False,
+                     help="heavier reliability variants: more kill moments, longer corpus, a 2-hour file")
+
+
+@pytest.fixture
+def stress(request) -> bool:
+    return bool(request.config.getoption("--stress"))

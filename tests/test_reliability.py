@@ -1,0 +1,297 @@
+"""Nothing is lost: kills at many moments, concurrent drivers, bad inputs, NaN outputs, failing writes.
+
+Fast variants run in CI; `python -m pytest tests/test_reliability.py --stress` runs the heavy ones
+(30 kill moments over longer files, a 2-hour input with a peak-memory bound).
+"""
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import audio_io
+import outputs
+import pipeline
+from extractors.base import Extractor, Features, OutputSpec
+from tests.conftest import ROOT, click_track, run_cli, tone, write_wav
+
+# Every model that runs here without downloads (the others need weights: see README).
+MODELS = ["madmom", "melspec"]
+
+
+def corpus(folder: Path, n: int, seconds: float) -> None:
+    for i in range(n):
+        audio = click_track(90 + 7 * i, seconds, 44100, seed=i) + tone(110 * (1 + i % 5), seconds, 44100, 0.2)
+        write_wav(folder / f"take {i:02d} ü.wav", audio, 44100)
+
+
+def npy_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.npy"))}
+
+
+def hidden_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob(".*") if p.is_file())
+
+
+def driver(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "run_extraction.py"), "--no_progress", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def manifest_lines(out: Path) -> int:
+    try:
+        return len((out / "manifest.jsonl").read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.mark.slow
+def test_sigkill_at_many_moments_then_resume(tmp_path, stress):
+    n_files, seconds, kills = (30, 4.0, 30) if stress else (20, 1.0, 10)
+    audio = tmp_path / "audio"
+    corpus(audio, n_files, seconds)
+    args = ["--audio_dir", str(audio), "--models", *MODELS]
+    clean = tmp_path / "clean"
+    assert run_cli(*args, "--output_base", str(clean)).returncode == 0
+    total = len(npy_bytes(clean))
+    assert total == n_files * len(MODELS)
+
+    out = tmp_path / "out"
+    rng = random.Random(7)
+    done_before = 0
+    for k in range(kills):
+        proc = driver(*args, "--output_base", str(out))
+        if k % 2 == 0:  # by time: lands anywhere, start-up and model loading included
+            time.sleep(rng.uniform(0.3, 4.0))
+        else:  # by progress: lands between / inside writes
+            target = manifest_lines(out) + rng.randint(1, 3)
+            deadline = time.time() + 60
+            while manifest_lines(out) < target and time.time() < deadline and proc.poll() is None:
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0, 0.05))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for name, data in npy_bytes(out).items():  # whatever exists is complete and correct
+            assert data == npy_bytes(clean)[name], name
+        done_before = len(npy_bytes(out))
+        if done_before == total:
+            break
+    res = run_cli(*args, "--output_base", str(out), "--skip_existing")
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads((out / "run_report.json").read_text())
+    assert sum(m["skipped"] for m in report["models"].values()) == done_before  # nothing done is recomputed
+    assert sum(m["ok"] for m in report["models"].values()) == total - done_before
+    assert npy_bytes(out) == npy_bytes(clean)
+    assert hidden_files(out) == []
+
+
+@pytest.mark.slow
+def test_sigint_abandons_current_file_and_writes_report(tmp_path):
+    audio = tmp_path / "audio"
+    corpus(audio, 8, 3.0)
+    out = tmp_path / "out"
+    proc = driver("--audio_dir", str(audio), "--output_base", str(out), "--models", "madmom")
+    deadline = time.time() + 60
+    while manifest_lines(out) < 1 and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    report = json.loads((out / "run_report.json").read_text())
+    assert report["interrupted"] == "SIGINT" and 1 <= report["models"]["madmom"]["ok"] < 8
+    assert hidden_files(out) == []
+
+
+@pytest.mark.slow
+def test_two_drivers_share_the_work(tmp_path):
+    audio = tmp_path / "audio"
+    corpus(audio, 12, 2.0)
+    out = tmp_path / "out"
+    args = ["--audio_dir", str(audio), "--output_base", str(out), "--models", *MODELS]
+    a, b = driver(*args), driver(*args)
+    assert a.wait(timeout=300) == 0 and b.wait(timeout=300) == 0
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    pairs = [(r["model"], r["source"]) for r in records]
+    assert len(pairs) == len(set(pairs)) == 12 * len(MODELS)  # every output computed exactly once
+    assert len({r["run"] for r in records}) == 2  # and both drivers did some of it
+    clean = tmp_path / "clean"
+    assert run_cli("--audio_dir", str(audio), "--output_base", str(clean), "--models", *MODELS).returncode == 0
+    assert npy_bytes(out) == npy_bytes(clean)
+    assert hidden_files(out) == []
+
+
+def bad_inputs(folder: Path) -> dict[str, str]:
+    """Files that must yield a correct output ('ok') or a recorded failure ('fail')."""
+    folder.mkdir(parents=True)
+    good = tone(440, 2.0, 44100)
+    expect = {}
+
+    def put(name, kind, audio=None, sr=44100, subtype=None, raw=None, fmt=None):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if raw is not None:
+            path.write_bytes(raw)
+        else:
+            sf.write(path, audio, sr, subtype=subtype, format=fmt)
+        expect[name] = kind
+
+    put("zero length.wav", "fail", raw=b"")
+    put("random.wav", "fail", raw=np.random.default_rng(0).bytes(4000))
+    put("random.flac", "fail", raw=np.random.default_rng(1).bytes(4000))
+    put("header only.wav", "fail", np.zeros(0, np.float32))
+    put("text.wav", "fail", raw=b"RIFF? no, just text\n" * 50)
+    wav = folder / "_tmp.wav"
+    sf.write(wav, good, 44100)
+    put("truncated.wav", "ok", raw=wav.read_bytes()[: 44 + 2 * 30000])  # header claims more: decodes what is there
+    sf.write(wav, good, 44100, format="FLAC")
+    put("truncated.flac", "fail", raw=wav.read_bytes()[: len(wav.read_bytes()) // 2])
+    sf.write(wav, good, 44100, format="MP3")
+    put("truncated.mp3", "ok", raw=wav.read_bytes()[: len(wav.read_bytes()) // 2])
+    wav.unlink()
+    nan = good.copy()
+    nan[500] = np.nan
+    put("nan.wav", "fail", nan, subtype="FLOAT")
+    inf = good.copy()
+    inf[-1] = -np.inf
+    put("inf.wav", "fail", inf, subtype="FLOAT")
+    put("silence.wav", "ok", np.zeros(44100, np.float32))
+    put("one sample.wav", "ok", np.array([0.5], np.float32))
+    put("short_10ms.wav", "ok", good[:441])
+    put("rate_8k.wav", "ok", tone(300, 1.0, 8000), 8000)
+    put("rate_96k.wav", "ok", tone(300, 1.0, 96000), 96000)
+    put("six channels.wav", "ok", np.stack([good] * 6, 1))
+    put("pcm24.wav", "ok", good, subtype="PCM_24")
+    put("float32.wav", "ok", good, subtype="FLOAT")
+    put("opus.opus", "ok", tone(300, 1.0, 48000), 48000, subtype="OPUS", fmt="OGG")
+    put("Ünïcödé 名前 (1).wav", "ok", good)
+    put("sub/dir/nested.wav", "ok", good[:22050])
+    os.symlink(folder, folder / "sub" / "loop")
+    return expect
+
+
+def test_bad_inputs_never_break_the_run(tmp_path):
+    audio = tmp_path / "audio"
+    expect = bad_inputs(audio)
+    (audio / "notes.txt").write_text("not audio, ignored")
+    out = tmp_path / "out"
+    res = run_cli("--audio_dir", str(audio), "--output_base", str(out), "--models", *MODELS, "--recursive")
+    assert res.returncode == 1, res.stdout + res.stderr
+    failures = json.loads((out / "failures.json").read_text())["failures"]
+    failed = {f["file"] for f in failures}
+    names = outputs.output_names([Path(n) for n in expect])
+    assert names[Path("truncated.wav")] == Path("truncated.wav.npy")  # stems collide: extension kept
+    for name, kind in expect.items():
+        for model in MODELS:
+            path = out / model / names[Path(name)]
+            if kind == "ok":
+                assert name not in failed, (name, [f for f in failures if f["file"] == name])
+                arr = np.load(path)
+                assert arr.dtype == np.float32 and np.isfinite(arr).all() and arr.shape[0] >= 1
+            else:
+                assert name in failed and not path.exists(), name
+    assert all(f["cause"] and f["exception"] for f in failures)
+    assert "loop" not in (out / "manifest.jsonl").read_text()
+    assert hidden_files(out) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0 and sys.platform != "linux", reason="needs POSIX permissions")
+def test_unreadable_file_is_a_clear_failure(tmp_path):
+    path = write_wav(tmp_path / "locked.wav", tone(440, 0.5, 16000), 16000)
+    path.chmod(0)
+    euid = os.geteuid()
+    try:
+        if euid == 0:  # root reads anything: drop to nobody for the read
+            os.seteuid(65534)
+        with pytest.raises(audio_io.AudioError, match="cannot decode"):
+            audio_io.decode(path)
+    finally:
+        if euid == 0:
+            os.seteuid(0)
+
+
+class _Stub(Extractor):
+    """A model that echoes frame maxima; emits NaN for loud inputs (to test the guard)."""
+
+    name = "stub"
+    sample_rate = 16000
+    params = {}
+
+    def _load(self):
+        return None
+
+    def output_spec(self):
+        return OutputSpec(axes=("time",), hop_seconds=0.01)
+
+    def _extract(self, audio):
+        frames = np.abs(audio[: len(audio) // 160 * 160].reshape(-1, 160)).max(axis=1).astype(np.float32)
+        if audio.max() > 0.9:
+            frames[0] = np.nan
+        return Features(frames, np.arange(len(frames)) * 0.01)
+
+
+def run_stub(audio_dir: Path, out: Path) -> pipeline.Runner:
+    runner = pipeline.Runner([pipeline.ModelJob("stub", _Stub())],
+                             pipeline.RunOptions(audio_dir, out, progress=False), log=lambda m: None)
+    runner.run()
+    return runner
+
+
+def test_nan_output_is_reported_never_written(tmp_path):
+    write_wav(tmp_path / "a" / "quiet.wav", tone(440, 0.5, 16000, 0.5), 16000)
+    write_wav(tmp_path / "a" / "loud.wav", tone(440, 0.5, 16000, 0.95), 16000)
+    runner = run_stub(tmp_path / "a", tmp_path / "out")
+    assert [(f["file"], f["exception"]) for f in runner.stats.failures] == [("loud.wav", "FloatingPointError")]
+    assert "NaN" in runner.stats.failures[0]["cause"]
+    assert (tmp_path / "out" / "stub" / "quiet.npy").exists()
+    assert not (tmp_path / "out" / "stub" / "loud.npy").exists()
+
+
+def test_disk_full_is_a_clear_failure_without_partial_files(tmp_path, monkeypatch):
+    write_wav(tmp_path / "a" / "x.wav", tone(440, 0.5, 16000, 0.5), 16000)
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if ".npy.tmp-" in os.readlink(f"/proc/self/fd/{fd}"):  # array writes only
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    runner = run_stub(tmp_path / "a", tmp_path / "out")
+    assert len(runner.stats.failures) == 1
+    assert runner.stats.failures[0]["stage"] == "write" and "disk full" in runner.stats.failures[0]["cause"]
+    assert sorted(p.name for p in (tmp_path / "out" / "stub").iterdir()) == ["features.json"]
+
+
+@pytest.mark.slow
+def test_long_file_memory_is_bounded(tmp_path, stress):
+    """Peak RSS on a long file stays within a documented bound (2-hour file with --stress)."""
+    minutes = 120 if stress else 10
+    sr = 22050
+    path = tmp_path / "a" / "long.flac"
+    path.parent.mkdir()
+    with sf.SoundFile(path, "w", sr, 2, subtype="PCM_16", format="FLAC") as f:
+        block = np.stack([tone(220, 60.0, sr, 0.3)] * 2, 1)
+        for _ in range(minutes):
+            f.write(block)
+    out = tmp_path / "out"
+    code = (
+        "import resource, sys, run_extraction;"
+        f"rc = run_extraction.main(['--no_progress', '--audio_dir', {str(path.parent)!r}, '--output_base', "
+        f"{str(out)!r}, '--models', 'melspec']);"
+        "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr
+    peak_mb = int(res.stdout.split("PEAK_KB")[1].split()[0]) / 1024
+    audio_mb = minutes * 60 * sr * 4 / 2**20  # the decoded mono float32 signal
+    # decoded signal + its 16 kHz copy + the float32 output and float64 spectrogram work, plus ~700 MB of libraries
+    assert peak_mb < 700 + 8 * audio_mb, f"peak {peak_mb:.0f} MB for {minutes} min"
+    assert np.load(out / "melspec" / "long.npy").shape == (1 + minutes * 60 * 16000 // 160, 64)
