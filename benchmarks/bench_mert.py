@@ -48,8 +48,37 @@ def music_like(seconds: float, seed: int = 0) -> np.ndarray:
         note = sum(0.3 / k * np.sin(2 * np.pi * k * f0 * t) for k in range(1, 5)) * np.exp(-3 * t)
         out[start : start + t.size] = note
     out[:: SR // 4] += 0.5  # clicks
-    out += 0.01 * rng.standard_normal(n).astype(np.float32)
+    for start in range(0, n, 1 << 20):  # noise in chunks: no full-length float64 temporaries
+        block = out[start : start + (1 << 20)]
+        block += 0.01 * rng.standard_normal(block.size).astype(np.float32)
     return out
+
+
+class PeakRss:
+    """Peak resident memory (GiB) of this process while the block runs, sampled every 20 ms."""
+
+    def __enter__(self) -> "PeakRss":
+        import threading
+
+        self.peak = self.start = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**30
 
 
 def tiny_checkpoint_folder() -> str:
@@ -87,7 +116,8 @@ def main() -> int:
         params["window_seconds"] = args.window
     if args.overlap is not None:
         params["overlap_seconds"] = args.overlap
-    ex = registry.create("mert", device=args.device, weights_path=args.weights, batch_size=args.batch_size, **params)
+    ex = registry.create("mert", device=args.device, weights_path=args.weights, batch_size=args.batch_size,
+                         **params)
 
     import torch
 
@@ -98,10 +128,10 @@ def main() -> int:
     ex.extract(audio[: SR * 2], SR)  # warm-up
     best = float("inf")
     for _ in range(args.repeat):
-        t0 = time.perf_counter()
-        feats = ex.extract(audio, SR)
-        best = min(best, time.perf_counter() - t0)
-    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        with PeakRss() as mem:
+            t0 = time.perf_counter()
+            feats = ex.extract(audio, SR)
+            best = min(best, time.perf_counter() - t0)
     print(f"model: {args.model if not args.tiny else 'tiny (2 x 32)'}, weights: {args.weights}, "
           f"{net.num_layers} layers x {net.hidden_size}, device {args.device}, torch threads "
           f"{torch.get_num_threads()}, {platform.processor() or platform.machine()}")
@@ -110,7 +140,8 @@ def main() -> int:
     print(f"load: {load_s:.2f} s; output {feats.data.shape} {feats.data.dtype}")
     print(f"extract {args.seconds:g} s of audio: {best:.2f} s (best of {args.repeat}) = "
           f"{best / args.seconds:.4f} s per audio second ({args.seconds / best:.1f}x real time)")
-    print(f"peak RSS of this process: {rss_gb:.2f} GiB")
+    print(f"resident memory during extract: {mem.start:.2f} GiB before (model + "
+          f"{audio.nbytes / 2**30:.2f} GiB input), peak {mem.peak:.2f} GiB (+{mem.peak - mem.start:.2f} GiB)")
 
     if args.deviation:
         whole_ex = registry.create("mert", device=args.device, weights_path=args.weights,
@@ -130,7 +161,8 @@ def main() -> int:
               f"max |whole| {np.abs(b).max():.4g}, relative L2 {rel:.4g}")
         if a.ndim >= 2 and args.pooling == "none":
             last_a, last_b = (a[-1], b[-1]) if a.ndim == 3 else (a, b)
-            cos = np.sum(last_a * last_b, 1) / (np.linalg.norm(last_a, axis=1) * np.linalg.norm(last_b, axis=1))
+            norms = np.linalg.norm(last_a, axis=1) * np.linalg.norm(last_b, axis=1)
+            cos = np.sum(last_a * last_b, 1) / norms
             print(f"per-frame cosine similarity (last selected layer): min {cos.min():.5f}, "
                   f"mean {cos.mean():.5f}, frames below 0.99: {(cos < 0.99).mean():.1%}")
     return 0

@@ -167,9 +167,10 @@ def hubert_config(mert_config: dict[str, Any], where: str = "config.json") -> An
     if cfg.get("deepnorm", False):
         problems.append("deepnorm: true (DeepNet-scaled residual connections)")
     if cfg.get("feat_extract_norm", "group") not in ("group", "layer"):
-        problems.append(f"feat_extract_norm {cfg.get('feat_extract_norm')!r} (HubertModel knows 'group', 'layer')")
+        norm = cfg.get("feat_extract_norm")
+        problems.append(f"feat_extract_norm {norm!r} (HubertModel knows 'group', 'layer')")
     if cfg.get("sample_rate", SAMPLE_RATE) != SAMPLE_RATE:
-        problems.append(f"sample_rate {cfg.get('sample_rate')} (this plugin runs MERT-v1 at {SAMPLE_RATE} Hz)")
+        problems.append(f"sample_rate {cfg.get('sample_rate')} (MERT-v1 runs at {SAMPLE_RATE} Hz)")
     kernels = list(cfg.get("conv_kernel", KNOWN_CONFIGS[DEFAULT_MODEL]["conv_kernel"]))
     strides = list(cfg.get("conv_stride", KNOWN_CONFIGS[DEFAULT_MODEL]["conv_stride"]))
     hop, field_ = conv_geometry(kernels, strides)
@@ -212,14 +213,19 @@ def conv_geometry(kernels: list[int], strides: list[int]) -> tuple[int, int]:
     return hop, field_
 
 
-def read_preprocessor(path: Path | None) -> bool:
-    """`do_normalize` from preprocessor_config.json, after checking rate and channel count."""
-    if path is None:
-        return True  # random weights: MERT-v1's own preprocessor normalizes
+def read_json(path: Path) -> dict[str, Any]:
     try:
-        pre = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise WeightsError(f"mert: cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise WeightsError(f"mert: {path} is not a JSON object")
+    return data
+
+
+def read_preprocessor(path: Path) -> bool:
+    """`do_normalize` from preprocessor_config.json, after checking rate and channel count."""
+    pre = read_json(path)
     rate = pre.get("sampling_rate", SAMPLE_RATE)
     if rate != SAMPLE_RATE or pre.get("feature_size", 1) != 1:
         raise ConfigError(
@@ -279,7 +285,8 @@ def local_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"mert: checkpoint folder {folder} lacks {', '.join(missing)}. Copy them from the hub repo "
             f"(e.g. {DEFAULT_MODEL}); preprocessor_config.json says whether the input is normalized."
         )
-    return Checkpoint(folder / CONFIG_FILE, folder / PREPROCESSOR_FILE, weights, {"source": "local", "folder": str(folder)})
+    source = {"source": "local", "folder": str(folder)}
+    return Checkpoint(folder / CONFIG_FILE, folder / PREPROCESSOR_FILE, weights, source)
 
 
 def hub_cache_dir() -> Path:
@@ -309,15 +316,19 @@ def hub_checkpoint(repo_id: str, revision: str | None = None) -> Checkpoint:
     kw = dict(revision=revision, cache_dir=str(cache), local_files_only=is_offline)
     try:
         # Prefer safetensors; fetch the pickle only when the repo has no safetensors file.
-        folder = Path(snapshot_download(repo_id, allow_patterns=[CONFIG_FILE, PREPROCESSOR_FILE, WEIGHT_FILES[0]], **kw))
+        first = [CONFIG_FILE, PREPROCESSOR_FILE, WEIGHT_FILES[0]]
+        folder = Path(snapshot_download(repo_id, allow_patterns=first, **kw))
         if _weight_file(folder) is None and not is_offline:
             folder = Path(snapshot_download(repo_id, allow_patterns=[WEIGHT_FILES[1]], **kw))
     except Exception as exc:
-        reason = "offline mode (HF_HUB_OFFLINE / EMBEDKIT_OFFLINE), cache only" if is_offline else "hub download failed"
-        msg = str(exc).strip().splitlines()
+        if is_offline:
+            reason = "offline mode (HF_HUB_OFFLINE or EMBEDKIT_OFFLINE): only the cache was read"
+        else:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            reason = f"not in the cache and the hub download failed: {type(exc).__name__}: {first}"
         raise WeightsError(
             f"mert: {repo_id} (revision {rev}) not found. Looked in the Hugging Face cache {where} "
-            f"({reason}: {type(exc).__name__}: {msg[0] if msg else ''}). To supply it: {_how_to_supply(repo_id)}."
+            f"({reason}). To supply it: {_how_to_supply(repo_id)}."
         ) from None
     weights = _weight_file(folder)
     missing = [n for n in (CONFIG_FILE, PREPROCESSOR_FILE) if not (folder / n).is_file()]
@@ -330,7 +341,8 @@ def hub_checkpoint(repo_id: str, revision: str | None = None) -> Checkpoint:
             + f". To supply it: {_how_to_supply(repo_id)}."
         )
     commit = folder.name if folder.parent.name == "snapshots" else None
-    source = {"source": "huggingface_hub", "repo_id": repo_id, "revision": rev, "commit": commit, "folder": str(folder)}
+    source = {"source": "huggingface_hub", "repo_id": repo_id, "revision": rev, "commit": commit,
+              "folder": str(folder)}
     return Checkpoint(folder / CONFIG_FILE, folder / PREPROCESSOR_FILE, weights, source)
 
 
@@ -349,7 +361,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def map_state_dict(sd: dict[str, torch.Tensor], target_keys: set[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
+def map_state_dict(
+    sd: dict[str, torch.Tensor], target_keys: set[str]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """MERT parameter names -> HubertModel's; returns (mapped, names that match nothing).
 
     The names are the same modulo an optional "mert_model."/"hubert." prefix and
@@ -378,6 +392,10 @@ def _weight_norm_alias(key: str, target_keys: set[str]) -> str | None:
     return None
 
 
+def _some(names: list[str], k: int = 4) -> str:
+    return ", ".join(names[:k]) + (", ..." if len(names) > k else "")
+
+
 def build_model(hcfg: Any, state_dict: dict[str, torch.Tensor] | None, where: str = "") -> Any:
     """HubertModel in eval mode with `state_dict` loaded, or seeded random weights when None."""
     from transformers import HubertModel
@@ -394,8 +412,8 @@ def build_model(hcfg: Any, state_dict: dict[str, torch.Tensor] | None, where: st
         if unexpected or missing:
             raise WeightsError(
                 f"mert: {where} does not match the architecture in its config.json: "
-                f"{len(missing)} missing ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}), "
-                f"{len(unexpected)} unexpected ({', '.join(unexpected[:4])}{', ...' if len(unexpected) > 4 else ''}). "
+                f"{len(missing)} missing ({_some(missing)}), "
+                f"{len(unexpected)} unexpected ({_some(unexpected)}). "
                 "Use the config.json that came with these weights."
             )
         try:
@@ -420,7 +438,9 @@ def frame_times(n_frames: int) -> np.ndarray:
     return FIRST_FRAME_SECONDS + np.arange(n_frames, dtype=np.float64) * (HOP_SAMPLES / SAMPLE_RATE)
 
 
-def normalization(audio: np.ndarray, do_normalize: bool, chunk: int = 1 << 20) -> tuple[np.float32, np.float32]:
+def normalization(
+    audio: np.ndarray, do_normalize: bool, chunk: int = 1 << 20
+) -> tuple[np.float32, np.float32]:
     """(mean, scale) so that (audio - mean) / scale is what Wav2Vec2FeatureExtractor gives.
 
     Statistics in float64 over the whole signal, in chunks (no full-size copy).
@@ -526,7 +546,9 @@ class Mert(Extractor):
             check=_valid_layers,
             allowed="'last', 'all', a layer index, or a non-empty list of distinct layer indices",
         ),
-        "pooling": Param("none", str, "'none': per frame; 'mean': average over time", choices=("none", "mean")),
+        "pooling": Param(
+            "none", str, "'none': per frame; 'mean': average over time", choices=("none", "mean")
+        ),
         "window_seconds": Param(
             5.0,
             float,
@@ -535,7 +557,7 @@ class Mert(Extractor):
             allowed="a number of seconds from 0.5 to 600",
         ),
         "overlap_seconds": Param(
-            2.0,
+            1.0,
             float,
             "overlap of consecutive windows; each frame is taken from the window where it is most central",
             check=lambda v: v >= 0.0,
@@ -560,7 +582,8 @@ class Mert(Extractor):
     # -- model ----------------------------------------------------------------
     def model_key(self) -> tuple:
         # layers/pooling/windows do not change the network: share it.
-        return (self.name, torch_device(self.device), self.weights_path, self.config["model"], self.config["revision"])
+        cfg = self.config
+        return (self.name, torch_device(self.device), self.weights_path, cfg["model"], cfg["revision"])
 
     def _checkpoint(self) -> Checkpoint:
         """Where the weights are: `weights:` path, a local `model:` folder, or the hub cache."""
@@ -580,7 +603,7 @@ class Mert(Extractor):
     def _random_config(self) -> dict[str, Any]:
         model = self.config["model"]
         if Path(model).expanduser().is_dir():
-            return json.loads((Path(model).expanduser() / CONFIG_FILE).read_text(encoding="utf-8"))
+            return read_json(Path(model).expanduser() / CONFIG_FILE)
         if model in KNOWN_CONFIGS:
             return dict(KNOWN_CONFIGS[model])
         raise ConfigError(
@@ -604,22 +627,27 @@ class Mert(Extractor):
         dtype = torch.bfloat16 if precision == "bfloat16" else torch.float16
         return torch.autocast(device_type="cuda", dtype=dtype)
 
+    def load(self) -> LoadedMert:
+        """The cached network, after checking what depends on it (layer numbers, precision)."""
+        self._autocast()  # precision/device mistakes surface before the first file
+        net = super().load()
+        self.layer_indices(net.num_layers)
+        return net
+
     def _load(self) -> LoadedMert:
         from weights import sha256sum
 
-        self._autocast()  # precision/device mistakes surface before any file
         if self.random_weights:
             mcfg = self._random_config()
             hcfg = hubert_config(mcfg, f"built-in config for {self.config['model']}")
             model = build_model(hcfg, None)
             do_normalize = True
-            info: dict[str, Any] = {"weights": "random", "seed": RANDOM_SEED, "architecture_of": self.config["model"]}
+            info: dict[str, Any] = {
+                "weights": "random", "seed": RANDOM_SEED, "architecture_of": self.config["model"]
+            }
         else:
             ckpt = self._checkpoint()
-            try:
-                mcfg = json.loads(ckpt.config.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise WeightsError(f"mert: cannot read {ckpt.config}: {exc}") from None
+            mcfg = read_json(ckpt.config)
             hcfg = hubert_config(mcfg, str(ckpt.config))
             do_normalize = read_preprocessor(ckpt.preprocessor)
             model = build_model(hcfg, read_state_dict(ckpt.weights), str(ckpt.weights))
@@ -641,7 +669,7 @@ class Mert(Extractor):
             "attention": "sdpa",
             "attention_relax": relax
             if relax is None or relax <= 0
-            else f"{relax}: ignored (MERT's code uses it only with deepnorm; softmax is shift-invariant anyway)",
+            else f"{relax}: ignored (MERT's code uses it only with deepnorm; softmax is shift-invariant)",
         }
         info["do_normalize"] = do_normalize
         model.to(torch_device(self.device))
@@ -659,7 +687,7 @@ class Mert(Extractor):
         if self.random_weights:
             return
         ckpt = self._checkpoint()
-        hubert_config(json.loads(ckpt.config.read_text(encoding="utf-8")), str(ckpt.config))
+        hubert_config(read_json(ckpt.config), str(ckpt.config))
         read_preprocessor(ckpt.preprocessor)
 
     def weight_files(self) -> list[WeightFile]:
@@ -775,11 +803,10 @@ class Mert(Extractor):
         out = super().provenance()
         net = self.load()
         out.update(net.info)
+        window = round(self.config["window_seconds"] * SAMPLE_RATE)
         out["windows"] = {
-            "window_samples": round(self.config["window_seconds"] * SAMPLE_RATE),
-            "hop_samples": window_hop(
-                round(self.config["window_seconds"] * SAMPLE_RATE), round(self.config["overlap_seconds"] * SAMPLE_RATE)
-            ),
+            "window_samples": window,
+            "hop_samples": window_hop(window, round(self.config["overlap_seconds"] * SAMPLE_RATE)),
             "normalization": "whole-file mean/variance" if net.do_normalize else "none (do_normalize: false)",
         }
         out["resampler_note"] = "soxr HQ; MERT's model card resamples with torchaudio.transforms.Resample"
