@@ -180,17 +180,37 @@ def tf_hann_window(n: int) -> np.ndarray:
     return (np.float32(0.5) - np.float32(0.5) * np.cos(arg)).astype(np.float32)
 
 
-_MEL_CACHE: dict[int, np.ndarray] = {}
+_MEL_CACHE: dict[int, tuple[np.ndarray, Any]] = {}
 
 
 def mel_filterbank(n_mels: int) -> np.ndarray:
     """kapre's mel filterbank: librosa's Slaney mel (float32), (1025, n_mels)."""
+    return _mel(n_mels)[0]
+
+
+def _mel(n_mels: int) -> tuple[np.ndarray, Any]:
+    """(dense (1025, n_mels), sparse CSR (n_mels, 1025)) filterbank, built once."""
     if n_mels not in _MEL_CACHE:
         import librosa
+        import scipy.sparse
 
         fb = librosa.filters.mel(sr=TARGET_SR, n_fft=2048, n_mels=n_mels, fmin=0.0, fmax=None, htk=False, norm="slaney")
-        _MEL_CACHE[n_mels] = np.ascontiguousarray(fb.astype(np.float32).T)
+        fb = fb.astype(np.float32)
+        _MEL_CACHE[n_mels] = (np.ascontiguousarray(fb.T), scipy.sparse.csr_matrix(fb))
     return _MEL_CACHE[n_mels]
+
+
+def apply_mel(mag: np.ndarray, n_mels: int) -> np.ndarray:
+    """Mel bands of magnitudes (..., 1025) -> (..., n_mels), float32.
+
+    The filterbank is ~99 % zeros, so it is applied as a sparse matrix: each
+    band sums only its own bins (adding the zeros would not change a sum), in
+    a fixed order whatever the batch.
+    """
+    sparse = _mel(n_mels)[1]
+    flat = mag.reshape(-1, mag.shape[-1])
+    out = np.asarray(sparse @ flat.T, dtype=np.float32).T
+    return out.reshape(mag.shape[:-1] + (n_mels,))
 
 
 def kapre_db(mag: np.ndarray) -> np.ndarray:
@@ -235,7 +255,9 @@ def kapre_spectrogram(signal: np.ndarray, starts: np.ndarray, input_repr: str) -
     # Frames inside the windows: each distinct position once.
     pos = (starts[:, None] + rel[None, :n_in]).ravel()
     uniq, inverse = np.unique(pos, return_inverse=True)
-    mag_u = _rfft_magnitude(signal[uniq[:, None] + idx] * window)
+    frames = np.lib.stride_tricks.sliding_window_view(signal, n_fft)[uniq]  # (U, n_fft) copy
+    frames *= window
+    mag_u = _rfft_magnitude(frames)
     mag = np.empty((starts.shape[0], n_frames, n_fft // 2 + 1), dtype=np.float32)
     mag[:, :n_in] = mag_u[inverse].reshape(starts.shape[0], n_in, -1)
 
@@ -248,8 +270,7 @@ def kapre_spectrogram(signal: np.ndarray, starts: np.ndarray, input_repr: str) -
         mag[:, n_in:] = _rfft_magnitude(tail * window)
 
     if input_repr != "linear":
-        fb = mel_filterbank(int(input_repr[3:]))
-        mag = np.stack([m @ fb for m in mag])  # per window: same numbers whatever the batch
+        mag = apply_mel(mag, int(input_repr[3:]))
     return np.ascontiguousarray(kapre_db(mag).transpose(0, 2, 1))
 
 
