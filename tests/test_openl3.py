@@ -396,6 +396,29 @@ def test_weight_lookup_order_and_errors(tmp_path, monkeypatch):
         ol3.find_weights("linear", "env", tmp_path / "hub")
 
 
+def test_official_download_is_gunzipped_into_the_cache(tmp_path, monkeypatch):
+    """The official files are .h5.gz; served here from a file:// URL in the official layout."""
+    import gzip
+
+    st = _seeded_state()
+    src = tmp_path / "served"
+    src.mkdir()
+    _write_keras_h5(src / "plain.h5", st)
+    with open(src / "plain.h5", "rb") as f, gzip.open(src / "openl3_audio_mel128_env-v0_4_0.h5.gz", "wb") as g:
+        g.write(f.read())
+    monkeypatch.setattr(ol3, "OFFICIAL_URL", "file://" + str(src / "openl3_audio_{repr}_{content}-v0_4_0.h5.gz"))
+    monkeypatch.setenv("EMBEDKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("EMBEDKIT_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(ol3, "_openl3_package_dirs", lambda: [])
+    monkeypatch.setattr(ol3, "_torch_hub_dir", lambda: tmp_path / "hub")
+    got = ol3.find_weights("mel128", "env")
+    assert got == tmp_path / "cache" / "openl3" / "openl3_audio_mel128_env.h5"
+    assert got.read_bytes() == (src / "plain.h5").read_bytes()
+    assert sorted(p.name for p in got.parent.iterdir()) == [got.name]  # no .gz or partial file left
+    assert ol3.read_weights(got)["conv2"][0].shape == (128, 64, 3, 3)
+
+
 def test_plugin_load_error_and_provenance(tmp_path, monkeypatch):
     monkeypatch.setenv("EMBEDKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("EMBEDKIT_OFFLINE", "1")
