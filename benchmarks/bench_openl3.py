@@ -62,7 +62,8 @@ def main() -> None:
         f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{os.cpu_count()} cores, load average {load:.2f} at start, weights {args.weights}"
     )
-    print(f"{'input_repr':<10} {'windows':>7} {'s/audio s':>10} {'front-end':>10} {'network':>9} {'GFLOP/s':>8}")
+    head = ("input_repr", "windows", "s/audio s", "front-end", "network", "GFLOP/s")
+    print(f"{head[0]:<10} {head[1]:>7} {head[2]:>10} {head[3]:>10} {head[4]:>9} {head[5]:>8}")
     for r in args.reprs:
         ex = registry.create(
             "openl3", device=args.device, weights_path=args.weights, batch_size=args.batch_size,

@@ -194,7 +194,9 @@ def _mel(n_mels: int) -> tuple[np.ndarray, Any]:
         import librosa
         import scipy.sparse
 
-        fb = librosa.filters.mel(sr=TARGET_SR, n_fft=2048, n_mels=n_mels, fmin=0.0, fmax=None, htk=False, norm="slaney")
+        fb = librosa.filters.mel(
+            sr=TARGET_SR, n_fft=2048, n_mels=n_mels, fmin=0.0, fmax=None, htk=False, norm="slaney"
+        )
         fb = fb.astype(np.float32)
         _MEL_CACHE[n_mels] = (np.ascontiguousarray(fb.T), scipy.sparse.csr_matrix(fb))
     return _MEL_CACHE[n_mels]
@@ -397,13 +399,17 @@ def read_torchopenl3(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, ...
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsError(f"{path}: cannot read as a PyTorch state dict ({type(exc).__name__}: {exc})") from None
+        raise WeightsError(
+            f"{path}: cannot read as a PyTorch state dict ({type(exc).__name__}: {exc})"
+        ) from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
 
     def get(key: str) -> np.ndarray:
         if key not in sd:
-            raise WeightsError(f"{path}: torchopenl3 state dict lacks {key!r}; is it a torchopenl3 audio model?")
+            raise WeightsError(
+                f"{path}: torchopenl3 state dict lacks {key!r}; is it a torchopenl3 audio model?"
+            )
         return sd[key].detach().cpu().numpy().astype(np.float32)
 
     def bn(name: str) -> tuple[np.ndarray, ...]:
@@ -454,7 +460,9 @@ def random_state(seed: int = 0) -> dict[str, tuple[np.ndarray, ...]]:
     return state
 
 
-def fold_batchnorm(kernel: np.ndarray, bias: np.ndarray, bn: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+def fold_batchnorm(
+    kernel: np.ndarray, bias: np.ndarray, bn: tuple[np.ndarray, ...]
+) -> tuple[np.ndarray, np.ndarray]:
     """Conv followed by inference BatchNorm as one conv (computed in float64, stored float32).
 
     BN(z) = gamma * (z - mean) / sqrt(var + eps) + beta with z = conv(x) + bias.
@@ -537,7 +545,10 @@ def _check_name(path: Path, input_repr: str, content_type: str) -> None:
 
 
 def find_weights(
-    input_repr: str, content_type: str, local_path: str | os.PathLike | None = None, allow_download: bool = True
+    input_repr: str,
+    content_type: str,
+    local_path: str | os.PathLike | None = None,
+    allow_download: bool = True,
 ) -> Path:
     """Path of the weights for (input_repr, content_type), found or downloaded.
 
@@ -587,7 +598,8 @@ def find_weights(
         f"openl3: weight file {h5!r} not found. Looked in: {'; '.join(looked)}. To supply it: "
         f"download {url} and gunzip it to {cache / h5} (or set ${weights.CACHE_ENV}); or copy "
         f"{h5} from an installed openl3 package (pip install openl3 puts it in site-packages/openl3/); "
-        f"or use torchopenl3's {names[1]} (from {TORCHOPENL3_URL.format(repr=input_repr, content=content_type, size=6144)}); "
+        f"or use torchopenl3's {names[1]} (from "
+        f"{TORCHOPENL3_URL.format(repr=input_repr, content=content_type, size=6144)}); "
         "or set `weights: /path/to/file-or-folder` for openl3 in your config."
     )
 
@@ -743,10 +755,12 @@ class OpenL3(Extractor):
 
     def model_key(self) -> tuple:
         # The same weights serve every embedding size, front-end, hop and centring.
-        return (self.name, self.device, self.weights_path, self.config["input_repr"], self.config["content_type"])
+        c = self.config
+        return (self.name, self.device, self.weights_path, c["input_repr"], c["content_type"])
 
     def _load(self) -> LoadedModel:
-        return load_network(self.config["input_repr"], self.config["content_type"], self.device, self.weights_path)
+        c = self.config
+        return load_network(c["input_repr"], c["content_type"], self.device, self.weights_path)
 
     def weight_files(self) -> list[WeightFile]:
         c = self.config
@@ -754,7 +768,8 @@ class OpenL3(Extractor):
             WeightFile(
                 official_filename(c["input_repr"], c["content_type"]),
                 url=OFFICIAL_URL.format(repr=c["input_repr"], content=c["content_type"]),
-                how_to_get="gunzip the downloaded .h5.gz (done automatically), or copy it from an installed openl3",
+                how_to_get="the URL serves it gzipped (unpacked automatically); "
+                "or copy it from an installed openl3 package",
             )
         ]
 
@@ -839,7 +854,9 @@ class AudioEmbeddingModel:
         return np.concatenate(out) if out else np.zeros((0, self.embedding_size), np.float32)
 
 
-def _check_api_args(frontend: str, input_repr: str | None, model: AudioEmbeddingModel | None) -> tuple[str, str]:
+def _check_api_args(
+    frontend: str, input_repr: str | None, model: AudioEmbeddingModel | None
+) -> tuple[str, str]:
     if frontend not in FRONTENDS:
         raise OpenL3Error(f'Invalid frontend "{frontend}". Must be one of {FRONTENDS}')
     if model is not None:
@@ -977,7 +994,8 @@ def get_audio_embedding(
         raise OpenL3Error(f"sr must be type list[numbers.Real] or numbers.Real. Got {type(sr)}")
     if len(audio_list) != len(sr_list):
         raise OpenL3Error(
-            f"Mismatch between number of audio inputs ({len(audio_list)}) and number of sample rates ({len(sr_list)})"
+            f"Mismatch between number of audio inputs ({len(audio_list)}) and number of "
+            f"sample rates ({len(sr_list)})"
         )
     if model is None:
         model = load_audio_embedding_model(
@@ -1020,7 +1038,10 @@ def get_audio_embedding(
 
 
 def get_output_path(filepath: str, suffix: str, output_dir: str | None = None) -> str:
-    """openl3.get_output_path: <output_dir or the file's folder>/<stem>_<suffix> (or <stem><suffix> for '.x')."""
+    """openl3.get_output_path: <output_dir or the file's folder>/<stem>_<suffix>.
+
+    A suffix starting with '.' is appended without the underscore.
+    """
     base = os.path.splitext(os.path.basename(filepath))[0]
     if not output_dir:
         output_dir = os.path.dirname(filepath)

@@ -63,7 +63,9 @@ _MODELS: dict = {}
 def ref_model(repr_: str, frontend: str = "kapre", size: int = 6144) -> ol3.AudioEmbeddingModel:
     key = (repr_, frontend, size)
     if key not in _MODELS:
-        _MODELS[key] = ol3.load_audio_embedding_model(repr_, "music", size, frontend, weights_path=str(ref_weights(repr_)))
+        _MODELS[key] = ol3.load_audio_embedding_model(
+            repr_, "music", size, frontend, weights_path=str(ref_weights(repr_))
+        )
     return _MODELS[key]
 
 
@@ -223,7 +225,11 @@ def test_regression_with_real_weights(frontend, tmp_path):
     wav = str(AUDIO / "chirp_44k.wav")
     # What openl3's CLI ran for these files: defaults, then linear/env/512/no centring/hop 0.5.
     runs = [
-        (f"chirp_44k_{frontend}.npz", None, dict(input_repr="mel256", content_type="music", embedding_size=6144)),
+        (
+            f"chirp_44k_{frontend}.npz",
+            None,
+            dict(input_repr="mel256", content_type="music", embedding_size=6144),
+        ),
         (
             f"chirp_44k_{frontend}_linear.npz",
             "linear",
@@ -404,9 +410,10 @@ def test_official_download_is_gunzipped_into_the_cache(tmp_path, monkeypatch):
     src = tmp_path / "served"
     src.mkdir()
     _write_keras_h5(src / "plain.h5", st)
-    with open(src / "plain.h5", "rb") as f, gzip.open(src / "openl3_audio_mel128_env-v0_4_0.h5.gz", "wb") as g:
-        g.write(f.read())
-    monkeypatch.setattr(ol3, "OFFICIAL_URL", "file://" + str(src / "openl3_audio_{repr}_{content}-v0_4_0.h5.gz"))
+    with gzip.open(src / "openl3_audio_mel128_env-v0_4_0.h5.gz", "wb") as g:
+        g.write((src / "plain.h5").read_bytes())
+    template = "file://" + str(src / "openl3_audio_{repr}_{content}-v0_4_0.h5.gz")
+    monkeypatch.setattr(ol3, "OFFICIAL_URL", template)
     monkeypatch.setenv("EMBEDKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("EMBEDKIT_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -512,7 +519,9 @@ def test_results_do_not_depend_on_batch_size():
     assert ol3.hop_samples(hop) % 242 == 0
     outs = []
     for bs in (1, 4):
-        ex = registry.create("openl3", weights_path="random", input_repr="mel128", hop_size=hop, batch_size=bs)
+        ex = registry.create(
+            "openl3", weights_path="random", input_repr="mel128", hop_size=hop, batch_size=bs
+        )
         with pytest.warns(ol3.OpenL3Warning):  # 0.8 s: shorter than a window
             outs.append(ex.extract(audio, 48000))
     assert np.array_equal(outs[0].data, outs[1].data)
@@ -620,7 +629,9 @@ def test_process_audio_file_outputs_suffix_and_overwrite(tmp_path, capsys):
     out.mkdir()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ol3.OpenL3Warning)
-        ol3.process_audio_file(paths, output_dir=str(out), suffix="x", model=model, hop_size=0.5, batch_size=8, verbose=False)
+        ol3.process_audio_file(
+            paths, output_dir=str(out), suffix="x", model=model, hop_size=0.5, batch_size=8, verbose=False
+        )
         got = np.load(out / "one_x.npz")
         assert sorted(got.files) == ["embedding", "timestamps"]
         audio, sr = sf.read(paths[0])
