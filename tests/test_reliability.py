@@ -270,28 +270,34 @@ def test_disk_full_is_a_clear_failure_without_partial_files(tmp_path, monkeypatc
     assert sorted(p.name for p in (tmp_path / "out" / "stub").iterdir()) == ["features.json"]
 
 
-@pytest.mark.slow
-def test_long_file_memory_is_bounded(tmp_path, stress):
-    """Peak RSS on a long file stays within a documented bound (2-hour file with --stress)."""
-    minutes = 120 if stress else 10
-    sr = 22050
-    path = tmp_path / "a" / "long.flac"
-    path.parent.mkdir()
-    with sf.SoundFile(path, "w", sr, 2, subtype="PCM_16", format="FLAC") as f:
-        block = np.stack([tone(220, 60.0, sr, 0.3)] * 2, 1)
-        for _ in range(minutes):
-            f.write(block)
-    out = tmp_path / "out"
+def _peak_rss_mb(audio_dir: Path, out: Path) -> float:
     code = (
         "import resource, sys, run_extraction;"
-        f"rc = run_extraction.main(['--no_progress', '--audio_dir', {str(path.parent)!r}, '--output_base', "
+        f"rc = run_extraction.main(['--no_progress', '--audio_dir', {str(audio_dir)!r}, '--output_base', "
         f"{str(out)!r}, '--models', 'melspec']);"
         "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
     )
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr
-    peak_mb = int(res.stdout.split("PEAK_KB")[1].split()[0]) / 1024
+    return int(res.stdout.split("PEAK_KB")[1].split()[0]) / 1024
+
+
+@pytest.mark.slow
+def test_long_file_memory_is_bounded(tmp_path, stress):
+    """Peak RSS grows with a long file by a bounded multiple of its decoded size (2-hour file with --stress)."""
+    minutes = 120 if stress else 10
+    sr = 22050
+    long_dir, short_dir = tmp_path / "long", tmp_path / "short"
+    write_wav(short_dir / "short.flac", np.stack([tone(220, 10.0, sr, 0.3)] * 2, 1), sr)
+    long_dir.mkdir()
+    with sf.SoundFile(long_dir / "long.flac", "w", sr, 2, subtype="PCM_16", format="FLAC") as f:
+        block = np.stack([tone(220, 60.0, sr, 0.3)] * 2, 1)
+        for _ in range(minutes):
+            f.write(block)
+    baseline = _peak_rss_mb(short_dir, tmp_path / "out_short")  # libraries and models
+    peak = _peak_rss_mb(long_dir, tmp_path / "out_long")
     audio_mb = minutes * 60 * sr * 4 / 2**20  # the decoded mono float32 signal
-    # decoded signal + its 16 kHz copy + the float32 output and float64 spectrogram work, plus ~700 MB of libraries
-    assert peak_mb < 700 + 8 * audio_mb, f"peak {peak_mb:.0f} MB for {minutes} min"
-    assert np.load(out / "melspec" / "long.npy").shape == (1 + minutes * 60 * 16000 // 160, 64)
+    # Documented bound (README): decoded signal, its 16 kHz copy, the float64 spectrogram
+    # work and the output stay under 8x the decoded signal; stereo is never held whole.
+    assert peak - baseline < 8 * audio_mb, f"+{peak - baseline:.0f} MB for {minutes} min ({audio_mb:.0f} MB decoded)"
+    assert np.load(tmp_path / "out_long" / "melspec" / "long.npy").shape == (1 + minutes * 60 * 16000 // 160, 64)
