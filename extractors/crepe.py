@@ -47,7 +47,7 @@ _BASE_FILTERS = (32, 4, 4, 4, 8, 16)
 _WIDTHS = (512, 64, 64, 64, 64, 64)
 _STRIDES = (4, 1, 1, 1, 1, 1)
 # Frames per network call (fixed, see Crepe._activation_batches).
-_CPU_BLOCK = 16
+_CPU_BLOCK = 32
 _CUDA_BLOCK = 256
 # Keras BatchNormalization's default epsilon, as the float32 the model used.
 BN_EPS = float(np.float32(1e-3))
@@ -145,19 +145,38 @@ class CrepeNet(torch.nn.Module):
         # Layer 1 (1 input channel, width 512, stride 4): one matrix product of the
         # strided windows with the kernel, giving (B, 256, C) directly.
         before, after = same_padding(FRAME, _WIDTHS[0], _STRIDES[0])
-        x = F.pad(frames, (before, after))
-        windows = x.unfold(1, _WIDTHS[0], _STRIDES[0])  # (B, 256, 512)
+        windows = F.pad(frames, (before, after)).unfold(1, _WIDTHS[0], _STRIDES[0])  # (B, 256, 512)
         length = windows.shape[1]
-        x = torch.addmm(self.conv1_b, windows.reshape(b * length, -1), self.conv1_w[:, 0, :])
-        x = self._block_tail(x.view(b, length, -1), 1)
+        y = torch.addmm(self.conv1_b, windows.reshape(b * length, -1), self.conv1_w[:, 0, :])
+        y = self._relu_bn(y.view(b, length, -1), 1)
         for i in range(2, 7):
-            x = self._block_tail(self._conv_same(x, i), i)
+            # pooled output of layer i-1, written straight into layer i's padded input
+            y = self._relu_bn(self._conv_same(self._pool_pad(y, _WIDTHS[i - 1]), i), i)
+        x = self._pool_pad(y, 1)
         # Keras flattens (time, channel) time-major, which is this layout's order.
-        x = torch.addmm(self.dense_b, x.reshape(b, -1), self.dense_w)
-        return torch.sigmoid(x)
+        return torch.sigmoid(torch.addmm(self.dense_b, x.reshape(b, -1), self.dense_w))
+
+    def _relu_bn(self, y: torch.Tensor, i: int) -> torch.Tensor:
+        """ReLU then inference BatchNorm, per channel (last axis); dropout is inert."""
+        scale, shift = getattr(self, f"bn{i}_scale"), getattr(self, f"bn{i}_shift")
+        if self.taps:  # CPU float32: y is a fresh conv output, update it in place
+            return torch.addcmul(shift, y.relu_(), scale, out=y)
+        return torch.addcmul(shift, torch.relu(y), scale)
+
+    @staticmethod
+    def _pool_pad(y: torch.Tensor, next_width: int) -> torch.Tensor:
+        """Max-pool 2 over time of (B, L, C), zero-padded 'same' for a stride-1 conv of next_width."""
+        b, length, c = y.shape
+        half = length // 2
+        before, after = same_padding(half, next_width, 1)
+        out = y.new_empty(b, before + half + after, c)
+        out[:, :before].zero_()
+        out[:, before + half :].zero_()
+        torch.amax(y[:, : 2 * half].reshape(b, half, 2, c), dim=2, out=out[:, before : before + half])
+        return out
 
     def _conv_same(self, x: torch.Tensor, i: int) -> torch.Tensor:
-        """Stride-1 'same' conv of (B, L, Cin) -> (B, L, Cout).
+        """Stride-1 conv of the padded (B, L + width - 1, Cin) -> (B, L, Cout).
 
         On CPU a sum over taps: each tap is a batched (L x Cin) @ (Cin x Cout) product
         accumulated in place into the float32 output (BLAS beta = 1), i.e. large
@@ -166,22 +185,14 @@ class CrepeNet(torch.nn.Module):
         """
         w, bias = getattr(self, f"conv{i}_w"), getattr(self, f"conv{i}_b")
         width, cin, cout = w.shape
-        b, length, _ = x.shape
-        before, after = same_padding(length, width, 1)
-        x = F.pad(x, (0, 0, before, after))
+        b, padded, _ = x.shape
+        length = padded - width + 1
         if not self.taps:
-            y = F.conv1d(x.transpose(1, 2), w.permute(2, 1, 0), bias)
-            return y.transpose(1, 2)
+            return F.conv1d(x.transpose(1, 2), w.permute(2, 1, 0), bias).transpose(1, 2)
         out = bias.expand(b, length, cout).contiguous()
         for k in range(width):
             out.baddbmm_(x[:, k : k + length], w[k].expand(b, cin, cout))
         return out
-
-    def _block_tail(self, x: torch.Tensor, i: int) -> torch.Tensor:
-        """ReLU -> BatchNorm (inference) -> max-pool 2 over time (dropout is inert)."""
-        x = torch.relu(x) * getattr(self, f"bn{i}_scale") + getattr(self, f"bn{i}_shift")
-        b, length, c = x.shape
-        return x[:, : length // 2 * 2].reshape(b, length // 2, 2, c).amax(dim=2)
 
 
 def _h5_weights(group: Any) -> dict[str, np.ndarray]:
