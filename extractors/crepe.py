@@ -12,10 +12,11 @@ Pipeline, as the original `crepe` package (v0.0.16) computes it:
 5. confidence = max activation; f0 = weighted average of the cents of the 9 bins
    around the argmax bin, or (`viterbi`) around the bin of crepe's Viterbi path.
 
-The network runs every conv layer as a sum over kernel taps of batched matrix
-products in (batch, time, channel) layout: on CPU this is within a few percent of
-the machine's GEMM peak, about twice as fast as oneDNN's conv1d here (measured in
-benchmarks/bench_crepe.py and docs/crepe.md).
+The network keeps activations in (batch, time, channel) layout. On CPU the wide
+conv layers run as sums over kernel taps of batched GEMMs, close to the machine's
+GEMM rate and 1.3-1.6x faster than oneDNN's convolutions here; narrow layers use
+conv2d on the same memory seen as channels_last (measured in
+benchmarks/bench_crepe.py, numbers in docs/crepe.md).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ _STRIDES = (4, 1, 1, 1, 1, 1)
 # Frames per network call (fixed, see Crepe._activation_batches).
 _CPU_BLOCK = 32
 _CUDA_BLOCK = 256
+# Layers with in * out channels above this run as tap sums on CPU (see CrepeNet._conv_same).
+_TAPS_MIN_CHANNELS = 8192
 # Keras BatchNormalization's default epsilon, as the float32 the model used.
 BN_EPS = float(np.float32(1e-3))
 # Bin -> cents (relative to 10 Hz), exactly crepe's mapping.
@@ -124,11 +127,12 @@ class CrepeNet(torch.nn.Module):
     scale = gamma / sqrt(var + eps), shift = beta - mean * scale.
     """
 
-    def __init__(self, capacity: str, taps: bool = True) -> None:
+    def __init__(self, capacity: str, cpu: bool = True) -> None:
         super().__init__()
         self.capacity = capacity
-        # True: the tap-sum convolution (fastest on CPU); False: F.conv1d (CUDA, autocast)
-        self.taps = taps
+        # cpu: float32 on CPU, in-place updates and tap-sum convolutions for the wide
+        # layers; otherwise (CUDA, autocast) library convolutions only.
+        self.cpu = cpu
         self.shapes = layer_shapes(capacity)
         for i, (cin, cout, width, _) in enumerate(self.shapes, start=1):
             self.register_buffer(f"conv{i}_w", torch.zeros(width, cin, cout))
@@ -159,7 +163,7 @@ class CrepeNet(torch.nn.Module):
     def _relu_bn(self, y: torch.Tensor, i: int) -> torch.Tensor:
         """ReLU then inference BatchNorm, per channel (last axis); dropout is inert."""
         scale, shift = getattr(self, f"bn{i}_scale"), getattr(self, f"bn{i}_shift")
-        if self.taps:  # CPU float32: y is a fresh conv output, update it in place
+        if self.cpu:  # float32: y is a fresh conv output, update it in place
             return torch.addcmul(shift, y.relu_(), scale, out=y)
         return torch.addcmul(shift, torch.relu(y), scale)
 
@@ -178,21 +182,27 @@ class CrepeNet(torch.nn.Module):
     def _conv_same(self, x: torch.Tensor, i: int) -> torch.Tensor:
         """Stride-1 conv of the padded (B, L + width - 1, Cin) -> (B, L, Cout).
 
-        On CPU a sum over taps: each tap is a batched (L x Cin) @ (Cin x Cout) product
-        accumulated in place into the float32 output (BLAS beta = 1), i.e. large
-        contiguous GEMMs and no im2col copy. Elsewhere (CUDA, reduced precision)
-        one library convolution, which accumulates in float32 internally.
+        Wide layers on CPU (Cin * Cout above 8192: every layer of 'large' and
+        'full') run as a sum over taps: each tap is a batched (L x Cin) @ (Cin x Cout)
+        GEMM accumulated in place into the float32 output (BLAS beta = 1), with no
+        im2col copy; that reaches ~95 % of this CPU's GEMM rate where oneDNN's
+        convolutions reach 60-85 %. Narrow layers, and everything on CUDA, use the
+        library's conv2d with (width, 1) kernels on the same memory seen as
+        channels_last (NHWC = (B, L, 1, C)): no copies either way.
         """
         w, bias = getattr(self, f"conv{i}_w"), getattr(self, f"conv{i}_b")
         width, cin, cout = w.shape
         b, padded, _ = x.shape
         length = padded - width + 1
-        if not self.taps:
-            return F.conv1d(x.transpose(1, 2), w.permute(2, 1, 0), bias).transpose(1, 2)
-        out = bias.expand(b, length, cout).contiguous()
-        for k in range(width):
-            out.baddbmm_(x[:, k : k + length], w[k].expand(b, cin, cout))
-        return out
+        if self.cpu and cin * cout > _TAPS_MIN_CHANNELS:
+            out = bias.expand(b, length, cout).contiguous()
+            for k in range(width):
+                out.baddbmm_(x[:, k : k + length], w[k].expand(b, cin, cout))
+            return out
+        # (B, L', C) memory is NHWC for the logical NCHW tensor (B, C, L', 1)
+        kernel = w.permute(2, 1, 0).unsqueeze(3).contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(x.permute(0, 2, 1).unsqueeze(3), kernel, bias)
+        return y.squeeze(3).permute(0, 2, 1)
 
 
 def _h5_weights(group: Any) -> dict[str, np.ndarray]:
@@ -436,7 +446,7 @@ class Crepe(Extractor):
     def _load(self) -> dict[str, Any]:
         cap = self.config["capacity"]
         device = torch_device(self.device)
-        net = CrepeNet(cap, taps=not device.startswith("cuda"))
+        net = CrepeNet(cap, cpu=not device.startswith("cuda"))
         info: dict[str, Any] = {}
         if self.random_weights:
             random_weights(net)
