@@ -8,7 +8,7 @@ Pipeline, as the original `crepe` package (v0.0.16) computes it:
 3. each frame minus its mean, divided by its population std clipped at 1e-8;
 4. six conv blocks (conv 'same' -> ReLU -> BatchNorm -> max-pool 2) and a dense
    sigmoid layer: (T, 360) activations over pitch bins 20 cents apart
-   (C1 = 32.7 Hz ... 1975.5 Hz);
+   (bin 0 = 31.7 Hz ... bin 359 = 2005.5 Hz);
 5. confidence = max activation; f0 = weighted average of the cents of the 9 bins
    around the argmax bin, or (`viterbi`) around the bin of crepe's Viterbi path.
 
@@ -93,7 +93,7 @@ def frame_signal(audio: np.ndarray, hop: int, center: bool = True) -> np.ndarray
 def normalize_frames(frames: np.ndarray) -> np.ndarray:
     """Each frame minus its mean, over its population std clipped at 1e-8 (float32, new array).
 
-    The same numpy float32 reductions crepe uses, so frames match it bit for bit.
+    The same numpy float32 reductions as crepe 0.0.16's get_activation.
     """
     out = np.array(frames, dtype=np.float32, copy=True)
     out -= np.mean(out, axis=1)[:, np.newaxis]
@@ -461,10 +461,6 @@ class Crepe(Extractor):
         return {"net": net.eval().to(device), "device": device, **info}
 
     # -- extraction -----------------------------------------------------------
-    def activation(self, audio: np.ndarray) -> np.ndarray:
-        """(T, 360) float32 activations of mono float32 16 kHz audio (batches of batch_size frames)."""
-        return np.concatenate(list(self._activation_batches(audio)), axis=0)
-
     def _activation_batches(self, audio: np.ndarray):
         """Yield (n, 360) float32 activations for consecutive batches of frames.
 
