@@ -386,8 +386,8 @@ def test_sweep_confident_and_rising() -> None:
     assert np.mean(conf > 0.5) > 0.98  # upstream test
     # rising: log-frequency tracks time, and steps up almost everywhere
     t = np.arange(len(f0))
-    assert np.corrcoef(t, np.log2(f0))[0, 1] > 0.99
-    assert np.mean(np.diff(f0) > 0) > 0.9 and f0[-1] > 4 * f0[0]
+    assert np.corrcoef(t, np.log2(f0))[0, 1] > 0.999  # measured 0.99999
+    assert np.mean(np.diff(f0) > 0) > 0.98 and f0[-1] > 4 * f0[0]  # measured: every step, 181 -> 1783 Hz
 
 
 @pytest.mark.parity
