@@ -69,7 +69,12 @@ def synthetic_audio(seconds: float, sr: int = 16000) -> np.ndarray:
 def time_extract(capacity: str, audio: np.ndarray, device: str, batch_size: int, viterbi: bool, repeat: int):
     weights = None if _package_weights(capacity) else "random"
     ex = registry.create(
-        "crepe", capacity=capacity, device=device, weights_path=weights, batch_size=batch_size, viterbi=viterbi
+        "crepe",
+        capacity=capacity,
+        device=device,
+        weights_path=weights,
+        batch_size=batch_size,
+        viterbi=viterbi,
     )
     ex.load()
     ex.extract(audio[:16000], 16000)  # warm-up

@@ -336,7 +336,8 @@ def viterbi_categorical(
     # window[i, k]: log P(i | j) for predecessor j = i - band + k (-inf off the matrix)
     pred = np.arange(n_states)[:, None] - band + np.arange(width)[None, :]
     inside = (pred >= 0) & (pred < n_states)
-    window = np.where(inside, log_trans[np.clip(pred, 0, n_states - 1), np.arange(n_states)[:, None]], -np.inf)
+    from_to = log_trans[np.clip(pred, 0, n_states - 1), np.arange(n_states)[:, None]]
+    window = np.where(inside, from_to, -np.inf)
     window_rev = np.ascontiguousarray(window[:, ::-1])
 
     n = observations.shape[0]
@@ -528,6 +529,10 @@ class Crepe(Extractor):
             pkg = _package_name(self.config["capacity"])
             if model["weights"] == str(_package_weights(self.config["capacity"])):
                 out["weights_package"] = f"{pkg}=={md.version(pkg)}"
-        out["versions"] = {"torch": torch.__version__, "numpy": np.__version__, "resampy": resampy.__version__}
+        out["versions"] = {
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "resampy": resampy.__version__,
+        }
         out["device"] = str(model["device"])
         return out
