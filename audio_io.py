@@ -74,7 +74,15 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int, method: str = "soxr_hq"
     else:
         import resampy
 
-        out = resampy.resample(audio, sr_in, sr_out, filter=method, axis=-1)
+        n_out = int(np.ceil(audio.shape[0] * sr_out / sr_in))
+        # resampy refuses signals shorter than its filter; zero-extend those (what the
+        # filter assumes beyond the ends anyway) and keep the expected length.
+        min_len = int(np.ceil(sr_in / sr_out)) + 1
+        if audio.shape[0] < min_len:
+            out = resampy.resample(np.pad(audio, (0, min_len - audio.shape[0])), sr_in, sr_out, filter=method)
+            out = out[:n_out]
+        else:
+            out = resampy.resample(audio, sr_in, sr_out, filter=method, axis=-1)
     return np.asarray(out, dtype=np.float32)
 
 

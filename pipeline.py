@@ -224,11 +224,13 @@ class Runner:
                     t0 = time.perf_counter()
                     try:
                         work.decoded = audio_io.load(self.opt.audio_dir / src)
-                        for job in work.jobs:
-                            if not job.error:
-                                work.decoded.at(job.extractor.sample_rate, job.extractor.resample_method)
                     except Exception as exc:
                         work.error = exc
+                    for job in work.jobs if work.decoded is not None else ():
+                        try:
+                            work.decoded.at(job.extractor.sample_rate, job.extractor.resample_method)
+                        except Exception:
+                            pass  # raised again for that model alone, in the main thread
                     work.decode_seconds = time.perf_counter() - t0
                 while not self._stop.is_set():
                     try:

@@ -24,8 +24,12 @@ import pipeline
 from extractors.base import Extractor, Features, OutputSpec
 from tests.conftest import ROOT, click_track, run_cli, tone, write_wav
 
-# Every model that runs here without downloads (the others need weights: see README).
-MODELS = ["madmom", "melspec"]
+# Models that run here without downloads; CLMR with architecture-identical random weights
+# (the pipeline is under test, not the numbers). --stress adds OpenL3 and MERT the same way.
+MODELS = ["madmom", "melspec", "crepe", "clmr"]
+MODEL_ARGS = ["--set", "crepe.capacity=tiny", "--set", "clmr.weights=random"]
+STRESS_MODELS = ["openl3", "mert"]
+STRESS_ARGS = ["--set", "openl3.weights=random", "--set", "mert.weights=random"]
 
 
 def corpus(folder: Path, n: int, seconds: float) -> None:
@@ -59,11 +63,12 @@ def test_sigkill_at_many_moments_then_resume(tmp_path, stress):
     n_files, seconds, kills = (30, 4.0, 30) if stress else (20, 1.0, 10)
     audio = tmp_path / "audio"
     corpus(audio, n_files, seconds)
-    args = ["--audio_dir", str(audio), "--models", *MODELS]
+    models = MODELS + (STRESS_MODELS if stress else [])
+    args = ["--audio_dir", str(audio), "--models", *models, *MODEL_ARGS, *(STRESS_ARGS if stress else [])]
     clean = tmp_path / "clean"
     assert run_cli(*args, "--output_base", str(clean)).returncode == 0
     total = len(npy_bytes(clean))
-    assert total == n_files * len(MODELS)
+    assert total == n_files * len(models)
 
     out = tmp_path / "out"
     rng = random.Random(7)
@@ -115,7 +120,7 @@ def test_two_drivers_share_the_work(tmp_path):
     audio = tmp_path / "audio"
     corpus(audio, 12, 2.0)
     out = tmp_path / "out"
-    args = ["--audio_dir", str(audio), "--output_base", str(out), "--models", *MODELS]
+    args = ["--audio_dir", str(audio), "--output_base", str(out), "--models", *MODELS, *MODEL_ARGS]
     a, b = driver(*args), driver(*args)
     assert a.wait(timeout=300) == 0 and b.wait(timeout=300) == 0
     records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
@@ -123,13 +128,14 @@ def test_two_drivers_share_the_work(tmp_path):
     assert len(pairs) == len(set(pairs)) == 12 * len(MODELS)  # every output computed exactly once
     assert len({r["run"] for r in records}) == 2  # and both drivers did some of it
     clean = tmp_path / "clean"
-    assert run_cli("--audio_dir", str(audio), "--output_base", str(clean), "--models", *MODELS).returncode == 0
+    assert run_cli("--audio_dir", str(audio), "--output_base", str(clean), "--models", *MODELS,
+                   *MODEL_ARGS).returncode == 0
     assert npy_bytes(out) == npy_bytes(clean)
     assert hidden_files(out) == []
 
 
 def bad_inputs(folder: Path) -> dict[str, str]:
-    """Files that must yield a correct output ('ok') or a recorded failure ('fail')."""
+    """Files that must yield a correct output ('ok'), a recorded failure ('fail'), or either ('either')."""
     folder.mkdir(parents=True)
     good = tone(440, 2.0, 44100)
     expect = {}
@@ -154,7 +160,8 @@ def bad_inputs(folder: Path) -> dict[str, str]:
     sf.write(wav, good, 44100, format="FLAC")
     put("truncated.flac", "fail", raw=wav.read_bytes()[: len(wav.read_bytes()) // 2])
     sf.write(wav, good, 44100, format="MP3")
-    put("truncated.mp3", "ok", raw=wav.read_bytes()[: len(wav.read_bytes()) // 2])
+    # libsndfile's MP3 decoder sometimes returns NaN for a cut frame: then it is a failure
+    put("truncated.mp3", "either", raw=wav.read_bytes()[: len(wav.read_bytes()) // 2])
     wav.unlink()
     nan = good.copy()
     nan[500] = np.nan
@@ -182,7 +189,8 @@ def test_bad_inputs_never_break_the_run(tmp_path):
     expect = bad_inputs(audio)
     (audio / "notes.txt").write_text("not audio, ignored")
     out = tmp_path / "out"
-    res = run_cli("--audio_dir", str(audio), "--output_base", str(out), "--models", *MODELS, "--recursive")
+    res = run_cli("--audio_dir", str(audio), "--output_base", str(out), "--models", *MODELS, *MODEL_ARGS,
+                  "--recursive")
     assert res.returncode == 1, res.stdout + res.stderr
     failures = json.loads((out / "failures.json").read_text())["failures"]
     failed = {f["file"] for f in failures}
@@ -195,8 +203,10 @@ def test_bad_inputs_never_break_the_run(tmp_path):
                 assert name not in failed, (name, [f for f in failures if f["file"] == name])
                 arr = np.load(path)
                 assert arr.dtype == np.float32 and np.isfinite(arr).all() and arr.shape[0] >= 1
-            else:
+            elif kind == "fail" or name in failed:
                 assert name in failed and not path.exists(), name
+            else:
+                assert np.isfinite(np.load(path)).all()
     assert all(f["cause"] and f["exception"] for f in failures)
     assert "loop" not in (out / "manifest.jsonl").read_text()
     assert hidden_files(out) == []
