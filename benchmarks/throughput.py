@@ -132,15 +132,15 @@ def naive_loop(models: dict, paths: list[Path], out: Path) -> tuple[float, dict[
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small corpus and light settings (< 5 min on 2 cores)")
-    ap.add_argument("--files", type=int, help="number of files (default 20; quick: 4)")
-    ap.add_argument("--seconds", type=float, help="seconds per file (default 30; quick: 10)")
+    ap.add_argument("--files", type=int, help="number of files (default 20; quick: 3)")
+    ap.add_argument("--seconds", type=float, help="seconds per file (default 30; quick: 8)")
     ap.add_argument("--models", nargs="+", help="models (default: every registered one)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip_naive", action="store_true", help="skip the naive loop (slow on big corpora)")
     ap.add_argument("--json", type=Path, help="write results here")
     args = ap.parse_args()
-    n_files = args.files or (4 if args.quick else 20)
-    seconds = args.seconds or (10.0 if args.quick else 30.0)
+    n_files = args.files or (3 if args.quick else 20)
+    seconds = args.seconds or (8.0 if args.quick else 30.0)
     names = args.models or registry.available()
 
     import torch
