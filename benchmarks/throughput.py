@@ -52,6 +52,16 @@ FULL_MODELS = {
 QUICK_OVERRIDES = {"crepe": {"capacity": "tiny"}}
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def make_corpus(folder: Path, n_files: int, seconds: float, sr: int = 44100) -> list[Path]:
     """Stereo 44.1 kHz 16-bit WAVs of music-like synthetic audio (notes + clicks + noise)."""
     import soundfile as sf
@@ -176,7 +186,7 @@ def main() -> int:
         })
     result = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
+        "machine": f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores, "
                    f"torch {torch.__version__}, device {args.device}",
         "corpus": f"{n_files} files x {seconds:g} s (44.1 kHz stereo WAV)",
         "mode": "quick" if args.quick else "full",
