@@ -17,7 +17,7 @@ import os
 import tempfile
 import urllib.request
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO, Iterable
 
 from extractors.base import WeightFile, WeightsError
 
@@ -61,33 +61,34 @@ def verify(path: Path, expected: str | None) -> None:
         )
 
 
-def download(url: str, dest: Path, sha256: str | None = None, progress: bool = True) -> Path:
-    """Download `url` to `dest` atomically (temp file + rename), checking sha256."""
+def save_stream(src: BinaryIO, dest: Path, sha256: str | None = None, on_block=None) -> Path:
+    """Copy a readable binary stream to `dest` atomically (temp file + rename), checking sha256."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            total = int(resp.headers.get("Content-Length") or 0)
-            bar = None
-            if progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=f"download {dest.name}")
-            while True:
-                block = resp.read(1 << 20)
-                if not block:
-                    break
+        with os.fdopen(fd, "wb") as out:
+            while block := src.read(1 << 20):
                 out.write(block)
-                if bar:
-                    bar.update(len(block))
-            if bar:
-                bar.close()
+                if on_block:
+                    on_block(len(block))
         verify(Path(tmp), sha256)
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return dest
+
+
+def download(url: str, dest: Path, sha256: str | None = None, progress: bool = True) -> Path:
+    """Download `url` to `dest` atomically, with a progress bar and sha256 check."""
+    with urllib.request.urlopen(url, timeout=60) as resp:
+        total = int(resp.headers.get("Content-Length") or 0)
+        if not progress:
+            return save_stream(resp, dest, sha256)
+        from tqdm import tqdm
+
+        with tqdm(total=total or None, unit="B", unit_scale=True, desc=f"download {dest.name}") as bar:
+            return save_stream(resp, dest, sha256, on_block=bar.update)
 
 
 def resolve(

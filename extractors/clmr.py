@@ -33,7 +33,6 @@ import contextlib
 import io
 import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -238,16 +237,8 @@ def extract_checkpoint_from_zip(zip_path: Path, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(zip_path) as zf:
         member = _zip_checkpoint_member(zf, str(zip_path))
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as out, zf.open(member) as src:
-                while block := src.read(1 << 20):
-                    out.write(block)
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    return dest
+        with zf.open(member) as src:
+            return weights.save_stream(src, dest)
 
 
 def encoder_state_from_checkpoint(
