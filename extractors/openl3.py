@@ -39,8 +39,6 @@ from __future__ import annotations
 import gzip
 import os
 import re
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from numbers import Real
@@ -610,17 +608,11 @@ def _download_official(url: str, dest: Path) -> Path:
 
     gz = dest.with_name(dest.name + ".gz")
     weights.download(url, gz)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     try:
-        with os.fdopen(fd, "wb") as out, gzip.open(gz, "rb") as src:
-            shutil.copyfileobj(src, out)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with gzip.open(gz, "rb") as src:
+            return weights.save_stream(src, dest)
     finally:
         gz.unlink(missing_ok=True)
-    return dest
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, ...]]:
