@@ -257,7 +257,11 @@ class Extractor(ABC):
         """Features of a mono float32 signal already at `sample_rate`."""
 
     def provenance(self) -> dict[str, Any]:
-        """Parameters, weights source/sha256 and library versions; extend in plugins."""
+        """Parameters, weights source and library versions; extend in plugins.
+
+        Convention: plugins with weights add "weights" (where they came from) and
+        "weights_sha256" (digest of the file loaded) at the top level.
+        """
         return {"params": dict(self.config), "weights_license": self.weights_license}
 
 

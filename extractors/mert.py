@@ -803,6 +803,8 @@ class Mert(Extractor):
         out = super().provenance()
         net = self.load()
         out.update(net.info)
+        if isinstance(out.get("weights"), dict) and "sha256" in out["weights"]:
+            out["weights_sha256"] = out["weights"]["sha256"]
         window = round(self.config["window_seconds"] * SAMPLE_RATE)
         out["windows"] = {
             "window_samples": window,

@@ -647,7 +647,7 @@ def load_network(
         source = {
             "weights": str(path),
             "format": _weight_format(path),
-            "sha256": weights.sha256sum(path),
+            "weights_sha256": weights.sha256sum(path),
             "official_url": OFFICIAL_URL.format(repr=input_repr, content=content_type),
         }
     device = torch_device(device)

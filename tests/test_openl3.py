@@ -438,7 +438,7 @@ def test_plugin_load_error_and_provenance(tmp_path, monkeypatch):
     _write_keras_h5(path, _seeded_state())
     ex = registry.create("openl3", input_repr="linear", content_type="env", weights_path=str(path))
     prov = ex.provenance()
-    assert prov["sha256"] == weights.sha256sum(path) and prov["weights"] == str(path)
+    assert prov["weights_sha256"] == weights.sha256sum(path) and prov["weights"] == str(path)
     assert prov["format"] == "keras-h5" and prov["params"]["input_repr"] == "linear"
     assert prov["versions"]["torch"] == importlib.metadata.version("torch")
     assert ex.weight_files()[0].url.endswith("openl3_audio_linear_env-v0_4_0.h5.gz")
