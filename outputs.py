@@ -11,7 +11,8 @@ Layout under `output_base`:
 Every array is written to a hidden temporary file in its final folder, fsynced,
 then renamed: an output path holds a complete array or nothing. A `.lock` file
 beside an output marks it as being computed by a live process, so concurrent
-drivers never compute the same output twice.
+drivers never compute the same output twice (the lock holds "host:pid"; a
+dead owner's lock on this host is taken over).
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def _owner_dead(text: str) -> bool:
 
 
 class OutputLock:
-    """Exclusive claim on one output, held by this process (O_CREAT|O_EXCL lock file).
+    """Exclusive claim on one output, held by this process (a lock file made by atomic hard link).
 
     A lock left by a dead process on this host is taken over; one held by a
     live process (or a process on another host) is respected.
@@ -150,23 +151,29 @@ class OutputLock:
 
     def acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+        # Write the owner into a temp file, then hard-link it into place: the link is
+        # atomic and fails if the lock exists, so a lock file never lacks its owner
+        # (an empty lock left by a kill would otherwise look held forever).
+        tmp = _tmp_path(self.path)
+        tmp.write_text(f"{HOST}:{os.getpid()}")
+        try:
+            for _ in range(2):
                 try:
-                    owner = self.path.read_text().strip()
-                except FileNotFoundError:
-                    continue  # released meanwhile: try again
-                if _owner_dead(owner):
-                    self._break(owner)
-                    continue
-                return False
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{HOST}:{os.getpid()}")
-            self.held = True
-            return True
-        return False
+                    os.link(tmp, self.path)
+                except FileExistsError:
+                    try:
+                        owner = self.path.read_text().strip()
+                    except FileNotFoundError:
+                        continue  # released meanwhile: try again
+                    if _owner_dead(owner):
+                        self._break(owner)
+                        continue
+                    return False
+                self.held = True
+                return True
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _break(self, owner: str) -> None:
         # Rename first so two processes breaking the same stale lock cannot both win.

@@ -63,6 +63,7 @@ class _Work:
     decoded: audio_io.Decoded | None = None
     error: BaseException | None = None
     decode_seconds: float = 0.0  # decode + resampling, in the prefetch thread
+    claimed: list[str] = field(default_factory=list)  # models another driver holds or finished
 
 
 class Interrupted(BaseException):
@@ -211,9 +212,11 @@ class Runner:
                     locks = [outputs.OutputLock(p) for p in outputs_for(job, rel_out)]
                     main_lock = locks[-1]
                     if not main_lock.acquire():
-                        continue  # another driver computes it
+                        work.claimed.append(job.alias)  # another driver computes it
+                        continue
                     if not self.opt.overwrite and is_done(job, rel_out):
                         main_lock.release()  # finished by another driver meanwhile
+                        work.claimed.append(job.alias)
                         continue
                     work.jobs.append(job)
                     work.locks.append(main_lock)
@@ -312,6 +315,8 @@ class Runner:
             if work.decoded is not None:
                 stats.audio_seconds_decoded += work.decoded.duration_seconds
         rel_out = work.rel_out
+        for alias in work.claimed:
+            stats.model(alias).claimed_elsewhere += 1
         try:
             for job in work.jobs:
                 m = stats.model(job.alias)

@@ -14,7 +14,8 @@ from typing import Any
 class ModelStats:
     ok: int = 0
     failed: int = 0
-    skipped: int = 0  # already done (or claimed by another driver)
+    skipped: int = 0  # already complete when the run planned its work
+    claimed_elsewhere: int = 0  # held or finished by another driver running at the same time
     audio_seconds: float = 0.0
     resample_seconds: float = 0.0
     inference_seconds: float = 0.0
@@ -96,6 +97,9 @@ class RunStats:
                 rows.append(f"  {f['model']}: {f['file']}: {f['exception']}: {f['cause']}")
             if len(self.failures) > 20:
                 rows.append(f"  ... {len(self.failures) - 20} more in failures.json")
+        claimed = sum(m.claimed_elsewhere for m in self.models.values())
+        if claimed:
+            rows.append(f"{claimed} output(s) were being computed by another driver (see its report)")
         if self.interrupted:
             rows.append(f"interrupted by {self.interrupted}: rerun the same command to finish the rest")
         return "\n".join(rows)

@@ -127,6 +127,12 @@ def test_two_drivers_share_the_work(tmp_path):
     pairs = [(r["model"], r["source"]) for r in records]
     assert len(pairs) == len(set(pairs)) == 12 * len(MODELS)  # every output computed exactly once
     assert len({r["run"] for r in records}) == 2  # and both drivers did some of it
+    reports = [json.loads(p.read_text()) for p in (out / "reports").glob("run-*.json")]
+    assert len(reports) == 2
+    for model in MODELS:  # each driver accounts for every file: done by it, before it, or by the other
+        for r in reports:
+            m = r["models"][model]
+            assert m["ok"] + m["skipped"] + m["claimed_elsewhere"] == 12 and m["failed"] == 0
     clean = tmp_path / "clean"
     assert run_cli("--audio_dir", str(audio), "--output_base", str(clean), "--models", *MODELS,
                    *MODEL_ARGS).returncode == 0
