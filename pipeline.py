@@ -99,10 +99,13 @@ def check_previous_params(jobs: list[ModelJob], output_base: Path, overwrite: bo
         except (OSError, ValueError):
             continue
         new_params = json.loads(json.dumps(job.extractor.config))
-        if old.get("extractor") != job.extractor.name or old.get("params") != new_params:
+        new_weights = job.extractor.weights_path
+        if (old.get("extractor") != job.extractor.name or old.get("params") != new_params
+                or old.get("weights_setting") != new_weights):
             raise ConfigError(
-                f"{meta} was written by {old.get('extractor')} with params {old.get('params')}, "
-                f"but this run asks {job.extractor.name} with {new_params}. Use --overwrite to "
+                f"{meta} was written by {old.get('extractor')} with params {old.get('params')} and "
+                f"weights {old.get('weights_setting') or 'default'}, but this run asks {job.extractor.name} "
+                f"with {new_params} and weights {new_weights or 'default'}. Use --overwrite to "
                 "recompute, another --output_base, or give this configuration its own name "
                 "(models: {my_name: {extractor: ..., ...}})."
             )
@@ -120,6 +123,7 @@ def write_metadata(job: ModelJob, output_base: Path) -> None:
         **job.spec.to_json(),
         "extra_folders": {e: f"{job.alias}.{e}" for e in job.spec.extras},
         "params": ex.config,
+        "weights_setting": ex.weights_path,  # null: the default lookup; "random": not for research use
         "provenance": ex.provenance(),
         "file_naming": "<relative dir>/<stem>.npy; inputs sharing a stem keep their extension "
         "(<stem>.<ext>.npy); manifest.jsonl maps every source to its output",

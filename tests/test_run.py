@@ -180,6 +180,14 @@ def test_flags_override_config_and_set_param(tmp_path):
     assert res.returncode == 2 and "--overwrite" in res.stderr
 
 
+def test_other_weights_are_never_mixed_into_a_folder(tmp_path):
+    out = tmp_path / "out"
+    args = ["--audio_dir", str(ROOT / "examples" / "audio"), "--output_base", str(out), "--models", "clmr"]
+    assert run_cli(*args, "--set", "clmr.weights=random").returncode == 0
+    res = run_cli(*args, env={"EMBEDKIT_OFFLINE": "1"})
+    assert res.returncode == 2 and "weights random" in res.stderr and "--overwrite" in res.stderr
+
+
 def test_shards_partition_the_corpus(tmp_path):
     audio = tmp_path / "audio"
     for i in range(12):
