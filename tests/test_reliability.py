@@ -315,5 +315,7 @@ def test_long_file_memory_is_bounded(tmp_path, stress):
     audio_mb = minutes * 60 * sr * 4 / 2**20  # the decoded mono float32 signal
     # Documented bound (README): decoded signal, its 16 kHz copy, the float64 spectrogram
     # work and the output stay under 8x the decoded signal; stereo is never held whole.
+    print(f"peak RSS {peak:.0f} MB (+{peak - baseline:.0f} MB over a 10 s file) for {minutes} min "
+          f"({audio_mb:.0f} MB decoded)")
     assert peak - baseline < 8 * audio_mb, f"+{peak - baseline:.0f} MB for {minutes} min ({audio_mb:.0f} MB decoded)"
     assert np.load(tmp_path / "out_long" / "melspec" / "long.npy").shape == (1 + minutes * 60 * 16000 // 160, 64)
