@@ -44,15 +44,24 @@ def decode(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         raise AudioError(f"cannot decode: {_one_line(exc)}") from None
     if info.frames == 0:
         raise AudioError("empty audio (0 samples)")
+    # Fill one preallocated mono buffer block by block: peak memory stays near the
+    # decoded mono size (the frame count in the header can be an estimate, e.g. MP3).
+    audio = np.empty(max(info.frames, 0), dtype=np.float32)
+    n = 0
     try:
         with sf.SoundFile(str(path)) as f:
-            parts = []
             for block in f.blocks(blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True):
-                parts.append(block[:, 0].copy() if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32))
+                if n + block.shape[0] > audio.shape[0]:
+                    audio = np.resize(audio, max(2 * audio.shape[0], n + block.shape[0]))
+                if block.shape[1] == 1:
+                    audio[n : n + block.shape[0]] = block[:, 0]
+                else:
+                    np.mean(block, axis=1, dtype=np.float32, out=audio[n : n + block.shape[0]])
+                n += block.shape[0]
             sr = f.samplerate
     except Exception as exc:
         raise AudioError(f"decoding failed: {_one_line(exc)}") from None
-    audio = np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else np.zeros(0, np.float32))
+    audio = audio[:n] if n < audio.shape[0] else audio
     if audio.size == 0:
         raise AudioError("empty audio (0 samples decoded)")
     if not np.isfinite(audio).all():

@@ -34,16 +34,19 @@ def mel_filterbank(n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndar
     ).astype(np.float64)
 
 
-def power_spectrogram(audio: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
-    """(T, n_fft // 2 + 1) float64 |STFT|^2 with centred frames, T = 1 + N // hop."""
-    padded = np.pad(audio.astype(np.float64), (n_fft // 2, n_fft // 2))
+def mel_power(audio: np.ndarray, n_fft: int, hop: int, fbank: np.ndarray) -> np.ndarray:
+    """(T, n_mels) float64 mel-filtered |STFT|^2 with centred frames, T = 1 + N // hop.
+
+    Computed in chunks of frames, so only the (T, n_mels) result grows with the file.
+    """
+    padded = np.pad(audio, (n_fft // 2, n_fft // 2))  # float32; blocks go float64 below
     n_frames = 1 + audio.shape[0] // hop
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop][:n_frames]
-    out = np.empty((n_frames, n_fft // 2 + 1), dtype=np.float64)
+    out = np.empty((n_frames, fbank.shape[0]), dtype=np.float64)
     for start in range(0, n_frames, _CHUNK_FRAMES):
-        block = frames[start : start + _CHUNK_FRAMES] * window
-        out[start : start + _CHUNK_FRAMES] = np.abs(np.fft.rfft(block, axis=1)) ** 2
+        block = frames[start : start + _CHUNK_FRAMES].astype(np.float64) * window
+        out[start : start + _CHUNK_FRAMES] = (np.abs(np.fft.rfft(block, axis=1)) ** 2) @ fbank.T
     return out
 
 
@@ -88,10 +91,12 @@ class MelSpectrogram(Extractor):
     def _extract(self, audio: np.ndarray) -> Features:
         c = self.config
         fbank = self.load()
-        power = power_spectrogram(audio, c["n_fft"], c["hop_length"])
-        mel_db = 10.0 * np.log10(np.maximum(power @ fbank.T, 1e-10))
+        mel_db = mel_power(audio, c["n_fft"], c["hop_length"], fbank)
+        np.log10(np.maximum(mel_db, 1e-10, out=mel_db), out=mel_db)
+        mel_db *= 10.0
         if c["normalize"] == "standard":
-            mel_db = (mel_db - mel_db.mean()) / max(mel_db.std(), 1e-8)
+            mel_db -= mel_db.mean()
+            mel_db /= max(mel_db.std(), 1e-8)
         if c["pooling"] == "mean":
             return Features(mel_db.mean(axis=0).astype(np.float32))
         timestamps = np.arange(mel_db.shape[0]) * c["hop_length"] / SAMPLE_RATE
