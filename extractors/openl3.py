@@ -739,9 +739,9 @@ class OpenL3(Extractor):
         "center": Param(True, bool, "pad half a window at the start so timestamps are window centres"),
         "frontend": Param("kapre", str, "spectrogram implementation openl3 offers", choices=FRONTENDS),
         "resampler": Param("kaiser_best", str, "resampling to 48 kHz", choices=("kaiser_best", "soxr_hq")),
-        "cuda_dtype": Param(
-            "float16", str, "autocast dtype of the network on CUDA (CPU always float32)",
-            choices=("float16", "bfloat16", "float32"),
+        "precision": Param(
+            "auto", str, "autocast dtype of the network on CUDA: auto = float16 (CPU always float32)",
+            choices=("auto", "float16", "bfloat16", "float32"),
         ),
     }
 
@@ -790,7 +790,7 @@ class OpenL3(Extractor):
             audio = audio.astype(np.float64)  # openl3 runs librosa on soundfile's float64 samples
         emb, ts = embed_signal(
             self.load(), audio, c["input_repr"], c["embedding_size"], c["hop_size"], c["center"],
-            c["frontend"], self.batch_size, c["cuda_dtype"],
+            c["frontend"], self.batch_size, "float16" if c["precision"] == "auto" else c["precision"],
         )
         return Features(emb, ts)
 
