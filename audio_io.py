@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,8 +120,6 @@ class Decoded:
         key = (rate, method)
         with self._lock:
             if key not in self._cache:
-                import time
-
                 t0 = time.perf_counter()
                 self._cache[key] = resample(self.audio, self.sample_rate, rate, method)
                 self.resample_seconds[key] = time.perf_counter() - t0

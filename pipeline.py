@@ -76,12 +76,16 @@ def shard_of(rel: Path, count: int) -> int:
     return int.from_bytes(digest[:8], "big") % count
 
 
-def outputs_for(job: ModelJob, rel_out: Path) -> list[Path]:
-    """Extras first, main output last: the main output existing means the file is done."""
+def folders_for(job: ModelJob) -> list[Path]:
+    """The job's output folders: `<alias>.<extra>` for each extra output, then `<alias>`."""
     assert job.out_dir is not None and job.spec is not None
     base = job.out_dir.parent
-    paths = [outputs.inside(base / f"{job.alias}.{extra}", rel_out) for extra in job.spec.extras]
-    return paths + [outputs.inside(job.out_dir, rel_out)]
+    return [base / f"{job.alias}.{extra}" for extra in job.spec.extras] + [job.out_dir]
+
+
+def outputs_for(job: ModelJob, rel_out: Path) -> list[Path]:
+    """Extras first, main output last: the main output existing means the file is done."""
+    return [outputs.inside(folder, rel_out) for folder in folders_for(job)]
 
 
 def is_done(job: ModelJob, rel_out: Path) -> bool:
@@ -121,7 +125,7 @@ def write_metadata(job: ModelJob, output_base: Path) -> None:
         "sample_rate": ex.sample_rate,
         "resampler": ex.resample_method,
         **job.spec.to_json(),
-        "extra_folders": {e: f"{job.alias}.{e}" for e in job.spec.extras},
+        "extra_folders": {e: f.name for e, f in zip(job.spec.extras, folders_for(job))},
         "params": ex.config,
         "weights_setting": ex.weights_path,  # null: the default lookup; "random": not for research use
         "provenance": ex.provenance(),
@@ -175,8 +179,6 @@ class Runner:
     def load_models(self) -> None:
         """Load every model now: weight problems show before the first file, other models go on."""
         for job in self.jobs:
-            job.out_dir = self.opt.output_base / job.alias
-            job.spec = job.extractor.output_spec()
             self.stats.model(job.alias)
             try:
                 job.extractor.load()
@@ -225,7 +227,7 @@ class Runner:
                     work.jobs.append(job)
                     work.locks.append(main_lock)
                 if not work.jobs:
-                    q.put(work)
+                    self._offer(q, work)
                     continue
                 if any(not j.error for j in work.jobs):
                     t0 = time.perf_counter()
@@ -239,19 +241,23 @@ class Runner:
                         except Exception:
                             pass  # raised again for that model alone, in the main thread
                     work.decode_seconds = time.perf_counter() - t0
-                while not self._stop.is_set():
-                    try:
-                        q.put(work, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                else:
+                if not self._offer(q, work):
                     for lock in work.locks:
                         lock.release()
         except BaseException as exc:  # never die silently: hand the error to the main thread
-            q.put(exc)
+            self._offer(q, exc)
         finally:
-            q.put(None)
+            self._offer(q, None)
+
+    def _offer(self, q: queue.Queue, item: Any) -> bool:
+        """Put `item` unless the run is stopping (so the decoder never blocks on a full queue)."""
+        while not self._stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     # -- the main loop ----------------------------------------------------------
     def run(self) -> RunStats:
@@ -263,9 +269,10 @@ class Runner:
             sources = [s for s in sources if shard_of(s, count) == index]
         self.stats.files_total = len(sources)
         for job in self.jobs:
-            outputs.clean_stale(opt.output_base / job.alias)
-            for extra in job.extractor.output_spec().extras:
-                outputs.clean_stale(opt.output_base / f"{job.alias}.{extra}")
+            job.out_dir = opt.output_base / job.alias
+            job.spec = job.extractor.output_spec()
+            for folder in folders_for(job):
+                outputs.clean_stale(folder)
         self.load_models()
         todo = self.plan(sources)
 
@@ -295,11 +302,9 @@ class Runner:
                     bar.update(1)
         except (KeyboardInterrupt, Interrupted) as exc:
             self.stats.interrupted = "SIGINT" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
-            self._stop.set()
             if current is not None:
                 for lock in current.locks:
                     lock.release()
-            _drain(q)
         finally:
             self._stop.set()
             _restore_signal_handlers(previous)
@@ -313,12 +318,11 @@ class Runner:
     def _process(self, work: _Work, bar) -> None:
         stats = self.stats
         rel = work.rel.as_posix()
-        if work.decoded is not None or work.error is not None:
-            stats.files_decoded += 1 if work.decoded is not None else 0
-            stats.decode_seconds += work.decode_seconds - sum(work.decoded.resample_seconds.values() if work.decoded else [])
-            if work.decoded is not None:
-                stats.audio_seconds_decoded += work.decoded.duration_seconds
-        rel_out = work.rel_out
+        stats.decode_seconds += work.decode_seconds  # resampling is counted per model below
+        if work.decoded is not None:
+            stats.files_decoded += 1
+            stats.audio_seconds_decoded += work.decoded.duration_seconds
+            stats.decode_seconds -= sum(work.decoded.resample_seconds.values())
         for alias in work.claimed:
             stats.model(alias).claimed_elsewhere += 1
         try:
@@ -328,17 +332,23 @@ class Runner:
                     m.failed += 1  # recorded once as "(all files)" at load time
                     continue
                 if work.error is not None:
-                    m.failed += 1
-                    stats.add_failure(rel, job.alias, work.error, "decode")
-                    self._say(f"FAILED {rel}: {work.error}", bar)
+                    self._fail(job, rel, work.error, "decode", bar)
                     continue
-                self._run_job(job, work, rel_out, bar)
+                self._run_job(job, work, bar)
         finally:
             for lock in work.locks:
                 lock.release()
 
-    def _run_job(self, job: ModelJob, work: _Work, rel_out: Path, bar) -> None:
-        stats, m, ex = self.stats, self.stats.model(job.alias), job.extractor
+    def _fail(self, job: ModelJob, rel: str, exc: BaseException | str, stage: str, bar,
+              cause: str | None = None) -> None:
+        """Count and record one failure (file, model, stage, cause) and say it."""
+        self.stats.model(job.alias).failed += 1
+        self.stats.add_failure(rel, job.alias, exc, stage, cause)
+        f = self.stats.failures[-1]
+        self._say(f"FAILED {job.alias} {rel}: {f['exception']}: {f['cause']}", bar)
+
+    def _run_job(self, job: ModelJob, work: _Work, bar) -> None:
+        m, ex = self.stats.model(job.alias), job.extractor
         rel = work.rel.as_posix()
         decoded = work.decoded
         assert decoded is not None
@@ -352,22 +362,18 @@ class Runner:
             _validate_output(job, data)
         except Exception as exc:
             m.inference_seconds += time.perf_counter() - t0
-            m.failed += 1
-            stats.add_failure(rel, job.alias, exc, "extract")
-            self._say(f"FAILED {job.alias} {rel}: {type(exc).__name__}: {exc}", bar)
+            self._fail(job, rel, exc, "extract", bar)
             return
         t1 = time.perf_counter()
         m.inference_seconds += t1 - t0
-        paths = outputs_for(job, rel_out)
+        paths = outputs_for(job, work.rel_out)
         try:
             for extra, path in zip(job.spec.extras, paths[:-1]):
                 outputs.atomic_save_npy(path, np.asarray(feats.extras[extra]))
             outputs.atomic_save_npy(paths[-1], data)
         except OSError as exc:
             m.write_seconds += time.perf_counter() - t1
-            m.failed += 1
-            stats.add_failure(rel, job.alias, outputs.explain_os_error(exc), "write")
-            self._say(f"FAILED {job.alias} {rel}: {outputs.explain_os_error(exc)}", bar)
+            self._fail(job, rel, exc, "write", bar, cause=outputs.explain_os_error(exc))
             return
         m.write_seconds += time.perf_counter() - t1
         m.ok += 1

@@ -47,13 +47,14 @@ class RunStats:
     def model(self, name: str) -> ModelStats:
         return self.models.setdefault(name, ModelStats())
 
-    def add_failure(self, file: str, model: str, exc: BaseException | str, when: str) -> None:
+    def add_failure(self, file: str, model: str, exc: BaseException | str, when: str, cause: str | None = None) -> None:
+        """Record one failure; `cause` overrides the exception's own last message line."""
         if isinstance(exc, BaseException):
             exception = type(exc).__name__
             lines = str(exc).strip().splitlines()
-            cause = lines[-1] if lines else exception
+            cause = cause or (lines[-1] if lines else exception)
         else:
-            exception, cause = "Error", exc
+            exception, cause = "Error", cause or exc
         self.failures.append({"file": file, "model": model, "stage": when, "exception": exception, "cause": cause})
 
     def to_json(self) -> dict[str, Any]:

@@ -48,7 +48,8 @@ TOP_KEYS = {
     "verbose": bool,
     "models": (list, dict),
 }
-MODEL_KEYS = {"extractor", "weights", "batch_size", "device"}
+# Top-level settings copied onto RunConfig as they are (flags override them by the same name).
+SETTINGS = tuple(k for k in TOP_KEYS if k not in ("models", "skip_existing"))
 _ALIAS = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
@@ -142,8 +143,7 @@ def build(file_data: dict[str, Any], where: str, overrides: dict[str, Any]) -> R
         if key in file_data and not isinstance(file_data[key], types):
             raise ConfigError(f"{where}: {key} must be {_type_name(types)}, got {file_data[key]!r}")
     cfg = RunConfig()
-    for key in ("audio_dir", "output_base", "extensions", "recursive", "overwrite", "device", "batch_size",
-                "prefetch", "verbose"):
+    for key in SETTINGS:
         if key in file_data:
             setattr(cfg, key, file_data[key])
         if overrides.get(key) is not None:

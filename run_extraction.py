@@ -68,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         data, where = ({}, "command line")
         if args.config:
             data, where = run_config.load_yaml(args.config), args.config
-        overrides = {k: getattr(args, k) for k in ("audio_dir", "output_base", "models", "overwrite", "verbose",
-                                                   "device", "batch_size", "recursive", "extensions", "prefetch",
-                                                   "set")}
+        overrides = {k: getattr(args, k) for k in (*run_config.SETTINGS, "models", "set")}
         cfg = run_config.build(data, where, overrides)
         shard = run_config.parse_shard(args.shard)
         device = torch_device(cfg.device)

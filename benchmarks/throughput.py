@@ -90,7 +90,7 @@ def build_models(names: list[str], quick: bool, device: str) -> dict:
         try:
             ex.load()
             weights = "real"
-        except (WeightsError, Exception):
+        except WeightsError:
             ex = registry.create(name, device=device, weights_path="random", **params)
             ex.load()
             weights = "random (architecture-identical)"

@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 import audio_io
 from tests.conftest import tone, write_wav

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REFERENCE, ROOT, run_cli, tone, write_wav
+from tests.conftest import REFERENCE, run_cli, tone, write_wav
 from tests.test_clmr import encoder_state
 from tests.test_mert import _fake_hub_cache, write_checkpoint
 

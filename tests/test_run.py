@@ -1,7 +1,6 @@
 """The driver end to end, in subprocesses: outputs, metadata, failures, resume after SIGKILL, config errors."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
