@@ -24,7 +24,7 @@ import numpy as np
 
 import audio_io
 import outputs
-from extractors.base import ConfigError, Extractor, OutputSpec
+from extractors.base import ConfigError, Extractor, Features, OutputSpec
 from reporting import RunStats
 
 
@@ -162,6 +162,15 @@ def _extract_with_backoff(job: ModelJob, audio: np.ndarray, sr: int, log: Callab
             torch.cuda.empty_cache()
             ex.batch_size = max(1, ex.batch_size // 2)
             log(f"{job.alias}: CUDA out of memory; retrying with batch_size={ex.batch_size}")
+
+
+def extract_file(extractor: Extractor, path: str | os.PathLike) -> Features:
+    """Features of one file by one extractor, outside a run (search queries, the Python API).
+
+    Decodes the file and feeds the extractor the input it declares.
+    """
+    decoded = audio_io.load(path)
+    return extractor.extract(decoded.at(extractor.sample_rate, extractor.resample_method), extractor.sample_rate)
 
 
 class Runner:
