@@ -422,7 +422,7 @@ class CLMR(Extractor):
         return model.eval().to(torch_device(self.device))
 
     # -- output -----------------------------------------------------------
-    def output_spec(self) -> OutputSpec:
+    def output_spec(self, kind: str = "audio") -> OutputSpec:
         if self.config["pooling"] == "mean":
             return OutputSpec(axes=("dim",), timestamp_note="none: mean over the clips")
         hop = CLIP_SAMPLES / SAMPLE_RATE

@@ -83,7 +83,7 @@ class MelSpectrogram(Extractor):
         c = self.config
         return mel_filterbank(c["n_fft"], c["n_mels"], c["fmin"], c["fmax"])
 
-    def output_spec(self) -> OutputSpec:
+    def output_spec(self, kind: str = "audio") -> OutputSpec:
         if self.config["pooling"] == "mean":
             return OutputSpec(axes=("dim",))
         return OutputSpec(axes=("time", "mel"), hop_seconds=self.config["hop_length"] / SAMPLE_RATE)

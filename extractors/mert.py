@@ -728,7 +728,7 @@ class Mert(Extractor):
             raise ConfigError(f"mert: layers {layers} name the same layer twice")
         return out
 
-    def output_spec(self) -> OutputSpec:
+    def output_spec(self, kind: str = "audio") -> OutputSpec:
         stacked = self._stacked()
         if self.config["pooling"] == "mean":
             return OutputSpec(axes=("layer", "dim") if stacked else ("dim",))

@@ -765,7 +765,7 @@ class OpenL3(Extractor):
             )
         ]
 
-    def output_spec(self) -> OutputSpec:
+    def output_spec(self, kind: str = "audio") -> OutputSpec:
         hop = self.config["hop_size"]
         where = "window centres" if self.config["center"] else "window starts (openl3's convention)"
         return OutputSpec(
