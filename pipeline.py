@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 import audio_io
+import media
 import outputs
 from extractors.base import ConfigError, Extractor, Features, OutputSpec
 from reporting import RunStats
@@ -272,7 +273,7 @@ class Runner:
     def run(self) -> RunStats:
         t_start = time.perf_counter()
         opt = self.opt
-        sources = audio_io.discover(opt.audio_dir, opt.extensions, opt.recursive)
+        sources = media.discover(opt.audio_dir, opt.extensions, opt.recursive).files
         if opt.shard:
             index, count = opt.shard
             sources = [s for s in sources if shard_of(s, count) == index]
