@@ -588,10 +588,8 @@ def export_model(
         if fmt == "csv":  # written after the CSV: a crash between the two means a rebuild next time
             outputs.atomic_write_json(_csv_sidecar(target), p.metadata)
         size = target.stat().st_size
-        log(
-            f"{model}: {len(p.items)} files ({p.data.layout}, {p.data.stored_shape}) -> {target} "
-            f"({size / 1e6:.1f} MB)"
-        )
+        shown = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.0f} kB"
+        log(f"{model}: {len(p.items)} files ({p.data.layout}, {p.data.stored_shape}) -> {target} ({shown})")
         done.append(target)
     return done
 
