@@ -533,8 +533,11 @@ def plot_files(
         try:
             audio = None
             if audio_dir and source:
-                decoded = audio_io.load(Path(audio_dir) / source)
-                audio = (decoded.audio, decoded.sample_rate)
+                try:
+                    decoded = audio_io.load(Path(audio_dir) / source)
+                    audio = (decoded.audio, decoded.sample_rate)
+                except (OSError, audio_io.AudioError) as exc:  # e.g. moved, or an image: draw the rest
+                    log(f"{source}: no waveform ({exc})")
             duration = _duration(manifest, folders, rel, audio)
             panels = panels_for_file(base, rel, folders, audio, layer)
             fig = plot_file(panels, duration, title=source or str(rel), width=width, dpi=dpi)

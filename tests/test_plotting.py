@@ -152,7 +152,9 @@ def test_only_present_models_and_irregular_timestamps(tmp_path):
     mesh = heat.collections[0]
     np.testing.assert_allclose(mesh.get_array().reshape(4, 5), emb.T, rtol=1e-6)
     assert heat.get_xlim() == (0.0, 3.0)
-    assert plotting.main(["files", str(tmp_path), "--dpi", "40", "--width", "5"]) == 0
+    # a source that cannot be decoded (moved, an image) loses only its waveform panel
+    args = ["files", str(tmp_path), "--audio_dir", str(tmp_path / "moved"), "--dpi", "40", "--width", "5"]
+    assert plotting.main(args) == 0
     height = plotting.TITLE_HEIGHT + plotting.PANEL_HEIGHTS["heatmap"] + plotting.PANEL_HEIGHTS["ssm"]
     assert png_size(tmp_path / "plots" / "v.png") == (200, round(height * 40))
 
