@@ -243,6 +243,14 @@ class Decoded:
     def duration_seconds(self) -> float:
         return self.audio.shape[0] / self.sample_rate
 
+    # Picklable (the Ray engine ships decoded files to its model workers): the lock stays behind.
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def at(self, rate: int, method: str) -> np.ndarray:
         """The signal at `rate` Hz via `method`, computed once."""
         if rate == self.sample_rate:

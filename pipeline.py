@@ -499,8 +499,7 @@ def load_models(jobs: list[ModelJob], output_base: Path, stats: RunStats, log: C
             job.extractor.load()
             write_metadata(job, output_base)
         except Exception as exc:
-            lines = str(exc).strip().splitlines()
-            job.error = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+            job.error = load_error_text(exc)
             stats.model_not_loaded(job.alias, exc)
             log(f"[{job.alias}] cannot load, skipping this model: {_short(str(exc))}")
     if "torch" in sys.modules:  # only models that use torch pay for it
@@ -508,6 +507,12 @@ def load_models(jobs: list[ModelJob], output_base: Path, stats: RunStats, log: C
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         torch.set_num_threads(max(1, cores))  # the cores this job was given (SLURM, taskset)
+
+
+def load_error_text(exc: BaseException) -> str:
+    """`ModelJob.error` for a model that could not load: the exception's name and first line."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 def _short(text: str, limit: int = 300) -> str:
@@ -670,9 +675,13 @@ class Runner:
             self._progress.file_done()
 
     # -- outputs of the run -------------------------------------------------------------------
+    def _report_head(self) -> dict:
+        """The report's first keys (another executor adds its own, e.g. the Ray engine's cluster)."""
+        return {"run": self.run_id, "finished": outputs.now_iso()}
+
     def write_reports(self) -> tuple[Path, Path]:
         base = self.opt.output_base
-        report = {"run": self.run_id, "finished": outputs.now_iso(), **self.stats.to_json()}
+        report = {**self._report_head(), **self.stats.to_json()}
         if self.opt.shard:
             report["shard"] = f"{self.opt.shard[0]}/{self.opt.shard[1]}"
         suffix = f".shard{self.opt.shard[0]}of{self.opt.shard[1]}" if self.opt.shard else ""

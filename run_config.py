@@ -13,6 +13,9 @@ A config file (all keys optional):
     verbose: false
     progress_every: 60      # seconds between progress lines when stderr is not a terminal
     lease_seconds: 300      # a lock whose heartbeat is older than this is taken over
+    engine: local           # local | ray (a Ray cluster: pip install -r requirements-ray.txt)
+    ray_address: null       # engine ray: null starts a local cluster; auto; ray://host:10001
+    ray_actors: null        # engine ray: actors per model (null: one per GPU, or from the CPUs)
     models:                 # a list of names, or a mapping name -> settings
       crepe: {capacity: full, step_size: 10, viterbi: true}
       openl3_env:           # a second configuration of one plugin, in its own folder
@@ -54,11 +57,15 @@ TOP_KEYS = {
     "verbose": bool,
     "progress_every": (int, float),
     "lease_seconds": (int, float),
+    "engine": str,
+    "ray_address": (str, type(None)),
+    "ray_actors": (int, type(None)),
     "models": (list, dict),
 }
 # Top-level settings copied onto RunConfig as they are (flags override them by the same name).
 SETTINGS = tuple(k for k in TOP_KEYS if k not in ("models", "skip_existing", "input_dir"))
 MODEL_KEYS = ("extractor", "weights", "batch_size", "device")
+ENGINES = ("local", "ray")
 _ALIAS = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
@@ -86,6 +93,9 @@ class RunConfig:
     verbose: bool = False
     progress_every: float = 60.0
     lease_seconds: float = 300.0
+    engine: str = "local"
+    ray_address: str | None = None
+    ray_actors: int | None = None
     models: list[ModelConfig] = field(default_factory=list)
 
 
@@ -230,6 +240,11 @@ def build(file_data: dict[str, Any], where: str, overrides: dict[str, Any]) -> R
         errors.add("prefetch must be >= 1")
     if cfg.lease_seconds < 10:
         errors.add("lease_seconds must be >= 10 (the heartbeat renews a lease every lease/5 seconds)")
+    if cfg.engine not in ENGINES:
+        errors.add(f"engine must be one of {', '.join(ENGINES)}, got {cfg.engine!r}"
+                   f"{did_you_mean(cfg.engine, ENGINES)}")
+    if cfg.ray_actors is not None and cfg.ray_actors < 1:
+        errors.add("ray_actors must be >= 1 (or null: from the cluster's GPUs and CPUs)")
     if cfg.progress_every < 0:
         errors.add("progress_every must be >= 0 (0: no progress lines)")
 

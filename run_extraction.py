@@ -4,6 +4,7 @@
     python run_extraction.py --models openl3 mert
     python run_extraction.py --config configs/default.yaml
     python run_extraction.py --audio_dir /data/media --output_base /data/feats --shard 3/8
+    python run_extraction.py --config study.yaml --engine ray --ray_address auto   # a Ray cluster
 
 Rerunning the same command resumes: finished outputs are kept, the rest is computed.
 Exit status: 0 all done, 1 some file or model failed (see failures.json), 2 configuration error,
@@ -45,6 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--progress_every", type=float,
                    help="seconds between progress lines when stderr is not a terminal (default 60; 0: none)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar or progress lines")
+    p.add_argument("--engine", help="local (default) | ray: run on a Ray cluster "
+                   "(pip install -r requirements-ray.txt; folders on a filesystem every node sees)")
+    p.add_argument("--ray_address", help="engine ray: auto (the cluster on this node) | ray://HOST:10001 "
+                   "(default: start a local cluster, or $RAY_ADDRESS)")
+    p.add_argument("--ray_actors", type=int, help="engine ray: actors per model (default: one per GPU, "
+                   "or half the cluster's CPUs shared among the models)")
     return p.parse_args(argv)
 
 
@@ -136,7 +143,20 @@ def _main(args: argparse.Namespace) -> int:
         progress_every=0.0 if args.no_progress else cfg.progress_every,
         lease_seconds=cfg.lease_seconds,
     )
-    runner = pipeline.Runner(jobs, options, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if cfg.engine == "ray":
+        import ray_engine  # Ray is imported only here, never by a local run
+
+        devices = {m.alias: m.device or cfg.device for m in cfg.models}
+        runner = ray_engine.RayRunner(jobs, options, log=log, address=cfg.ray_address, devices=devices,
+                                      actors=cfg.ray_actors)
+        try:
+            runner.connect()
+        except ConfigError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
+    else:
+        runner = pipeline.Runner(jobs, options, log=log)
     stats = runner.run()
     # the run is over (finished or stopped): a signal now must not cut the report short
     held = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
