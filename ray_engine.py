@@ -72,7 +72,7 @@ class ModelRecipe:
     params: dict[str, Any]
 
     @classmethod
-    def of(cls, job: ModelJob) -> "ModelRecipe":
+    def of(cls, job: ModelJob) -> ModelRecipe:
         ex = job.extractor
         return cls(job.alias, ex.name, ex.weights_path, ex.batch_size, dict(ex.config))
 
@@ -141,6 +141,12 @@ class ModelWorker:
         ex = registry.create(recipe.extractor, device=device, weights_path=recipe.weights_path,
                              batch_size=recipe.batch_size, **recipe.params)
         self.job = ModelJob(recipe.alias, ex, out_dir=self.output_base / recipe.alias)
+        import ray
+
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            # the worker before this one died, perhaps mid-write: its temporary files go now
+            for folder in self.job.folders():
+                outputs.clean_stale(folder)
         try:
             ex.load()
         except Exception as exc:  # reported by the driver once, as a local run does
@@ -226,6 +232,11 @@ class RayRunner(pipeline.Runner):
         """Join (or start) the cluster, then check that every node sees the folders (ConfigError if not)."""
         if self._ray is not None:
             return
+        joining = self.address is not None or bool(os.environ.get("RAY_ADDRESS"))
+        if joining and "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
+            # Clusters started by `ray start` or ray.init() use token authentication by default, but a
+            # driver joining one sends the token (~/.ray/auth_token) only in token mode, read at import.
+            os.environ["RAY_AUTH_MODE"] = "token"
         ray = import_ray()
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {
@@ -233,7 +244,7 @@ class RayRunner(pipeline.Runner):
                 "logging_level": logging.WARNING,
                 "job_config": ray.job_config.JobConfig(code_search_path=[str(HERE)]),
             }
-            if self.address is None and not os.environ.get("RAY_ADDRESS"):
+            if not joining:
                 kwargs["include_dashboard"] = False  # a cluster of our own: nothing to watch it with
             try:
                 ray.init(**kwargs)
@@ -265,7 +276,8 @@ class RayRunner(pipeline.Runner):
                     .remote(str(probe), token, str(Path(opt.audio_dir).resolve()), first) for n in nodes]
             problems = []
             for node, ref in zip(nodes, refs):
-                where = f"{node.get('NodeManagerHostname', '?')} ({node.get('NodeManagerAddress', '?')})"
+                where = (f"{node.get('NodeManagerHostname', '?')} ({node.get('NodeManagerAddress', '?')}, "
+                         f"id {str(node.get('NodeID', '?'))[:8]})")
                 try:
                     why = ray.get(ref, timeout=600)
                 except Exception as exc:
@@ -276,8 +288,9 @@ class RayRunner(pipeline.Runner):
             probe.unlink(missing_ok=True)
         if problems:
             raise ConfigError(
-                f"the Ray workers write into --output_base and read --audio_dir, so every node must see both at "
-                f"the same paths (a shared filesystem: NFS, Lustre, ...): {'; '.join(problems)}")
+                f"every Ray node must see --output_base and --audio_dir at the same paths (the workers read the "
+                f"input and write the outputs there): put both on a filesystem every node mounts (NFS, Lustre, "
+                f"...). {'; '.join(problems)}")
 
     def _disconnect(self) -> None:
         if self._ray is not None and self._owns_connection:

@@ -143,7 +143,10 @@ def _main(args: argparse.Namespace) -> int:
         progress_every=0.0 if args.no_progress else cfg.progress_every,
         lease_seconds=cfg.lease_seconds,
     )
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
     if cfg.engine == "ray":
         import ray_engine  # Ray is imported only here, never by a local run
 
