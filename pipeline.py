@@ -17,6 +17,7 @@ loop moves on.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -377,14 +378,21 @@ def _extract_with_backoff(job: ModelJob, audio: np.ndarray, log: Callable[[str],
 
 
 # -- store ------------------------------------------------------------------------------------
-def store(output_base: Path, item: Item, res: Result, m: media.Media, run_id: str) -> Outcome:
-    """Write one Result (arrays atomically, main output last, then its manifest line) -> its Outcome."""
+def store(output_base: Path, item: Item, res: Result, m: media.Media, run_id: str,
+          manifest: Callable[[dict], None] | None = None) -> Outcome:
+    """Write one Result (arrays atomically, main output last, then its manifest line) -> its Outcome.
+
+    `manifest` takes the line instead of appending it to `<output_base>/manifest.jsonl` here (the
+    Ray engine's workers hand their lines to the driver, the file's only writer).
+    """
     job, src = res.job, item.source.as_posix()
+    if manifest is None:
+        manifest = functools.partial(outputs.append_jsonl, output_base / "manifest.jsonl")
     out = Outcome(src, job.alias, "ok", notes=res.notes, inference_seconds=res.seconds,
                   resample_seconds=res.resample_seconds)
     if res.skipped:
         out.status, out.notes = "skipped", [res.skipped]
-        outputs.append_jsonl(output_base / "manifest.jsonl", {
+        manifest({
             "run": run_id, "model": job.alias, "source": src, "output": None, "skipped": res.skipped,
             "written": outputs.now_iso()})
         return out
@@ -422,7 +430,7 @@ def store(output_base: Path, item: Item, res: Result, m: media.Media, run_id: st
     }
     if res.notes:
         record["notes"] = res.notes
-    outputs.append_jsonl(output_base / "manifest.jsonl", record)
+    manifest(record)
     out.shape = tuple(data.shape)
     return out
 

@@ -3,13 +3,13 @@
 Who does what (the stages are pipeline.py's; Ray only schedules them):
 
     driver (this process)  discover, plan, claim: it holds every lease and its heartbeat;
-                           counts each Outcome, writes the report
+                           counts each Outcome, appends the manifest, writes the report
     decode tasks (CPU)     pipeline.decode: the file decoded once and resampled once per
                            (rate, method); the Media travels through the object store
     model actors           one pool per model, the model loaded once per actor (a share of
                            a GPU each where the cluster has GPUs, CPU actors otherwise);
-                           pipeline.extract + pipeline.store: arrays by the atomic writer,
-                           one manifest line; the Outcome (with its timings) goes back
+                           pipeline.extract + pipeline.store: arrays by the atomic writer;
+                           the Outcome (with its timings) and the manifest line go back
 
 Workers never own a lock: a killed driver's leases die with its pid (same host) or
 expire after `lease_seconds`, and Ray ends its workers with its job. A worker killed
@@ -27,9 +27,12 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
 import sys
+import threading
 import time
 import uuid
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,7 +146,10 @@ class ModelWorker:
         self.job = ModelJob(recipe.alias, ex, out_dir=self.output_base / recipe.alias)
         import ray
 
-        if ray.get_runtime_context().was_current_actor_reconstructed:
+        with warnings.catch_warnings():  # Ray 2.60 warns about its own actor_id use in here
+            warnings.simplefilter("ignore")
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        if restarted:
             # the worker before this one died, perhaps mid-write: its temporary files go now
             for folder in self.job.folders():
                 outputs.clean_stale(folder)
@@ -164,15 +170,19 @@ class ModelWorker:
     def write_metadata(self) -> None:
         pipeline.write_metadata(self.job, self.output_base)
 
-    def process(self, item: Item, m: media.Media, share: int) -> tuple[Outcome, int]:
-        """extract + store of this model on one decoded file -> (its Outcome, this worker's pid).
+    def process(self, item: Item, m: media.Media, share: int) -> tuple[Outcome, list[dict], int]:
+        """extract + store of this model on one decoded file -> (its Outcome, its manifest lines, this pid).
 
-        `share`: how many of the file's models use this model's resampled signal (its
-        resampling time is split among them, as in a local run).
+        The arrays are written here (atomically); the manifest lines go back to the driver, the
+        manifest's only writer (appends from many hosts to one file are not atomic on NFS).
+        `share`: how many of the file's models use this model's resampled signal (its resampling
+        time is split among them, as in a local run).
         """
         res = next(pipeline.extract(item, [self.job], m, log=lambda msg: print(msg, file=sys.stderr, flush=True)))
         res.resample_seconds /= max(1, share)
-        return pipeline.store(self.output_base, item, res, m, self.run_id), os.getpid()
+        lines: list[dict] = []
+        outcome = pipeline.store(self.output_base, item, res, m, self.run_id, manifest=lines.append)
+        return outcome, lines, os.getpid()
 
 
 # -- the driver ---------------------------------------------------------------------------------
@@ -226,6 +236,7 @@ class RayRunner(pipeline.Runner):
         self._pools: dict[str, _Pool] = {}
         self._waiting: dict[Any, tuple[int, str | None, int]] = {}  # ref -> (flight, alias or None, actor)
         self._flights: dict[int, _Flight] = {}
+        self._signalled: str | None = None
 
     # -- cluster ------------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -350,6 +361,7 @@ class RayRunner(pipeline.Runner):
         t0 = last = time.monotonic()
         while ready:
             done, _ = ray.wait(list(ready), num_returns=1, timeout=1.0)
+            self._check_signal()
             if not done and time.monotonic() - last > 60:
                 last = time.monotonic()
                 self.log(f"waiting for {len(ready)} model worker(s) to start ({time.monotonic() - t0:.0f} s; "
@@ -407,10 +419,22 @@ class RayRunner(pipeline.Runner):
         self._announce(items)
         return items
 
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # Only a flag: an exception raised inside Ray's C++ calls (ray.wait) would be mangled there.
+        self._signalled = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
+
+    def _check_signal(self) -> None:
+        if self._signalled == "SIGINT":
+            raise KeyboardInterrupt
+        if self._signalled:
+            raise pipeline.Interrupted()
+
     def run(self) -> RunStats:
         t_start = time.perf_counter()
         self.connect()
-        previous = pipeline._install_signal_handlers()
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self._progress = pipeline._Progress(self.stats, self.log, self.opt.progress, self.opt.progress_every)
         items: list[Item] = []
         try:
@@ -426,7 +450,8 @@ class RayRunner(pipeline.Runner):
             self._stop_workers()
             self._leases.close()  # only now: no worker of this run can still write
             self._progress.close()
-            pipeline._restore_signal_handlers(previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
             self._disconnect()
             self._order_failures(items)
             self.stats.wall_seconds = time.perf_counter() - t_start
@@ -454,6 +479,7 @@ class RayRunner(pipeline.Runner):
             done, _ = ray.wait(list(self._waiting), num_returns=1, timeout=0.5)  # short: signals get through
             for ref in done:
                 self._collect(ref)
+            self._check_signal()
 
     def _decode_cpus(self) -> float:
         taken = sum(p.options.get("num_cpus", 0) * len(p.actors) for p in self._pools.values())
@@ -515,8 +541,10 @@ class RayRunner(pipeline.Runner):
             pool.busy[i] -= 1
             flight.calls -= 1
             try:
-                outcome, pid = ray.get(ref)
+                outcome, lines, pid = ray.get(ref)
                 pool.pids[i].add(pid)
+                for line in lines:
+                    outputs.append_jsonl(self.opt.output_base / "manifest.jsonl", line)
             except Exception as exc:
                 outcome = self._lost(flight, alias, exc)
             self._report(outcome)
