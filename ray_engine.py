@@ -255,8 +255,9 @@ class RayRunner(pipeline.Runner):
                 "logging_level": logging.WARNING,
                 "job_config": ray.job_config.JobConfig(code_search_path=[str(HERE)]),
             }
-            if not joining:
-                kwargs["include_dashboard"] = False  # a cluster of our own: nothing to watch it with
+            if not joining:  # a cluster of our own: no dashboard to watch it, no usage report sent
+                kwargs["include_dashboard"] = False
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             try:
                 ray.init(**kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:

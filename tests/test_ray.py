@@ -102,6 +102,7 @@ def cluster():
     import logging
 
     temp = tempfile.mkdtemp(prefix="ekray-", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20, _temp_dir=temp,
              logging_level=logging.WARNING, log_to_driver=False)
     try:

@@ -1,0 +1,154 @@
+#!/usr/bin/env python
+"""The local engine vs the Ray engine on the same files, and the CPU cost of decoding per file.
+
+    python benchmarks/bench_ray.py                          # 20 files x 10 s, madmom melspec crepe-tiny
+    python benchmarks/bench_ray.py --files 20 --seconds 30 --repeats 3 --json benchmarks/results/ray.json
+    python benchmarks/bench_ray.py --decode_only            # the decode/resample table alone
+
+Part 1 runs the real command line on one synthetic corpus, alternating engines (local, ray, local,
+ray, ...) so that both see the same machine load: `run_extraction.py` and `run_extraction.py
+--engine ray` (a local Ray cluster started by the run, as a user without a cluster gets it).
+It reports each command's wall time (process start, Ray start, model loading, the run) and the
+run's own wall time from run_report.json (model loading included, Ray start excluded), and
+checks that both engines wrote the same bytes.
+
+Part 2 measures what a decode task costs per 30 s file (44.1 kHz stereo WAV) in CPU seconds
+(process time, so other load on the machine does not inflate it): decoding, and each model's
+resampling: what feeding a GPU's models costs, for the throughput model in BENCHMARKS.md. Needs `pip install -r requirements-ray.txt` for part 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import audio_io  # noqa: E402
+
+RESAMPLING = {  # model: (rate, method) as each plugin asks for it by default
+    "openl3": (48000, "kaiser_best"),
+    "crepe": (16000, "kaiser_best"),
+    "mert": (24000, "soxr_hq"),
+    "clmr": (22050, "soxr_hq"),
+    "melspec": (16000, "soxr_hq"),
+    "madmom": (44100, "soxr_hq"),
+}
+
+
+def corpus(folder: Path, files: int, seconds: float) -> None:
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    sr = 44100
+    t = np.arange(int(seconds * sr)) / sr
+    for i in range(files):
+        f0 = 110.0 * 2 ** (i / 12)
+        tone = 0.3 * np.sin(2 * np.pi * f0 * t) + 0.1 * np.sin(2 * np.pi * 2 * f0 * t)
+        clicks = np.zeros_like(t)
+        clicks[:: int(sr * 60 / (90 + 3 * i))] = 0.8
+        x = tone + np.convolve(clicks, np.exp(-np.arange(400) / 60.0), mode="same") + 0.01 * rng.standard_normal(t.size)
+        stereo = np.stack([x, 0.9 * x], axis=1).astype(np.float32)
+        sf.write(folder / f"track_{i:03d}.wav", stereo, sr, subtype="PCM_16")
+
+
+def run(args: list[str]) -> tuple[float, float, int]:
+    """(command wall s, run wall s from the report, exit status)."""
+    out = Path(args[args.index("--output_base") + 1])
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, str(ROOT / "run_extraction.py"), "--no_progress", *args], cwd=ROOT,
+                         capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    if res.returncode != 0:
+        sys.exit(f"run failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    report = json.loads((out / "run_report.json").read_text())
+    return wall, report["wall_seconds"], res.returncode
+
+
+def npy_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.npy"))}
+
+
+def engines(ns: argparse.Namespace, work: Path) -> dict:
+    audio = work / "audio"
+    audio.mkdir(parents=True)
+    corpus(audio, ns.files, ns.seconds)
+    models = ["--models", *ns.models, "--set", "crepe.capacity=tiny"] if "crepe" in ns.models \
+        else ["--models", *ns.models]
+    rows: dict[str, list] = {"local": [], "ray": []}
+    for r in range(ns.repeats):
+        for engine in ("local", "ray"):
+            out = work / f"{engine}{r}"
+            extra = ["--engine", "ray"] if engine == "ray" else []
+            wall, run_wall, _ = run(["--audio_dir", str(audio), "--output_base", str(out), *models, *extra])
+            rows[engine].append({"command_s": round(wall, 2), "run_s": round(run_wall, 2)})
+            print(f"{engine:>5} #{r}: command {wall:7.2f} s, run {run_wall:7.2f} s", flush=True)
+    same = npy_bytes(work / "local0") == npy_bytes(work / "ray0")
+    med = {e: {k: float(np.median([x[k] for x in v])) for k in ("command_s", "run_s")} for e, v in rows.items()}
+    print(f"median: local command {med['local']['command_s']:.2f} s run {med['local']['run_s']:.2f} s; "
+          f"ray command {med['ray']['command_s']:.2f} s run {med['ray']['run_s']:.2f} s; "
+          f"ray/local command {med['ray']['command_s'] / med['local']['command_s']:.2f} "
+          f"run {med['ray']['run_s'] / med['local']['run_s']:.2f}; same bytes: {same}")
+    return {"runs": rows, "median": med, "same_bytes": same}
+
+
+def decode_costs(work: Path, seconds: float = 30.0, repeats: int = 3) -> dict:
+    corpus(work, 1, seconds)
+    path = next(work.glob("*.wav"))
+    out: dict[str, float] = {}
+    decode = []
+    for _ in range(repeats):
+        t0 = time.process_time()  # CPU seconds: what a decode task costs, whatever else runs
+        d = audio_io.load(path)
+        decode.append(time.process_time() - t0)
+    out["decode"] = min(decode)
+    for model, (rate, method) in RESAMPLING.items():
+        best = []
+        for _ in range(repeats):
+            t0 = time.process_time()
+            audio_io.resample(d.audio, d.sample_rate, rate, method)
+            best.append(time.process_time() - t0)
+        out[f"resample {model} ({rate} Hz {method})"] = min(best)
+    print(f"CPU seconds per {seconds:.0f} s file (best of {repeats}):")
+    for k, v in out.items():
+        print(f"  {k:<40} {v:.4f}")
+    return {"seconds_per_file": seconds, "cpu_seconds": {k: round(v, 4) for k, v in out.items()}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--files", type=int, default=20)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--models", nargs="+", default=["madmom", "melspec", "crepe"])
+    ap.add_argument("--repeats", type=int, default=2, help="runs per engine, alternating")
+    ap.add_argument("--decode_only", action="store_true")
+    ap.add_argument("--json", help="write the results here")
+    ns = ap.parse_args()
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
+              f"{len(os.sched_getaffinity(0))} cores", "load_average_at_start": os.getloadavg()[0],
+              "files": ns.files, "seconds": ns.seconds, "models": ns.models}
+    work = Path(tempfile.mkdtemp(prefix="bench_ray-"))
+    try:
+        if not ns.decode_only:
+            result["engines"] = engines(ns, work / "engines")
+        (work / "decode").mkdir()
+        result["decode"] = decode_costs(work / "decode")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if ns.json:
+        Path(ns.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
