@@ -112,7 +112,7 @@ def decode_file(root: Path, item: Item, jobs: list[ModelJob]) -> tuple[media.Med
 
 
 def probe_node(probe: str, token: str, audio_dir: str, first_file: str | None) -> str | None:
-    """A check task on one node: None when it sees the driver's probe file and the input, else what it lacks."""
+    """A check task on one node: None when it sees the driver's probe and the input, else what it lacks."""
     p = Path(probe)
     try:
         if p.read_text() != token:
@@ -178,7 +178,7 @@ class ModelWorker:
         `share`: how many of the file's models use this model's resampled signal (its resampling
         time is split among them, as in a local run).
         """
-        res = next(pipeline.extract(item, [self.job], m, log=lambda msg: print(msg, file=sys.stderr, flush=True)))
+        res = next(pipeline.extract(item, [self.job], m, log=_say))
         res.resample_seconds /= max(1, share)
         lines: list[dict] = []
         outcome = pipeline.store(self.output_base, item, res, m, self.run_id, manifest=lines.append)
@@ -237,6 +237,7 @@ class RayRunner(pipeline.Runner):
         self._waiting: dict[Any, tuple[int, str | None, int]] = {}  # ref -> (flight, alias or None, actor)
         self._flights: dict[int, _Flight] = {}
         self._signalled: str | None = None
+        self._placed: dict[str, tuple[int, dict, str, int]] = {}
 
     # -- cluster ------------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -261,15 +262,21 @@ class RayRunner(pipeline.Runner):
             try:
                 ray.init(**kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ConfigError(f"cannot reach the Ray cluster at {self.address or 'a new local cluster'}: "
-                                  f"{audio_io.one_line(exc)}; start it (ray start --head) or fix --ray_address")
+                where = self.address or "a new local cluster"
+                raise ConfigError(f"cannot reach the Ray cluster at {where}: {audio_io.one_line(exc)}; "
+                                  "start it (ray start --head) or fix --ray_address") from None
             self._owns_connection = True
         self._ray = ray
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         res = ray.cluster_resources()
         self.cluster = {"address": self.address or "local", "nodes": len(nodes),
                         "cpus": res.get("CPU", 0.0), "gpus": res.get("GPU", 0.0)}
-        self._check_shared(nodes)
+        try:
+            self._placed = self._placement()
+            self._check_shared(nodes)
+        except BaseException:
+            self._disconnect()
+            raise
 
     def _check_shared(self, nodes: list[dict]) -> None:
         """A probe file written here must be seen, and the input read, from every node."""
@@ -293,16 +300,16 @@ class RayRunner(pipeline.Runner):
                 try:
                     why = ray.get(ref, timeout=600)
                 except Exception as exc:
-                    why = f"could not run a check there ({audio_io.one_line(exc)}); is this checkout at {HERE} there?"
+                    why = f"could not run the check ({audio_io.one_line(exc)}); is this checkout at {HERE}?"
                 if why:
                     problems.append(f"node {where} {why}")
         finally:
             probe.unlink(missing_ok=True)
         if problems:
             raise ConfigError(
-                f"every Ray node must see --output_base and --audio_dir at the same paths (the workers read the "
-                f"input and write the outputs there): put both on a filesystem every node mounts (NFS, Lustre, "
-                f"...). {'; '.join(problems)}")
+                f"every Ray node must see --output_base and --audio_dir at the same paths (the workers read "
+                f"the input and write the outputs there): put both on a filesystem every node mounts (NFS, "
+                f"Lustre, ...). {'; '.join(problems)}")
 
     def _disconnect(self) -> None:
         if self._ray is not None and self._owns_connection:
@@ -314,8 +321,9 @@ class RayRunner(pipeline.Runner):
         """alias -> (actors, resources per actor, device, torch threads).
 
         GPU models (device cuda, or auto on a cluster with GPUs for a torch model): one actor per
-        GPU, the models sharing each GPU evenly. CPU models: half the cluster's cores go to the
-        models, the other half to decoding.
+        GPU, the models sharing each GPU evenly, each with a core for its host side where there are
+        enough. CPU models: half the cores the GPU models leave (an actor per core, one torch thread
+        each); decoding gets the rest.
         """
         cpus, gpus = self.cluster["cpus"], self.cluster["gpus"]
         on_gpu = {}
@@ -324,20 +332,23 @@ class RayRunner(pipeline.Runner):
             if wanted.startswith("cuda") and gpus < 1:
                 raise ConfigError(f"{job.alias} asks for device {wanted}, but the Ray cluster has no GPU; "
                                   "use --device auto or cpu, or add GPU nodes")
-            on_gpu[job.alias] = wanted.startswith("cuda") or (wanted == "auto" and gpus >= 1 and _uses_torch(job))
+            auto_gpu = wanted == "auto" and gpus >= 1 and _uses_torch(job)
+            on_gpu[job.alias] = wanted.startswith("cuda") or auto_gpu
         n_gpu = sum(on_gpu.values())
         n_cpu = len(self.jobs) - n_gpu
+        n_gpu_actors = self.actors_per_model or max(1, int(gpus))
+        gpu_actor_cpus = _round(min(1.0, cpus / max(1.0, gpus) / (n_gpu + 1)))  # host side of a GPU model
+        free = cpus - gpu_actor_cpus * n_gpu_actors * n_gpu
+        n_cpu_actors = self.actors_per_model or max(1, int(free // (2 * max(1, n_cpu))))
         out = {}
         for job in self.jobs:
             if on_gpu[job.alias]:
-                n = self.actors_per_model or max(1, int(gpus))
-                share = _round(min(1.0, cpus / max(1.0, gpus) / (n_gpu + 1)))
-                out[job.alias] = (n, {"num_gpus": _round(1.0 / n_gpu), "num_cpus": share}, "cuda", 1)
-            else:
-                share = _round(min(1.0, cpus / (2 * n_cpu)))
-                n = self.actors_per_model or max(1, int(cpus // (2 * n_cpu)))
+                gpu_share = _round(min(1.0, gpus / (n_gpu_actors * n_gpu)))
+                out[job.alias] = (n_gpu_actors, {"num_gpus": gpu_share, "num_cpus": gpu_actor_cpus}, "cuda", 1)
+            else:  # half of what the GPU models leave; decoding gets the rest
+                share = _round(min(1.0, free / (2 * n_cpu * n_cpu_actors)))
                 device = self.devices.get(job.alias, "auto")
-                out[job.alias] = (n, {"num_cpus": share}, "cpu" if device == "auto" else device, 1)
+                out[job.alias] = (n_cpu_actors, {"num_cpus": share}, "cpu" if device == "auto" else device, 1)
         return out
 
     def _start_models(self) -> None:
@@ -346,13 +357,13 @@ class RayRunner(pipeline.Runner):
         worker = ray.remote(ModelWorker)
         for job in self.jobs:
             self.stats.model(job.alias)
-        placement = self._placement()
         for job in self.jobs:
-            n, resources, device, threads = placement[job.alias]
+            n, resources, device, threads = self._placed[job.alias]
             pool = _Pool(job, device=device, options=resources)
             for _ in range(n):
-                pool.actors.append(worker.options(**resources, max_restarts=-1, max_task_retries=RETRIES).remote(
-                    ModelRecipe.of(job), str(self.opt.output_base.resolve()), self.run_id, device, threads))
+                options = worker.options(**resources, max_restarts=-1, max_task_retries=RETRIES)
+                pool.actors.append(options.remote(ModelRecipe.of(job), str(self.opt.output_base.resolve()),
+                                                  self.run_id, device, threads))
                 pool.busy.append(0)
                 pool.pids.append(set())
             self._pools[job.alias] = pool
@@ -445,9 +456,10 @@ class RayRunner(pipeline.Runner):
         except (KeyboardInterrupt, pipeline.Interrupted) as exc:
             self.stats.interrupted = "SIGINT" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
         finally:
-            self.cluster["worker_restarts"] = sum(len(p) - 1 for pool in self._pools.values() for p in pool.pids if p)
-            self.cluster["actors"] = {alias: {"count": len(pool.actors), "device": pool.device, **pool.options}
-                                      for alias, pool in self._pools.items()}
+            pools = self._pools.values()
+            self.cluster["worker_restarts"] = sum(len(p) - 1 for pool in pools for p in pool.pids if p)
+            self.cluster["actors"] = {pool.job.alias: {"count": len(pool.actors), "device": pool.device,
+                                                       **pool.options} for pool in pools}
             self._stop_workers()
             self._leases.close()  # only now: no worker of this run can still write
             self._progress.close()
@@ -601,6 +613,10 @@ class RayRunner(pipeline.Runner):
 
     def _report_head(self) -> dict:
         return {**super()._report_head(), "engine": {"name": "ray", **self.cluster, "retries": RETRIES}}
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def _uses_torch(job: ModelJob) -> bool:

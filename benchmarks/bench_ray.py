@@ -14,7 +14,8 @@ checks that both engines wrote the same bytes.
 
 Part 2 measures what a decode task costs per 30 s file (44.1 kHz stereo WAV) in CPU seconds
 (process time, so other load on the machine does not inflate it): decoding, and each model's
-resampling: what feeding a GPU's models costs, for the throughput model in BENCHMARKS.md. Needs `pip install -r requirements-ray.txt` for part 1.
+resampling: what feeding a GPU's models costs, for the throughput model in BENCHMARKS.md.
+Part 1 needs `pip install -r requirements-ray.txt`.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def corpus(folder: Path, files: int, seconds: float) -> None:
         tone = 0.3 * np.sin(2 * np.pi * f0 * t) + 0.1 * np.sin(2 * np.pi * 2 * f0 * t)
         clicks = np.zeros_like(t)
         clicks[:: int(sr * 60 / (90 + 3 * i))] = 0.8
-        x = tone + np.convolve(clicks, np.exp(-np.arange(400) / 60.0), mode="same") + 0.01 * rng.standard_normal(t.size)
+        x = tone + np.convolve(clicks, np.exp(-np.arange(400) / 60.0), mode="same")
+        x += 0.01 * rng.standard_normal(t.size)
         stereo = np.stack([x, 0.9 * x], axis=1).astype(np.float32)
         sf.write(folder / f"track_{i:03d}.wav", stereo, sr, subtype="PCM_16")
 
@@ -95,7 +97,8 @@ def engines(ns: argparse.Namespace, work: Path) -> dict:
             rows[engine].append({"command_s": round(wall, 2), "run_s": round(run_wall, 2)})
             print(f"{engine:>5} #{r}: command {wall:7.2f} s, run {run_wall:7.2f} s", flush=True)
     same = npy_bytes(work / "local0") == npy_bytes(work / "ray0")
-    med = {e: {k: float(np.median([x[k] for x in v])) for k in ("command_s", "run_s")} for e, v in rows.items()}
+    med = {e: {k: float(np.median([x[k] for x in v])) for k in ("command_s", "run_s")}
+           for e, v in rows.items()}
     print(f"median: local command {med['local']['command_s']:.2f} s run {med['local']['run_s']:.2f} s; "
           f"ray command {med['ray']['command_s']:.2f} s run {med['ray']['run_s']:.2f} s; "
           f"ray/local command {med['ray']['command_s'] / med['local']['command_s']:.2f} "

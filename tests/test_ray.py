@@ -130,14 +130,15 @@ def ray_args(audio: Path, out: Path, address: str) -> list[str]:
 
 
 def driver(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "run_extraction.py"), "--no_progress", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen([sys.executable, str(ROOT / "run_extraction.py"), "--no_progress", *args],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def assert_same_as_local(out: Path, ref_out: Path) -> None:
     assert npy_bytes(out) == npy_bytes(ref_out)
     for model in ("madmom", "melspec", "crepe"):
-        assert (out / model / "features.json").read_bytes() == (ref_out / model / "features.json").read_bytes()
+        meta = f"{model}/features.json"
+        assert (out / meta).read_bytes() == (ref_out / meta).read_bytes()
     ours, local = (json.loads((o / "failures.json").read_text())["failures"] for o in (out, ref_out))
     assert ours == local and {f["file"] for f in ours} == {"bad.wav"}
 
@@ -277,7 +278,40 @@ def test_engine_settings_are_checked_and_a_missing_ray_says_how_to_install_it(tm
     assert "ray_actors must be >= 1" in res.stderr
     # ray absent (an import of it fails, as where it is not installed): exit 2, the install line
     res = _main(tmp_path, "--no_progress", "--audio_dir", str(tmp_path / "audio"), "--output_base",
-                str(tmp_path / "out"), "--models", "melspec", "--engine", "ray", before="sys.modules['ray'] = None; ")
+                str(tmp_path / "out"), "--models", "melspec", "--engine", "ray",
+                before="sys.modules['ray'] = None; ")
     assert res.returncode == 2, res.stdout + res.stderr
-    assert "--engine ray needs Ray, which is not installed here: pip install -r requirements-ray.txt" in res.stderr
+    assert ("--engine ray needs Ray, which is not installed here: pip install -r requirements-ray.txt"
+            in res.stderr)
     assert not (tmp_path / "out" / "melspec").exists()
+
+
+def test_placement_gives_torch_models_gpu_shares_and_numpy_models_cpu_actors(tmp_path):
+    """The GPU path's arithmetic (no GPU here): on a 2-GPU, 16-core cluster every torch model gets
+    one actor per GPU, the torch models splitting each GPU; madmom and melspec stay on CPU actors."""
+    import pipeline
+    import ray_engine
+    import registry
+
+    jobs = [pipeline.ModelJob(name, registry.create(name, **params)) for name, params in
+            (("crepe", {"capacity": "tiny"}), ("clmr", {}), ("madmom", {}), ("melspec", {}))]
+    opts = pipeline.RunOptions(audio_dir=tmp_path, output_base=tmp_path / "out")
+    runner = ray_engine.RayRunner(jobs, opts, devices={"clmr": "auto", "crepe": "auto"})
+    runner.cluster = {"cpus": 16.0, "gpus": 2.0}
+    placed = runner._placement()
+    for torch_model in ("crepe", "clmr"):
+        n, resources, device, _ = placed[torch_model]
+        assert (n, device, resources["num_gpus"]) == (2, "cuda", 0.5)
+    for numpy_model in ("madmom", "melspec"):
+        n, resources, device, _ = placed[numpy_model]
+        # the GPU models' actors take a core each (4); half of the 12 left go to these two models
+        assert (n, device, resources["num_cpus"]) == (3, "cpu", 1.0) and "num_gpus" not in resources
+    cpu_taken = sum(n * r["num_cpus"] for n, r, _, _ in placed.values())
+    assert cpu_taken == 4 + 6  # decoding keeps the other 6 cores
+    # an explicit cpu stays on the CPU; cuda without a GPU is a configuration error
+    runner.devices = {"crepe": "cpu"}
+    assert placed != runner._placement() and runner._placement()["crepe"][2] == "cpu"
+    runner.cluster = {"cpus": 16.0, "gpus": 0.0}
+    runner.devices = {"crepe": "cuda"}
+    with pytest.raises(ray_engine.ConfigError, match="asks for device cuda, but the Ray cluster has no GPU"):
+        runner._placement()
