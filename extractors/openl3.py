@@ -84,6 +84,9 @@ POOL_SIZES = {
 }
 
 OFFICIAL_URL = "https://github.com/marl/openl3/raw/models/openl3_audio_{repr}_{content}-v0_4_0.h5.gz"
+# The image networks (extractors/openl3_image.py) come from the same place, one per audio network.
+OFFICIAL_IMAGE_URL = "https://github.com/marl/openl3/raw/models/openl3_image_{repr}_{content}-v0_4_0.h5.gz"
+MODALITIES = ("audio", "image")
 TORCHOPENL3_URL = (
     "https://github.com/torchopenl3/torchopenl3-models/raw/master/"
     "torchopenl3_{repr}_{content}_{size}.pth.tar"
@@ -352,7 +355,7 @@ def _decode(names: Any) -> list[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
-def read_keras_h5(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, ...]]:
+def read_keras_h5(path: str | os.PathLike, in_channels: int = 1) -> dict[str, tuple[np.ndarray, ...]]:
     """Canonical state from a Keras weights-only HDF5 file (openl3's layout).
 
     Keras loads such a file by layer order, not by name: the root attribute
@@ -361,6 +364,8 @@ def read_keras_h5(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, ...]]:
     an empty kapre spectrogram layer) are skipped, as are the spectrogram
     layers of pre-0.4 files. Expects 16 weighted layers alternating
     BatchNorm (4 tensors) and Conv2D (2 tensors), starting with BatchNorm.
+    `in_channels`: 1 for the audio networks, 3 for the image network (same
+    layout otherwise; "bn{i}" is the BatchNorm that follows conv{i} in the file).
     """
     import h5py
 
@@ -379,8 +384,8 @@ def read_keras_h5(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, ...]]:
     kinds = [len(t) for _, t in layers]
     if kinds != [4, 2] * 8:
         raise WeightsError(
-            f"{path}: expected 16 weighted layers alternating BatchNorm and Conv2D (openl3's audio "
-            f"network), found {[name for name, _ in layers]}"
+            f"{path}: expected 16 weighted layers alternating BatchNorm and Conv2D (openl3's "
+            f"{_NETWORK_NAMES.get(in_channels, 'audio')} network), found {[name for name, _ in layers]}"
         )
     state: dict[str, tuple[np.ndarray, ...]] = {}
     for i in range(8):
@@ -388,7 +393,7 @@ def read_keras_h5(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, ...]]:
         kernel, bias = layers[2 * i + 1][1]
         state["bn_in" if i == 0 else f"bn{i - 1}"] = bn
         state[f"conv{i}"] = (np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)), bias)  # HWIO -> OIHW
-    _check_state(state, str(path))
+    _check_state(state, str(path), in_channels)
     return state
 
 
@@ -423,9 +428,12 @@ def read_torchopenl3(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, ...
     return state
 
 
-def _check_state(state: dict[str, tuple[np.ndarray, ...]], where: str) -> None:
-    c_in = (1,) + CHANNELS[:-1]
-    want = {"bn_in": (1,)}
+_NETWORK_NAMES = {1: "audio", 3: "image"}
+
+
+def _check_state(state: dict[str, tuple[np.ndarray, ...]], where: str, in_channels: int = 1) -> None:
+    c_in = (in_channels,) + CHANNELS[:-1]
+    want = {"bn_in": (in_channels,)}
     for i, (a, b) in enumerate(zip(c_in, CHANNELS)):
         want[f"conv{i}"] = (b, a, 3, 3)
         if i < 7:
@@ -433,7 +441,10 @@ def _check_state(state: dict[str, tuple[np.ndarray, ...]], where: str) -> None:
     for key, shape in want.items():
         got = tuple(state[key][0].shape)
         if got != shape:
-            raise WeightsError(f"{where}: {key} has shape {got}, expected {shape}; not an OpenL3 audio model")
+            raise WeightsError(
+                f"{where}: {key} has shape {got}, expected {shape}; not an OpenL3 "
+                f"{_NETWORK_NAMES.get(in_channels, 'audio')} model"
+            )
 
 
 def random_state(seed: int = 0) -> dict[str, tuple[np.ndarray, ...]]:
@@ -492,8 +503,15 @@ def build_network(state: dict[str, tuple[np.ndarray, ...]]) -> OpenL3AudioNet:
 # ---------------------------------------------------------------------------
 # Finding the weight files
 # ---------------------------------------------------------------------------
-def official_filename(input_repr: str, content_type: str) -> str:
-    return f"openl3_audio_{input_repr}_{content_type}.h5"
+def official_filename(input_repr: str, content_type: str, modality: str = "audio") -> str:
+    """openl3's name of a weight file: openl3_<audio|image>_<input_repr>_<content_type>.h5."""
+    return f"openl3_{modality}_{input_repr}_{content_type}.h5"
+
+
+def official_url(input_repr: str, content_type: str, modality: str = "audio") -> str:
+    """Where openl3's setup.py downloads the gzipped weight file from."""
+    template = OFFICIAL_URL if modality == "audio" else OFFICIAL_IMAGE_URL
+    return template.format(repr=input_repr, content=content_type)
 
 
 def torchopenl3_filenames(input_repr: str, content_type: str) -> list[str]:
@@ -529,16 +547,24 @@ def _weight_format(path: Path) -> str:
 
 
 _NAME_PATTERN = re.compile(r"(linear|mel128|mel256)_(music|env)")
+_MODALITY_PATTERN = re.compile(r"openl3_(audio|image)_")
 
 
-def _check_name(path: Path, input_repr: str, content_type: str) -> None:
+def _check_name(path: Path, input_repr: str, content_type: str, modality: str = "audio") -> None:
     """Refuse a file whose name says it is another configuration (all have the same shapes)."""
+    who = "openl3" if modality == "audio" else "openl3_image"
+    m = _MODALITY_PATTERN.search(path.name)
+    if m and m.group(1) != modality:
+        raise WeightsError(
+            f"{who}: {path} holds {m.group(1)} network weights; point `weights:` at "
+            f"{official_filename(input_repr, content_type, modality)} (or a folder holding it)"
+        )
     m = _NAME_PATTERN.search(path.name)
     if m and (m.group(1), m.group(2)) != (input_repr, content_type):
         raise WeightsError(
-            f"openl3: {path} holds the {m.group(1)}/{m.group(2)} weights but this configuration is "
+            f"{who}: {path} holds the {m.group(1)}/{m.group(2)} weights but this configuration is "
             f"input_repr={input_repr}, content_type={content_type}; point `weights:` at "
-            f"{official_filename(input_repr, content_type)} (or set input_repr/content_type to match)"
+            f"{official_filename(input_repr, content_type, modality)} (or set input_repr/content_type to match)"
         )
 
 
@@ -547,32 +573,37 @@ def find_weights(
     content_type: str,
     local_path: str | os.PathLike | None = None,
     allow_download: bool = True,
+    modality: str = "audio",
 ) -> Path:
     """Path of the weights for (input_repr, content_type), found or downloaded.
 
-    Order: `local_path` (a file, or a folder holding the official `.h5` or a
-    torchopenl3 `.pth.tar`); the cache `$EMBEDKIT_CACHE/openl3/` (both names);
-    an installed openl3 package; torch hub's checkpoint folder (torchopenl3
-    downloads); a download of the official gzipped file into the cache.
+    Order: `local_path` (a file, or a folder holding the official `.h5` or, for
+    audio, a torchopenl3 `.pth.tar`); the cache `$EMBEDKIT_CACHE/openl3/` (audio
+    and image files side by side, as in openl3's package folder); an installed
+    openl3 package; torch hub's checkpoint folder (torchopenl3 downloads, audio
+    only); a download of the official gzipped file into the cache.
+    `modality`: "audio" or "image" (`openl3_image_<repr>_<content>.h5`).
     Raises WeightsError naming every place looked at.
     """
     import weights
 
-    h5 = official_filename(input_repr, content_type)
-    names = [h5] + torchopenl3_filenames(input_repr, content_type)
+    who = "openl3" if modality == "audio" else "openl3_image"
+    h5 = official_filename(input_repr, content_type, modality)
+    # torchopenl3 converted only the audio networks.
+    names = [h5] + (torchopenl3_filenames(input_repr, content_type) if modality == "audio" else [])
     if local_path is not None:
         p = Path(local_path).expanduser()
         if p.is_file():
-            _check_name(p, input_repr, content_type)
+            _check_name(p, input_repr, content_type, modality)
             return p
         if p.is_dir():
             for name in names:
                 if (p / name).is_file():
                     return p / name
+        also = " or a torchopenl3 .pth.tar" if modality == "audio" else ""
         raise WeightsError(
-            f"openl3: weights path {p} is neither a weight file nor a folder holding one of "
-            f"{', '.join(names)}. Point `weights:` for openl3 at {h5} (official openl3 0.4 file) "
-            "or a torchopenl3 .pth.tar."
+            f"{who}: weights path {p} is neither a weight file nor a folder holding one of "
+            f"{', '.join(names)}. Point `weights:` for {who} at {h5} (official openl3 0.4 file){also}."
         )
     cache = weights.model_cache_dir("openl3")
     places = [cache / n for n in names]
@@ -582,7 +613,7 @@ def find_weights(
         if cand.is_file():
             return cand
     looked = [str(p) for p in places]
-    url = OFFICIAL_URL.format(repr=input_repr, content=content_type)
+    url = official_url(input_repr, content_type, modality)
     if allow_download and not weights.offline():
         try:
             return _download_official(url, cache / h5)
@@ -592,13 +623,16 @@ def find_weights(
             looked.append(f"{url} (download failed: {type(exc).__name__}: {exc})")
     else:
         looked.append(f"{url} (not downloaded: offline mode)")
-    raise WeightsError(
-        f"openl3: weight file {h5!r} not found. Looked in: {'; '.join(looked)}. To supply it: "
-        f"download {url} and gunzip it to {cache / h5} (or set ${weights.CACHE_ENV}); or copy "
-        f"{h5} from an installed openl3 package (pip install openl3 puts it in site-packages/openl3/); "
+    torch_hint = (
         f"or use torchopenl3's {names[1]} (from "
         f"{TORCHOPENL3_URL.format(repr=input_repr, content=content_type, size=6144)}); "
-        "or set `weights: /path/to/file-or-folder` for openl3 in your config."
+        if modality == "audio" else ""
+    )
+    raise WeightsError(
+        f"{who}: weight file {h5!r} not found. Looked in: {'; '.join(looked)}. To supply it: "
+        f"download {url} and gunzip it to {cache / h5} (or set ${weights.CACHE_ENV}); or copy "
+        f"{h5} from an installed openl3 package (pip install openl3 puts it in site-packages/openl3/); "
+        f"{torch_hint}or set `weights: /path/to/file-or-folder` for {who} in your config."
     )
 
 
@@ -648,7 +682,7 @@ def load_network(
             "weights": str(path),
             "format": _weight_format(path),
             "weights_sha256": weights.sha256sum(path),
-            "official_url": OFFICIAL_URL.format(repr=input_repr, content=content_type),
+            "official_url": official_url(input_repr, content_type),
         }
     device = torch_device(device)
     net = build_network(state).to(device)
@@ -759,7 +793,7 @@ class OpenL3(Extractor):
         return [
             WeightFile(
                 official_filename(c["input_repr"], c["content_type"]),
-                url=OFFICIAL_URL.format(repr=c["input_repr"], content=c["content_type"]),
+                url=official_url(c["input_repr"], c["content_type"]),
                 how_to_get="the URL serves it gzipped (unpacked automatically); "
                 "or copy it from an installed openl3 package",
             )
