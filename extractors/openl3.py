@@ -564,7 +564,8 @@ def _check_name(path: Path, input_repr: str, content_type: str, modality: str = 
         raise WeightsError(
             f"{who}: {path} holds the {m.group(1)}/{m.group(2)} weights but this configuration is "
             f"input_repr={input_repr}, content_type={content_type}; point `weights:` at "
-            f"{official_filename(input_repr, content_type, modality)} (or set input_repr/content_type to match)"
+            f"{official_filename(input_repr, content_type, modality)} "
+            "(or set input_repr/content_type to match)"
         )
 
 
@@ -1321,7 +1322,9 @@ def get_image_embedding(
     elif isinstance(frame_rate, list):
         rate_list = frame_rate
     else:
-        raise OpenL3Error(f"frame rate must be type list[numbers.Real] or numbers.Real. Got {type(frame_rate)}")
+        raise OpenL3Error(
+            f"frame rate must be type list[numbers.Real] or numbers.Real. Got {type(frame_rate)}"
+        )
     if len(image_list) != len(rate_list):
         raise OpenL3Error(
             f"Mismatch between number of image inputs ({len(image_list)}) and number of "

@@ -37,7 +37,6 @@ in `extractors/openl3.py`.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -451,7 +450,8 @@ class VideoEmbedder:
 
     def __init__(self, model: LoadedImageModel, embedding_size: int, batch_size: int,
                  cuda_dtype: str = "float16", spill_frames: int = 1024) -> None:
-        self.model, self.size, self.batch_size, self.cuda_dtype = model, embedding_size, batch_size, cuda_dtype
+        self.model, self.size, self.batch_size = model, embedding_size, batch_size
+        self.cuda_dtype = cuda_dtype
         self.spill_frames = spill_frames
         self.peak = 0
         self.count = 0
@@ -536,7 +536,9 @@ class VideoEmbedder:
             self._spill = None
 
 
-def select_by_rate(pts: np.ndarray, frame_rate: float | None, last_bin: int | None) -> tuple[list[int], int | None]:
+def select_by_rate(
+    pts: np.ndarray, frame_rate: float | None, last_bin: int | None
+) -> tuple[list[int], int | None]:
     """Which frames to keep at `frame_rate` (None: all): the first frame of each
     1/frame_rate-second interval. Returns (positions in `pts`, the last interval taken)."""
     if frame_rate is None:
