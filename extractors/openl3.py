@@ -1117,6 +1117,18 @@ def output_complete(path: str | os.PathLike, keys: Sequence[str]) -> bool:
     return all(f"{k}.npy" in names for k in keys)
 
 
+def _keep_existing(out_path: str, keys: Sequence[str], overwrite: bool, verbose: bool) -> bool:
+    """openl3's rule (an existing output is kept unless `overwrite`), except that a file
+    that is not a whole .npz with `keys` (e.g. left by a killed openl3 run) is redone."""
+    if overwrite or not os.path.exists(out_path):
+        return False
+    if output_complete(out_path, keys):
+        return True
+    if verbose:
+        print(f"openl3: {out_path} is incomplete, recomputing it.")
+    return False
+
+
 def _paths_of(filepath: Any) -> list[str]:
     if isinstance(filepath, (str, os.PathLike)):
         return [os.fspath(filepath)]
@@ -1143,6 +1155,26 @@ def _run_group(group: list, run: Any, on_error: Any) -> None:
             _run_group([item], run, on_error)
 
 
+def _read_audio(path: str) -> tuple[np.ndarray, Real]:
+    """(samples, rate) as openl3 reads them: soundfile, float64, channels kept. Formats
+    soundfile cannot read (m4a, aac, wma, ...) are decoded with FFmpeg to mono instead
+    (openl3 fails on them)."""
+    import soundfile as sf
+
+    try:
+        return sf.read(path)
+    except Exception as exc:
+        first = exc
+    try:
+        import audio_io
+
+        return audio_io.decode(path)
+    except Exception:
+        raise OpenL3Error(
+            f'Could not open file "{path}":\n{type(first).__name__}: {first}'
+        ) from None
+
+
 def process_audio_file(
     filepath: str | Sequence[str],
     output_dir: str | None = None,
@@ -1164,13 +1196,12 @@ def process_audio_file(
 ) -> None:
     """openl3.process_audio_file: writes <stem>[_<suffix>].npz with `embedding` and `timestamps`.
 
-    Existing outputs are skipped unless `overwrite`. Audio is read with
-    soundfile as float64 (multichannel averaged), as openl3 does. Outputs are
-    written atomically. `on_error(path, exception)`, when given, is called for
+    Existing outputs are skipped unless `overwrite` (an incomplete one is
+    redone). Audio is read with soundfile as float64 (multichannel averaged),
+    as openl3 does; formats soundfile cannot read are decoded with FFmpeg.
+    Outputs are written atomically. `on_error(path, exception)`, when given, is called for
     a file that fails and the others go on (openl3 stops at the first).
     """
-    import soundfile as sf
-
     paths = _paths_of(filepath)
     suffix = suffix or ""
     frontend, input_repr = _check_api_args(frontend, input_repr, model)
@@ -1199,13 +1230,10 @@ def process_audio_file(
             if verbose:
                 print(f"openl3: Processing {path} ({k + 1}/{len(paths)})")
             out_path = get_output_path(path, suffix + ".npz", output_dir=output_dir)
-            if os.path.exists(out_path) and not overwrite:
+            if _keep_existing(out_path, ("embedding", "timestamps"), overwrite, verbose):
                 print(f"openl3: {out_path} exists and overwriting not enabled, skipping.")
                 continue
-            try:
-                audio, sr = sf.read(path)
-            except Exception as exc:
-                raise OpenL3Error(f'Could not open file "{path}":\n{type(exc).__name__}: {exc}') from None
+            audio, sr = _read_audio(path)
             if audio.size == 0:
                 raise OpenL3Error(f'Got empty audio in "{path}"')
         except Exception as exc:
@@ -1392,7 +1420,7 @@ def _explain_image(path: str, exc: OpenL3Error, arr: np.ndarray) -> OpenL3Error:
                 "run_extraction.py's openl3_image, which converts it)")
     elif "at least as large" in str(exc):
         hint = " (openl3's image network needs 224 px on each side)"
-    return OpenL3Error(f'{path}: {exc}{hint}')
+    return OpenL3Error(f'{exc}{hint}: "{path}"')
 
 
 def process_image_file(
@@ -1442,7 +1470,7 @@ def process_image_file(
             if verbose:
                 print(f"openl3: Processing {path} ({k + 1}/{len(paths)})")
             out_path = get_output_path(path, suffix + ".npz", output_dir=output_dir)
-            if os.path.exists(out_path) and not overwrite:
+            if _keep_existing(out_path, ("embedding",), overwrite, verbose):
                 print(f"openl3: {out_path} exists, skipping.")
                 continue
             arr = read_image_like_openl3(path)
@@ -1680,8 +1708,8 @@ def process_video_file(
                 print(f"openl3: Processing {path} ({k + 1}/{len(paths)})")
             audio_out = get_output_path(path, audio_suffix + ".npz", output_dir=output_dir)
             image_out = get_output_path(path, image_suffix + ".npz", output_dir=output_dir)
-            skip_audio = os.path.exists(audio_out) and not overwrite
-            skip_image = os.path.exists(image_out) and not overwrite
+            skip_audio = _keep_existing(audio_out, ("embedding", "timestamps"), overwrite, verbose)
+            skip_image = _keep_existing(image_out, ("embedding", "timestamps"), overwrite, verbose)
             if skip_audio and skip_image:
                 print(f"openl3: {audio_out} and {image_out} exist, skipping.")
                 continue
