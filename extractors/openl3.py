@@ -1583,12 +1583,7 @@ def decode_video_like_openl3(
         fps = _ffmpeg_fps(float(rate))
         duration = _ffmpeg_duration(container.duration)
         n_frames = int(duration * fps)
-        rotation = 0
-        try:
-            rotation = int(round(-float(getattr(vstream.codec_context, "rotation", 0) or 0))) % 360
-        except Exception:
-            rotation = 0
-        scaler = openl3_image.VideoScaler(openl3_image.VIDEO_SIZE, rotation)
+        scaler = openl3_image.VideoScaler(openl3_image.VIDEO_SIZE)  # upright, as ffmpeg's autorotate
         vstream.thread_type = "AUTO"  # FFmpeg's frame threads
         streams = ([vstream] if embedder is not None else []) + ([astream] if want_audio else [])
         resampler = av.AudioResampler(format="s16", layout="stereo", rate=TARGET_SR) if want_audio else None

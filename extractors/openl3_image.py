@@ -371,8 +371,8 @@ def embed_batches(
 # ---------------------------------------------------------------------------
 # Video frames: ffmpeg's scale filter, and the per-video maximum without holding the video
 # ---------------------------------------------------------------------------
-# Display rotation (degrees counter-clockwise, media.VideoInfo.rotation) as ffmpeg filters,
-# applied before scaling as ffmpeg's command line does.
+# Display rotation (degrees counter-clockwise, as PyAV's VideoFrame.rotation reads the display
+# matrix) as ffmpeg filters, applied before scaling as ffmpeg's command line does (autorotate).
 _ROTATION_FILTERS = {90: [("transpose", "cclock")], 180: [("hflip", ""), ("vflip", "")],
                      270: [("transpose", "clock")]}
 
@@ -384,14 +384,27 @@ class VideoScaler:
     Runs libavfilter's own `scale` filter (one swscale pass: scale and convert to
     rgb24), so the pixels are bit-identical to the command line's;
     `VideoFrame.reformat` differs from it by up to 10 levels on ~6 % of pixels.
-    The graph is rebuilt when the frames' size or pixel format changes.
+    Frames are turned upright first by their display matrix (`rotation=None`,
+    each frame's `rotation`), or by `rotation` degrees counter-clockwise.
+    The graph is rebuilt when the frames' size, pixel format or rotation changes.
     """
 
-    def __init__(self, size: tuple[int, int] = VIDEO_SIZE, rotation: int = 0) -> None:
+    def __init__(self, size: tuple[int, int] = VIDEO_SIZE, rotation: int | None = None) -> None:
         self.height, self.width = size
-        self.rotation = int(rotation) % 360
+        self.rotation = rotation
         self._graph = None
         self._key: tuple | None = None
+
+    def _rotation_of(self, frame: Any) -> int:
+        if self.rotation is not None:
+            return int(self.rotation) % 360
+        try:
+            return int(round(float(frame.rotation) / 90.0)) * 90 % 360
+        except (AttributeError, TypeError, ValueError):
+            return 0
+
+    def _key_of(self, frame: Any) -> tuple:
+        return (frame.width, frame.height, frame.format.name, self._rotation_of(frame))
 
     def _build(self, frame: Any) -> None:
         import av
@@ -407,7 +420,7 @@ class VideoScaler:
             g = av.filter.Graph()
             src = g.add("buffer", **args)
         chain = [src]
-        for name, arg in _ROTATION_FILTERS.get(self.rotation, []):
+        for name, arg in _ROTATION_FILTERS.get(self._rotation_of(frame), []):
             chain.append(g.add(name, arg) if arg else g.add(name))
         chain.append(g.add("scale", f"{self.width}:{self.height}:flags=bicubic"))
         chain.append(g.add("format", "pix_fmts=rgb24"))
@@ -416,14 +429,14 @@ class VideoScaler:
             a.link_to(b)
         g.configure()
         self._graph = g
-        self._key = (frame.width, frame.height, frame.format.name)
+        self._key = self._key_of(frame)
 
     def __call__(self, frames: Iterable[Any]) -> np.ndarray:
         import av
 
         out = []
         for frame in frames:
-            if self._key != (frame.width, frame.height, frame.format.name):
+            if self._key != self._key_of(frame):
                 self._build(frame)
             self._graph.push(frame)
             while True:
@@ -565,7 +578,7 @@ class _FrameConsumer:
     def __init__(self, plugin: "OpenL3Image", info: Any) -> None:
         c = plugin.config
         self.rate = c["frame_rate"]
-        self.scaler = VideoScaler(VIDEO_SIZE, getattr(info, "rotation", 0) or 0)
+        self.scaler = VideoScaler(VIDEO_SIZE)  # upright by each frame's display matrix
         self.embedder = VideoEmbedder(plugin.load(), c["embedding_size"], plugin.batch_size,
                                       plugin.cuda_dtype)
         self.times: list[np.ndarray] = []

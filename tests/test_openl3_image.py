@@ -255,6 +255,21 @@ def test_video_frames_are_ffmpegs_bit_for_bit_and_the_audio_is_moviepys():
     assert np.abs(dec.audio_mono - theirs).max() < 0.1
 
 
+def test_video_scaler_turns_frames_upright_before_scaling():
+    """Display rotation (degrees counter-clockwise, PyAV's VideoFrame.rotation) is applied before
+    the 256x256 scale, as ffmpeg's autorotate does; on a 256x256 frame it is an exact np.rot90."""
+    import av
+
+    img = np.zeros((256, 256, 3), np.uint8)
+    img[:40, :100] = 255
+    img[200:, :, 1] = 180
+    frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+    upright = oi.VideoScaler(rotation=0)([frame])[0]
+    assert frame.rotation == 0 and np.array_equal(oi.VideoScaler()([frame])[0], upright)
+    for degrees, k in ((90, 1), (180, 2), (270, 3)):
+        np.testing.assert_array_equal(oi.VideoScaler(rotation=degrees)([frame])[0], np.rot90(upright, k))
+
+
 @pytest.mark.parity
 def test_audio_path_on_openl3s_decoded_audio():
     video = load_ref("video_decoded.npz")
