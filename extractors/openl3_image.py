@@ -147,11 +147,11 @@ def _rescaled_crop(frame: np.ndarray, scaling: float) -> np.ndarray:
     return out.astype(np.float32) if frame.dtype == np.float32 else out
 
 
-def preprocess_image_batch(image: np.ndarray) -> np.ndarray:
+def preprocess_image_batch(image: np.ndarray, warn: bool = True) -> np.ndarray:
     """openl3's `_preprocess_image_batch`: (H, W, 3) or (N, H, W, 3) -> (N, 224, 224, 3) float32.
 
     Raises OpenL3Error as openl3 does (not 3-D/4-D, not 3 channels, a side
-    under 224 px); warns (OpenL3Warning) on an all-zero input. The rules, per
+    under 224 px); warns (OpenL3Warning) on an all-zero input unless not `warn`. The rules, per
     call (for a video: over all its frames at once):
     - exactly 224x224: unsigned integers -> 2 * x / max_of_dtype - 1 in [-1, 1];
     - shorter side > 256: skimage bilinear rescale to a shorter side of 256,
@@ -162,7 +162,7 @@ def preprocess_image_batch(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.size == 0:
         raise OpenL3Error("Got empty image")
-    if np.all(image == 0):
+    if warn and np.all(image == 0):
         warnings.warn("Provided image is all zeros", OpenL3Warning, stacklevel=2)
     if image.ndim not in (3, 4):
         raise OpenL3Error("RGB image array can only be 3D or 4D (sequence of videos)")
@@ -679,9 +679,7 @@ class OpenL3Image(Extractor):
                 f"image is {w}x{h} px; OpenL3's image network needs at least 224 px on each side "
                 "(openl3 refuses smaller images); upscale it first if you want it embedded"
             )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", OpenL3Warning)  # an all-black image is a valid input here
-            x = preprocess_image_batch(rgb)
+        x = preprocess_image_batch(rgb, warn=False)  # an all-black image is a valid input here
         emb = run_image_network(self.load(), x, self.config["embedding_size"], self.cuda_dtype)
         return Features(emb[0])
 
