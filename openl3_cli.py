@@ -157,6 +157,23 @@ def gather_files(inputs: list[str], modality: str) -> tuple[list[str], list[str]
     return unique, missing, left_out
 
 
+def drop_name_clashes(files: list[str], output_dir: str | None) -> tuple[list[str], list[tuple[str, str]]]:
+    """openl3 names outputs by stem, so `a.wav` and `a.flac` (or two folders' `a.jpg` with one
+    --output-dir) would share one output: the first keeps it, the others are reported."""
+    owner: dict[str, str] = {}
+    kept, clashes = [], []
+    for f in files:
+        stem = os.path.splitext(os.path.basename(f))[0]
+        key = os.path.join(os.path.abspath(output_dir) if output_dir else os.path.dirname(f), stem)
+        if key in owner:
+            clashes.append((f, f"its output would overwrite that of {owner[key]} (same name); "
+                               "rename one or run it separately with --suffix"))
+        else:
+            owner[key] = f
+            kept.append(f)
+    return kept, clashes
+
+
 def _sizes(args: argparse.Namespace) -> tuple[int, int]:
     audio, image = args.audio_embedding_size, args.image_embedding_size
     n = args.embedding_size
@@ -185,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
 
     files, missing, left_out = gather_files(args.inputs, args.modality)
     failures: list[tuple[str, str]] = [(m, "Could not find it (no such file or folder)") for m in missing]
+    files, clashes = drop_name_clashes(files, args.output_dir)
+    failures += clashes
     if left_out and verbose:
         what = ", ".join(f"{e} x{n}" for e, n in sorted(left_out.items()))
         print(f"openl3: left out of the folder(s), not {args.modality} files: {what}")

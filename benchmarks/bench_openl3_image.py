@@ -11,7 +11,10 @@ depend on the values). Three measurements:
 3. a synthetic video (default 640x360, 25 fps, 4 s) through the plugin's frame
    consumer as the driver feeds it (`media.iter_frames`: decode in a background
    thread, ffmpeg's 256x256 bicubic scale, crop, network): frames/s, and the
-   process's peak RSS before/after (memory must not grow with the video's length).
+   process's peak RSS before/after (memory must not grow with the video's length);
+4. interleaved with the OpenL3 audio network (mel256, 20.4 GFLOP per window, the same
+   oneDNN convolutions): the ratio of their GFLOP/s, which contention on a shared machine
+   affects equally, so idle figures of one carry over to the other.
 
     python benchmarks/bench_openl3_image.py
     python benchmarks/bench_openl3_image.py --images 32 --video-seconds 20 \
@@ -86,6 +89,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--weights", default="random", help="image weights path, or 'random' (default)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds against the audio network")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
     if args.threads:
@@ -172,6 +176,33 @@ def main() -> None:
     })
     print(f"video {w}x{h}, {n} frames: {fps:.2f} frames/s end to end (decode thread + 256x256 scale "
           f"{t_scale / n * 1000:.1f} ms/frame + network); peak RSS {rss0:.0f} -> {rss1:.0f} MB")
+    # 4. interleaved with the audio network: a contention-independent ratio
+    from extractors import openl3 as ol3
+
+    audio = ol3.load_network("mel256", "music", args.device, "random")
+    spec = rng.standard_normal((args.batch_size, 256, 199)).astype(np.float32) * 10 - 40
+    ol3.run_network(audio, spec[:2], "mel256", 512)
+    t_audio = t_image = 0.0
+    for _ in range(args.rounds):
+        t0 = time.perf_counter()
+        ol3.run_network(audio, spec, "mel256", 512)
+        t1 = time.perf_counter()
+        oi.run_image_network(model, x[: args.batch_size], 512)
+        t_image += time.perf_counter() - t1
+        t_audio += t1 - t0
+    f, t = ol3.spectrogram_shape("mel256")  # FLOPs of one window's convolutions (as bench_openl3.py)
+    audio_flops = 0.0
+    for i, (c_in, c_out) in enumerate(zip((1,) + ol3.CHANNELS[:-1], ol3.CHANNELS)):
+        audio_flops += 2 * 9 * c_in * c_out * f * t
+        if i in (1, 3, 5):
+            f, t = f // 2, t // 2
+    g_audio = audio_flops * args.batch_size * args.rounds / t_audio / 1e9
+    g_image = oi.FLOPS_PER_IMAGE * args.batch_size * args.rounds / t_image / 1e9
+    result.update({"interleaved_gflops_audio_mel256": round(g_audio, 1),
+                   "interleaved_gflops_image": round(g_image, 1),
+                   "image_over_audio_gflops": round(g_image / g_audio, 3)})
+    print(f"interleaved, {args.rounds} x {args.batch_size}: audio network {g_audio:.1f} GFLOP/s, "
+          f"image network {g_image:.1f} GFLOP/s, ratio {g_image / g_audio:.2f}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -450,9 +450,11 @@ def test_cli_audio_files_and_names(tmp_path, capsys):
     src = tmp_path / "in"
     write_wav(src / "a.wav", tone(440, 0.6, 22050), 22050)
     write_wav(src / "b.flac", np.stack([tone(220, 0.4, 48000)] * 2, 1), 48000)
+    write_wav(src / "b.wav", tone(220, 0.4, 48000), 48000)  # would write b.npz too: reported, not done
     (src / "empty.wav").write_bytes(b"")
     assert openl3_cli.main(["audio", str(src), "--weights", "random", "-as", "512", "-t", "0.5", "-q"]) == 1
-    assert "empty.wav" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "empty.wav" in err and "b.wav" in err and "same name" in err
     for stem, n in (("a", 2), ("b", 1)):  # written beside the inputs, openl3's names and keys
         got = np.load(src / f"{stem}.npz")
         assert sorted(got.files) == ["embedding", "timestamps"] and got["embedding"].shape == (n, 512)
