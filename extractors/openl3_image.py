@@ -472,7 +472,7 @@ class VideoEmbedder:
         self._n_waiting = 0
         self._spill = None  # temporary file of crops written before those in _waiting
         self._n_spilled = 0
-        self._ready: list[np.ndarray] = []  # uint8 frames (k, 256, 256, 3) for the next batch, peak known
+        self._ready: list[np.ndarray] = []  # uint8 crops for the next batch, divisor known
         self._n_ready = 0
         self._out: list[np.ndarray] = []
 
