@@ -270,6 +270,20 @@ def test_video_scaler_turns_frames_upright_before_scaling():
         np.testing.assert_array_equal(oi.VideoScaler(rotation=degrees)([frame])[0], np.rot90(upright, k))
 
 
+def test_moviepy_frame_rate_duration_and_audio_length():
+    """moviepy reads fps and duration from ffmpeg's printout: fps with 2 decimals and its
+    1000/1001 correction, duration rounded to 10 ms; to_soundarray's length by its two paths."""
+    assert ol3._ffmpeg_fps(30000 / 1001) == 30000 / 1001
+    assert ol3._ffmpeg_fps(24000 / 1001) == 24000 / 1001
+    assert ol3._ffmpeg_fps(25.0) == 25.0 and ol3._ffmpeg_fps(12.5) == 12.5
+    assert ol3._ffmpeg_fps(14.999) == 15.0  # printed "15.00"
+    assert ol3._ffmpeg_duration(1_100_000) == 1.1
+    assert ol3._ffmpeg_duration(1_104_999) == 1.1 and ol3._ffmpeg_duration(1_105_000) == 1.11
+    assert ol3._ffmpeg_duration(3_723_456_789) == 3723.46  # 01:02:03.46
+    assert ol3.moviepy_audio_length(1.1) == 52800  # chunked path: int(48000 * duration)
+    assert ol3.moviepy_audio_length(0.5) == len(np.arange(0, 0.5, 1 / 48000))  # one get_frame call
+
+
 @pytest.mark.parity
 def test_audio_path_on_openl3s_decoded_audio():
     video = load_ref("video_decoded.npz")
