@@ -625,15 +625,15 @@ def find_weights(
     else:
         looked.append(f"{url} (not downloaded: offline mode)")
     torch_hint = (
-        f"or use torchopenl3's {names[1]} (from "
-        f"{TORCHOPENL3_URL.format(repr=input_repr, content=content_type, size=6144)}); "
+        f"; or use torchopenl3's {names[1]} (from "
+        f"{TORCHOPENL3_URL.format(repr=input_repr, content=content_type, size=6144)})"
         if modality == "audio" else ""
     )
-    raise WeightsError(
-        f"{who}: weight file {h5!r} not found. Looked in: {'; '.join(looked)}. To supply it: "
+    raise weights.missing(
+        who, h5, looked,
         f"download {url} and gunzip it to {cache / h5} (or set ${weights.CACHE_ENV}); or copy "
-        f"{h5} from an installed openl3 package (pip install openl3 puts it in site-packages/openl3/); "
-        f"{torch_hint}or set `weights: /path/to/file-or-folder` for {who} in your config."
+        f"{h5} from an installed openl3 package (pip install openl3 puts it in site-packages/openl3/)"
+        f"{torch_hint}",
     )
 
 
