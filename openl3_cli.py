@@ -190,9 +190,12 @@ def _sizes(args: argparse.Namespace) -> tuple[int, int]:
     return (n if n in (6144, 512) else audio), (n if n in (8192, 512) else image)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command; returns the exit status (see the module doc)."""
-    parser = build_parser(os.path.basename(sys.argv[0]) if argv is None else "openl3")
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run the command on `argv` (default: sys.argv[1:]); returns the exit status (module doc).
+
+    `prog`: the name usage messages show (default: the script's name, or "openl3").
+    """
+    parser = build_parser(prog or (os.path.basename(sys.argv[0]) if argv is None else "openl3"))
     args = parser.parse_args(argv)
     verbose = not args.quiet
     try:
