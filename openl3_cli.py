@@ -71,7 +71,7 @@ def positive_int(value: str) -> int:
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """openl3 0.4.2's arguments (names, short forms, defaults), plus the extras above."""
     p = argparse.ArgumentParser(
-        prog=prog or "openl3",
+        prog=prog,
         description="Extract OpenL3 audio, image or video embeddings (openl3-compatible command line; "
         "PyTorch port, no TensorFlow).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -193,9 +193,10 @@ def _sizes(args: argparse.Namespace) -> tuple[int, int]:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the command on `argv` (default: sys.argv[1:]); returns the exit status (module doc).
 
-    `prog`: the name usage messages show (default: the script's name, or "openl3").
+    `prog`: the name usage messages show (default: argparse's, from sys.argv[0], which
+    `embedkit openl3` sets).
     """
-    parser = build_parser(prog or (os.path.basename(sys.argv[0]) if argv is None else "openl3"))
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     verbose = not args.quiet
     try:

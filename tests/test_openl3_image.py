@@ -463,10 +463,13 @@ def test_cli_arguments_and_defaults_are_openl3s():
     for bad in (["audio", "x", "-t", "0"], ["image", "x", "-ib", "-3"], ["pictures", "x"]):
         with pytest.raises(SystemExit):
             p.parse_args(bad)
-    # Reachable from the repository as a script.
+    # Reachable from the repository as a script, and as `embedkit openl3`.
     r = subprocess.run([sys.executable, str(ROOT / "openl3_cli.py"), "--help"], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0 and "--audio-embedding-size" in r.stdout
+    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "openl3", "--help"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("usage: embedkit openl3")
 
 
 @pytest.mark.parity
