@@ -1,7 +1,7 @@
 """openl3's command line on this toolkit's PyTorch port: `openl3 audio|image|video PATH...`.
 
 A script written for openl3 0.4.2's `openl3` command runs unchanged with
-`python openl3_cli.py` (or the installed `embedkit-openl3`) in its place: the
+`python openl3_cli.py` (or the installed `embedkit openl3`) in its place: the
 same arguments, the same defaults (those of openl3's code), the same output
 files and keys:
 
