@@ -166,8 +166,9 @@ def drop_name_clashes(files: list[str], output_dir: str | None) -> tuple[list[st
         stem = os.path.splitext(os.path.basename(f))[0]
         key = os.path.join(os.path.abspath(output_dir) if output_dir else os.path.dirname(f), stem)
         if key in owner:
-            clashes.append((f, f"its output would overwrite that of {owner[key]} (same name); "
-                               "rename one or run it separately with --suffix"))
+            why = (f"its output would overwrite that of {owner[key]} (same name); "
+                   "rename one or run it separately with --suffix")
+            clashes.append((f, why))
         else:
             owner[key] = f
             kept.append(f)
@@ -234,8 +235,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
         print(f"openl3: warning: {message}", file=sys.stderr)
 
-    common = dict(output_dir=args.output_dir, suffix=args.suffix, overwrite=args.overwrite,
-                  verbose=verbose, on_error=on_error)
+    common = {"output_dir": args.output_dir, "suffix": args.suffix, "overwrite": args.overwrite,
+              "verbose": verbose, "on_error": on_error}
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning  # one line per warning, no source excerpt

@@ -39,8 +39,9 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -198,7 +199,7 @@ def preprocess_image_batch(image: np.ndarray, warn: bool = True) -> np.ndarray:
     return np.ascontiguousarray(batch, dtype=np.float32)
 
 
-def crop_and_scale(frames: np.ndarray, peak: int | float) -> np.ndarray:
+def crop_and_scale(frames: np.ndarray, peak: float) -> np.ndarray:
     """openl3's rule for frames with both sides in [224, 256] (process_video_file's 256x256):
     centre 224x224 crop divided by `peak` (the largest value over the whole video) when it
     exceeds 1: (k, H, W, 3) uint8 -> (k, 224, 224, 3) float32."""
@@ -399,7 +400,7 @@ class VideoScaler:
         if self.rotation is not None:
             return int(self.rotation) % 360
         try:
-            return int(round(float(frame.rotation) / 90.0)) * 90 % 360
+            return round(float(frame.rotation) / 90.0) * 90 % 360
         except (AttributeError, TypeError, ValueError):
             return 0
 
@@ -575,7 +576,7 @@ def _valid_rate(v: Any) -> bool:
 class _FrameConsumer:
     """One video through the plugin: frames scaled as openl3's process_video_file has them."""
 
-    def __init__(self, plugin: "OpenL3Image", info: Any) -> None:
+    def __init__(self, plugin: OpenL3Image, info: Any) -> None:
         c = plugin.config
         self.rate = c["frame_rate"]
         self.scaler = VideoScaler(VIDEO_SIZE)  # upright by each frame's display matrix

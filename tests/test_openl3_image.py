@@ -149,7 +149,7 @@ def test_official_image_file_is_downloaded_and_gunzipped(tmp_path, monkeypatch):
     monkeypatch.setenv("EMBEDKIT_CACHE", str(tmp_path / "cache"))
     for var in ("EMBEDKIT_OFFLINE", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(ol3, "_openl3_package_dirs", lambda: [])
+    monkeypatch.setattr(ol3, "_openl3_package_dirs", list)
     got = ol3.find_weights("linear", "env", modality="image")
     assert got == tmp_path / "cache" / "openl3" / "openl3_image_linear_env.h5"  # beside the audio files
     assert got.read_bytes() == payload
@@ -544,7 +544,7 @@ def _write_images(folder: Path) -> dict[str, Path]:
     paths["cmyk"] = folder / "cmyk.jpg"
     Image.fromarray(rgb).convert("CMYK").save(paths["cmyk"], quality=95)
     paths["gray16"] = folder / "gray16.png"
-    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(paths["gray16"])
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(paths["gray16"])
     paths["exif"] = folder / "exif.jpg"
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
