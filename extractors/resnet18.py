@@ -245,7 +245,10 @@ def crop_image(rgb: np.ndarray) -> np.ndarray:
 
     An image so elongated that the resized copy would exceed MAX_RESIZED_PIXELS (e.g. 1 x 300000,
     which torchvision would scale to 256 x 76800000) has only the columns (rows) the crop keeps
-    resized, through Pillow's `box`: the same filter, within one uint8 step of the full resize.
+    resized, through Pillow's `box`, in the same two passes (horizontal, then vertical). Pillow
+    takes the box as float32 coordinates, so its filter positions move in the last bits: the
+    result is within one uint8 step of a full resize (over 40 random elongated shapes, 3.8 %
+    of the values differ by one step; 0 on many shapes, up to 25 % on some).
     """
     from PIL import Image
 
@@ -255,13 +258,20 @@ def crop_image(rgb: np.ndarray) -> np.ndarray:
     new_h, new_w = resized_size(h, w)
     top, left = crop_offsets(new_h, new_w)
     if new_h * new_w > MAX_RESIZED_PIXELS:
+        # Pillow resizes horizontally, then vertically; the same two passes, one of them on
+        # the kept strip only.
+        img = Image.fromarray(rgb)
         if new_w > new_h:
-            box, size = (left * w / new_w, 0, (left + CROP) * w / new_w, h), (CROP, new_h)
+            box = (left * w / new_w, 0, (left + CROP) * w / new_w, h)
+            img = img.resize((CROP, h), Image.BILINEAR, box=box)
+            img = img.resize((CROP, new_h), Image.BILINEAR) if new_h != h else img
             left = 0
         else:
-            box, size = (0, top * h / new_h, w, (top + CROP) * h / new_h), (new_w, CROP)
+            img = img.resize((new_w, h), Image.BILINEAR) if new_w != w else img
+            box = (0, top * h / new_h, new_w, (top + CROP) * h / new_h)
+            img = img.resize((new_w, CROP), Image.BILINEAR, box=box)
             top = 0
-        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR, box=box))
+        rgb = np.asarray(img)
     elif (new_h, new_w) != (h, w):
         rgb = np.asarray(Image.fromarray(rgb).resize((new_w, new_h), Image.BILINEAR))
     return rgb[top:top + CROP, left:left + CROP]
