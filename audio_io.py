@@ -120,7 +120,7 @@ def _decode_pyav(path) -> tuple[np.ndarray, int]:
             raise MediaError(f"{what}{sniff_hint(path) if not container.streams.video else ''}")
         stream = container.streams.audio[0]
         sr = stream.codec_context.sample_rate or stream.rate
-        estimate = int(float(stream.duration * stream.time_base) * sr) if stream.duration else 0
+        estimate = round(float(stream.duration * stream.time_base) * sr) if stream.duration else 0
         audio = np.empty(max(estimate + 4096, 1 << 16), dtype=np.float32)
         n = 0
         # Packed float32 whatever the codec's sample format (exact for 16-bit PCM).
@@ -139,6 +139,11 @@ def _decode_pyav(path) -> tuple[np.ndarray, int]:
                              "(the file is damaged or truncated)") from None
     if n == 0:
         raise MediaError("empty audio (0 samples decoded)")
+    # The encoder pads the last frame (AAC: to 1024 samples); the container's duration
+    # says where the signal ends. Trim to it when the excess is no more than that padding.
+    frame = stream.codec_context.frame_size or 0
+    if estimate and frame and 0 < n - estimate <= 2 * frame:
+        n = estimate
     return audio[:n].copy() if n < audio.shape[0] // 2 else audio[:n], int(sr)
 
 

@@ -297,11 +297,11 @@ def iter_frames(path: str | os.PathLike, chunk_frames: int = 16, prefetch: int =
     info = _info(stream, container)
     stream.thread_type = "AUTO"  # FFmpeg's own frame/slice threads
     q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
-    halt = stop or threading.Event()
+    halt = threading.Event()  # this stream is closed (its own; `stop` is the caller's)
     done = object()
 
     def put(item) -> bool:
-        while not halt.is_set():
+        while not halt.is_set() and not (stop is not None and stop.is_set()):
             try:
                 q.put(item, timeout=0.2)
                 return True
@@ -372,10 +372,12 @@ class Media:
     def __init__(self, path: str | os.PathLike, kind: str | None = None) -> None:
         self.path = Path(path)
         self.kind = kind or kind_of(path) or "audio"
+        self.error: Exception | None = None  # set by the run loop when opening/decoding failed
         self._decoded: audio_io.Decoded | None = None
         self._audio_error: MediaError | None = None
         self._image: np.ndarray | None = None
-        self._has_audio: bool | None = None if self.kind != "image" else False
+        # audio files hold audio (or fail to decode); containers say what they hold when probed
+        self._has_audio: bool | None = {"audio": True, "image": False}.get(self.kind)
         self._has_video: bool | None = {"audio": False, "image": False}.get(self.kind)
 
     # streams present
@@ -415,11 +417,23 @@ class Media:
         return self.decoded.at(rate, method)
 
     @property
+    def decoded_audio(self) -> bool:
+        """Whether the audio has been decoded (successfully)."""
+        return self._decoded is not None
+
+    @property
     def duration_seconds(self) -> float:
-        """Seconds of audio (audio / video with sound), else of video, else 0 for an image."""
-        if self._decoded is not None:
-            return self._decoded.duration_seconds
-        return 0.0
+        """Seconds of decoded audio (0 before decoding, and for images and silent videos)."""
+        return self._decoded.duration_seconds if self._decoded is not None else 0.0
+
+    @property
+    def source_sample_rate(self) -> int | None:
+        return self._decoded.sample_rate if self._decoded is not None else None
+
+    @property
+    def resample_seconds(self) -> dict:
+        """Seconds spent resampling, per (rate, method)."""
+        return self._decoded.resample_seconds if self._decoded is not None else {}
 
     # image
     def image(self) -> np.ndarray:

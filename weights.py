@@ -146,10 +146,17 @@ def resolve(
     elif wf.url:
         looked.append(f"{wf.url} (not downloaded: offline mode)")
     how = wf.how_to_get or (f"download {wf.url}" if wf.url else "")
-    raise WeightsError(
-        f"{model}: weight file {wf.filename!r} not found. Looked in: "
-        + "; ".join(looked)
-        + f". To supply it: {how + '; ' if how else ''}put it at {cached} "
-        f"(or set ${CACHE_ENV}), or set `weights: /path/to/{wf.filename}` for "
-        f"{model} in your config."
+    raise missing(model, wf.filename, looked, f"{how + '; ' if how else ''}put it at {cached} (or set ${CACHE_ENV})")
+
+
+def missing(model: str, filename: str, looked: Iterable[str], how: str) -> WeightsError:
+    """The error for weights found nowhere: one short line with the fix, then the details.
+
+    The console shows the first line; failures.json keeps the rest.
+    """
+    return WeightsError(
+        f"{model}: weights not found ({filename}). Fix: run `python run_extraction.py --download_only "
+        f"--models {model}` where there is internet, or set `weights: /path/to/{filename}` for {model}.\n"
+        f"looked in: {'; '.join(looked)}\n"
+        f"how to get it: {how}"
     )

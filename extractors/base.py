@@ -326,9 +326,18 @@ class Extractor(ABC):
 
 
 def torch_device(device: str) -> str:
-    """Resolve 'auto' to 'cuda' when available, else 'cpu'."""
+    """Resolve 'auto' to 'cuda' when available, else 'cpu'.
+
+    Without an NVIDIA driver node there is no CUDA: answer without importing torch
+    (seconds at start-up for runs whose models don't use it).
+    """
     if device != "auto":
         return device
+    import os
+    import sys
+
+    if "torch" not in sys.modules and not os.path.exists("/dev/nvidiactl"):
+        return "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"

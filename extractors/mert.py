@@ -307,7 +307,7 @@ def hub_checkpoint(repo_id: str, revision: str | None = None) -> Checkpoint:
     """
     from huggingface_hub import snapshot_download
 
-    from weights import offline
+    from weights import missing, offline
 
     cache = hub_cache_dir()
     is_offline = offline()
@@ -326,10 +326,8 @@ def hub_checkpoint(repo_id: str, revision: str | None = None) -> Checkpoint:
         else:
             first = (str(exc).strip().splitlines() or [""])[0]
             reason = f"not in the cache and the hub download failed: {type(exc).__name__}: {first}"
-        raise WeightsError(
-            f"mert: {repo_id} (revision {rev}) not found. Looked in the Hugging Face cache {where} "
-            f"({reason}). To supply it: {_how_to_supply(repo_id)}."
-        ) from None
+        raise missing("mert", f"{repo_id} revision {rev}", [f"the Hugging Face cache {where} ({reason})"],
+                      _how_to_supply(repo_id)) from None
     weights = _weight_file(folder)
     missing = [n for n in (CONFIG_FILE, PREPROCESSOR_FILE) if not (folder / n).is_file()]
     if weights is None:

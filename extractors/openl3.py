@@ -592,13 +592,12 @@ def find_weights(
             looked.append(f"{url} (download failed: {type(exc).__name__}: {exc})")
     else:
         looked.append(f"{url} (not downloaded: offline mode)")
-    raise WeightsError(
-        f"openl3: weight file {h5!r} not found. Looked in: {'; '.join(looked)}. To supply it: "
+    raise weights.missing(
+        "openl3", h5, looked,
         f"download {url} and gunzip it to {cache / h5} (or set ${weights.CACHE_ENV}); or copy "
         f"{h5} from an installed openl3 package (pip install openl3 puts it in site-packages/openl3/); "
         f"or use torchopenl3's {names[1]} (from "
-        f"{TORCHOPENL3_URL.format(repr=input_repr, content=content_type, size=6144)}); "
-        "or set `weights: /path/to/file-or-folder` for openl3 in your config."
+        f"{TORCHOPENL3_URL.format(repr=input_repr, content=content_type, size=6144)})",
     )
 
 

@@ -53,7 +53,7 @@ def test_end_to_end_outputs_metadata_and_report(tmp_path):
     assert report["models"]["madmom"]["ok"] == 3 and report["models"]["madmom"]["audio_seconds"] == pytest.approx(5.0)
     for key in ("inference_seconds", "write_seconds", "resample_seconds", "realtime_factor", "wall_seconds"):
         assert key in report["models"]["melspec"]
-    assert "shape (200,)" in res.stdout and "x RT" in res.stdout
+    assert "shape (200,)" in res.stderr and "x RT" in res.stdout  # progress on stderr, the table on stdout
     assert leftovers(out) == []
 
     # the same command again computes nothing
@@ -86,6 +86,9 @@ def test_bad_files_are_reported_and_skipped(tmp_path):
     assert all(f["cause"] for f in failures)
     assert {p.name for p in (out / "melspec").glob("*.npy")} == {"track_00.npy", "track_01.npy"}
     assert "failure" in res.stdout and "inf.wav" in res.stdout
+    causes = {f["file"]: f["cause"] for f in failures if f["model"] == "melspec"}
+    assert causes["empty.wav"] == "empty file (0 bytes)"
+    assert "holds text" in causes["text.wav"] and "NaN/Inf" in causes["inf.wav"]
     assert leftovers(out) == []
     # failures are retried on the next run (and fail again), done files are skipped
     res2 = run_cli("--audio_dir", str(audio), "--output_base", str(out), "--models", "melspec")
@@ -147,9 +150,10 @@ def test_sigterm_stops_cleanly_with_report(tmp_path):
 
 @pytest.mark.parametrize("yaml_text, needle", [
     ("models: [melspec\n", "invalid YAML"),
-    ("audio_dirr: x\n", "unknown key(s) audio_dirr"),
-    ("models: [melspecc]\n", "unknown model 'melspecc'"),
-    ("models:\n  melspec: {n_mel: 3}\n", "models.melspec: melspec: unknown parameter(s) 'n_mel'"),
+    ("audio_dirr: x\n", "unknown key 'audio_dirr' at the top level (did you mean 'audio_dir'?)"),
+    ("models: [melspecc]\n", "unknown model 'melspecc' (did you mean 'melspec'?)"),
+    ("models:\n  melspec: {n_mel: 3}\n", "models.melspec: melspec: unknown parameter 'n_mel' (did you mean 'n_mels'?)"),
+    ("models:\n  melspec: 5\n", "models.melspec: expected a mapping of parameters"),
     ("models:\n  melspec: {n_mels: many}\n", "'n_mels' = 'many' is invalid"),
     ("recursive: maybe\n", "recursive must be bool"),
     ("models:\n  melspec: {batch_size: -1}\n", "batch_size: expected a positive integer"),
@@ -162,6 +166,20 @@ def test_config_errors_stop_before_any_work(tmp_path, yaml_text, needle):
     assert res.returncode == 2
     assert needle in res.stderr
     assert not out.exists()
+
+
+def test_every_config_mistake_is_reported_at_once(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("recursiv: true\nprefetch: 0\nmodels:\n  melspec: {n_mel: 3, pooling: max}\n  madmom: {beat: true}\n")
+    res = run_cli("--config", str(cfg), "--audio_dir", str(ROOT / "examples" / "audio"),
+                  "--output_base", str(tmp_path / "out"), "--set", "melspecc.n_mels=3")
+    assert res.returncode == 2 and "6 problems" in res.stderr, res.stderr
+    for needle in ["'recursiv' at the top level (did you mean 'recursive'?)", "prefetch must be >= 1",
+                   "'n_mel' (did you mean 'n_mels'?)", "'pooling' = 'max' is invalid",
+                   "unknown parameter 'beat' (did you mean 'beats'?)",
+                   "model 'melspecc' is not in this run"]:
+        assert needle in res.stderr, needle
+    assert not (tmp_path / "out").exists()
 
 
 def test_flags_override_config_and_set_param(tmp_path):
