@@ -9,6 +9,7 @@ Truth used here, independent of extractors/resnet18.py:
   `<name>-<first 8 hex digits of sha256>.pth`;
 - Pillow's own EXIF transpose and JPEG / PNG writers for the bad-input files;
 - the closed-form nearest-frame rule (tests/test_frame_grid.py) for video frames.
+Near-duplicate search through the driver: tests/test_torchvision_driver.py.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import weights
 from extractors import base, resnet18
 from extractors.base import ConfigError, WeightsError
 from tests.conftest import reference
-from tests.media_synth import moving_shapes, recompressed, scene, write_video
+from tests.media_synth import moving_shapes, scene, write_video
 
 IMAGES = {"daisy": "daisy.jpg", "smol": "smol.png", "synth_500x375": "synth_500x375.png"}
 SEED = 2026
@@ -352,21 +353,3 @@ def test_weight_lookup_checksums_and_download(tmp_path, random_file, monkeypatch
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
-
-
-# ------------------------------------------------------------------ near duplicates
-def test_resized_recompressed_copies_rank_first(tmp_path, random_file):
-    """Cosine search over embeddings finds each image's resized, recompressed copy first
-    (random weights: the real ones cannot be downloaded here)."""
-    originals = [scene(seed) for seed in range(6)]
-    copies = []
-    for i, rgb in enumerate(originals):
-        (tmp_path / f"copy{i}.jpg").write_bytes(recompressed(rgb, scale=0.6, quality=60))
-        copies.append(media.load_image(tmp_path / f"copy{i}.jpg"))
-    ex = make(random_file)
-    emb = np.stack([ex.extract_image(x).data for x in originals + copies])
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    sim = emb @ emb.T
-    np.fill_diagonal(sim, -np.inf)
-    n = len(originals)
-    assert [int(np.argmax(sim[n + i])) for i in range(n)] == list(range(n))
