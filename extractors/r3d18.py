@@ -386,7 +386,7 @@ class R3D18(Extractor):
                 own = WeightFile(p.name, sha256=hub_hash_prefix(p.name))
                 return weights.resolve(self.name, own, local_path=p)
             return weights.resolve(self.name, self.weight_files()[0], local_path=p)
-        hub = weights.torch_hub_checkpoints()
+        hub = weights.torch_hub_checkpoints() / WEIGHTS_FILE
         return weights.resolve(self.name, self.weight_files()[0], extra_places=[hub])
 
     def model_key(self) -> tuple:
