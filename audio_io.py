@@ -160,11 +160,14 @@ def probe_streams(path: str | os.PathLike) -> tuple[bool, bool]:
 
 
 def check_not_empty(path: str | os.PathLike) -> None:
+    """MediaError for a regular file of 0 bytes (a pipe is read as it comes)."""
+    import stat
+
     try:
-        size = os.path.getsize(path)
+        st = os.stat(path)
     except OSError as exc:
         raise MediaError(f"cannot read: {exc.strerror}") from None
-    if size == 0:
+    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
         raise MediaError("empty file (0 bytes)")
 
 

@@ -630,8 +630,8 @@ class Runner:
             self.stats.interrupted = "SIGINT" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
         finally:
             self._stop.set()
-            if producer is not None:
-                producer.join(timeout=10)
+            if producer is not None:  # interrupted: don't wait for a long decode (its locks go below)
+                producer.join(timeout=2 if self.stats.interrupted else 10)
             _drain(q)
             self._leases.close()  # every lock this process still holds, whichever thread took it
             self._progress.close()

@@ -92,6 +92,11 @@ class ModelFolder:
             TIMESTAMPS_EXTRA in (self.meta.get("extras") or [])
         )
 
+    def has_timestamp_file(self, rel: PurePosixPath | str) -> bool:
+        """An image model's videos carry per-file times even though its images have no time axis."""
+        return TIMESTAMPS_EXTRA in (self.meta.get("extra_folders") or {}) and \
+            self.extra_path(TIMESTAMPS_EXTRA, rel).is_file()
+
     @cached_property
     def outputs(self) -> list[PurePosixPath]:
         """Relative paths of every main array (e.g. `dir/song.npy`), sorted.
@@ -139,7 +144,7 @@ def timestamps_for(
     if meta is None:
         meta = json.loads((model_dir / "features.json").read_text())
     folder = ModelFolder(model_dir.parent, model_dir.name, meta)
-    if folder.timestamps_from_files:
+    if folder.timestamps_from_files or folder.has_timestamp_file(rel_output):
         p = folder.extra_path(TIMESTAMPS_EXTRA, rel_output)
         if not p.is_file():
             raise ResultsError(

@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    import signal
+
     import run_config
     from extractors.base import ConfigError
 
@@ -136,7 +138,13 @@ def _main(args: argparse.Namespace) -> int:
     )
     runner = pipeline.Runner(jobs, options, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     stats = runner.run()
-    report_path, failures_path = runner.write_reports()
+    # the run is over (finished or stopped): a signal now must not cut the report short
+    held = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        report_path, failures_path = runner.write_reports()
+    finally:
+        for s, handler in held.items():
+            signal.signal(s, handler)
     print(stats.render())
     print(f"report: {report_path}" + (f"; failures: {failures_path}" if stats.failures else ""))
     if stats.interrupted:

@@ -13,7 +13,9 @@ A miss raises `WeightsError` naming every place looked at and how to supply the 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -40,7 +42,54 @@ def offline() -> bool:
     return any(os.environ.get(v, "") not in ("", "0") for v in ("EMBEDKIT_OFFLINE", "HF_HUB_OFFLINE"))
 
 
+_DIGESTS: dict[str, str] = {}  # "path|size|mtime_ns" -> sha256, this process
+_DIGEST_FILE = "sha256-cache.json"
+_PERSIST_BYTES = 1 << 20  # remember digests of files at least this big across runs
+
+
 def sha256sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a weight file, computed once per (path, size, mtime).
+
+    Gigabyte checkpoints are not hashed again at every start: digests are kept in
+    `<cache>/sha256-cache.json`; a Hugging Face cache blob is named by its sha256 already.
+    """
+    p = Path(path).resolve()
+    st = p.stat()
+    key = f"{p}|{st.st_size}|{st.st_mtime_ns}"
+    if key in _DIGESTS:
+        return _DIGESTS[key]
+    if p.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", p.name):
+        return p.name  # the hub names LFS blobs by their sha256 and checks it on download
+    known = _read_digests() if st.st_size >= _PERSIST_BYTES else {}
+    if key in known:
+        _DIGESTS[key] = known[key]
+        return known[key]
+    _DIGESTS[key] = digest = _hash_file(p, chunk)
+    if st.st_size >= _PERSIST_BYTES:
+        _remember_digest(key, digest)
+    return digest
+
+
+def _read_digests() -> dict[str, str]:
+    try:
+        return json.loads((cache_root() / _DIGEST_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember_digest(key: str, digest: str) -> None:
+    """Add one digest to the cache file (atomically; a lost race only costs a recomputation)."""
+    import outputs
+
+    known = _read_digests()
+    known[key] = digest
+    try:
+        outputs.atomic_write_json(cache_root() / _DIGEST_FILE, known)
+    except OSError:
+        pass  # a read-only cache: digests are recomputed next time
+
+
+def _hash_file(path: Path, chunk: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):

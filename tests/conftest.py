@@ -56,6 +56,22 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
     )
 
 
+def hold(path: Path) -> Path:
+    """A FIFO named like an input file: a run that reaches it waits there until `release(path, ...)`.
+
+    Lets a test stop a run while it is provably still going, however fast the machine.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    return path
+
+
+def release(path: Path, audio: np.ndarray, sr: int) -> None:
+    """Replace the FIFO made by `hold` with a real audio file."""
+    path.unlink()
+    write_wav(path, audio, sr)
+
+
 def pytest_addoption(parser):
     parser.addoption("--stress", action="store_true", default=False,
                      help="heavier reliability variants: more kill moments, longer corpus, a 2-hour file")

@@ -1,0 +1,1 @@
+"""Model plugins, one module each; see `extractors.base` for the contract."""
