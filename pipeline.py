@@ -35,7 +35,7 @@ import numpy as np
 import audio_io
 import media
 import outputs
-from extractors.base import ConfigError, Extractor, Features, OutputSpec
+from extractors.base import ConfigError, Extractor, Features, OutputSpec, SkipFile
 from reporting import Outcome, RunStats
 
 
@@ -382,6 +382,8 @@ def store(output_base: Path, item: Item, res: Result, m: media.Media, run_id: st
     job, src = res.job, item.source.as_posix()
     out = Outcome(src, job.alias, "ok", notes=res.notes, inference_seconds=res.seconds,
                   resample_seconds=res.resample_seconds)
+    if isinstance(res.error, SkipFile):  # the plugin's documented choice, not a failure
+        res.skipped, res.error = str(res.error), None
     if res.skipped:
         out.status, out.notes = "skipped", [res.skipped]
         outputs.append_jsonl(output_base / "manifest.jsonl", {

@@ -1550,7 +1550,7 @@ def decode_video_like_openl3(
 ) -> DecodedVideo:
     """One pass over a video, as openl3's process_video_file sees it through moviepy.
 
-    Frames: ffmpeg's 256x256 bicubic rgb24 frames (openl3_image.VideoScaler),
+    Frames: ffmpeg's 256x256 bicubic rgb24 frames (media.VideoScaler),
     the first int(duration * fps) of them in decoding order (moviepy's grid
     t = k / fps on a constant-rate file; the last frame repeated if the file
     has fewer, as moviepy does), streamed into `embedder`
@@ -1560,6 +1560,8 @@ def decode_video_like_openl3(
     ((L + R) / 65536).
     """
     import av
+
+    import media
 
     from extractors import openl3_image
 
@@ -1583,7 +1585,7 @@ def decode_video_like_openl3(
         fps = _ffmpeg_fps(float(rate))
         duration = _ffmpeg_duration(container.duration)
         n_frames = int(duration * fps)
-        scaler = openl3_image.VideoScaler(openl3_image.VIDEO_SIZE)  # upright, as ffmpeg's autorotate
+        scaler = media.VideoScaler(openl3_image.VIDEO_SIZE, "bicubic")  # upright, as ffmpeg's autorotate
         vstream.thread_type = "AUTO"  # FFmpeg's frame threads
         streams = ([vstream] if embedder is not None else []) + ([astream] if want_audio else [])
         resampler = av.AudioResampler(format="s16", layout="stereo", rate=TARGET_SR) if want_audio else None

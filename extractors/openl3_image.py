@@ -23,7 +23,7 @@ What this module reproduces from openl3 0.4.2 (`openl3/core.py`, `openl3/models.
 - `process_video_file`'s frames: ffmpeg's `scale=256:256` with swscale's
   bicubic filter to rgb24, the aspect ratio not kept (moviepy's
   `target_resolution=(256, 256)`), bit-identical here through libavfilter's
-  own scale filter (`VideoScaler`); then the rule above (crop 16:240, divide by
+  own scale filter (`media.VideoScaler`); then the rule above (crop 16:240, divide by
   the video's largest pixel value).
 
 Weights: openl3's `openl3_image_<input_repr>_<content_type>.h5` (Keras
@@ -372,85 +372,6 @@ def embed_batches(
 # ---------------------------------------------------------------------------
 # Video frames: ffmpeg's scale filter, and the per-video maximum without holding the video
 # ---------------------------------------------------------------------------
-# Display rotation (degrees counter-clockwise, as PyAV's VideoFrame.rotation reads the display
-# matrix) as ffmpeg filters, applied before scaling as ffmpeg's command line does (autorotate).
-_ROTATION_FILTERS = {90: [("transpose", "cclock")], 180: [("hflip", ""), ("vflip", "")],
-                     270: [("transpose", "clock")]}
-
-
-class VideoScaler:
-    """Decoded PyAV frames -> (k, 256, 256, 3) uint8 RGB, exactly as ffmpeg's command line
-    `-vf scale=256:256 -sws_flags bicubic -pix_fmt rgb24` makes them (what moviepy asks for).
-
-    Runs libavfilter's own `scale` filter (one swscale pass: scale and convert to
-    rgb24), so the pixels are bit-identical to the command line's;
-    `VideoFrame.reformat` differs from it by up to 10 levels on ~6 % of pixels.
-    Frames are turned upright first by their display matrix (`rotation=None`,
-    each frame's `rotation`), or by `rotation` degrees counter-clockwise.
-    The graph is rebuilt when the frames' size, pixel format or rotation changes.
-    """
-
-    def __init__(self, size: tuple[int, int] = VIDEO_SIZE, rotation: int | None = None) -> None:
-        self.height, self.width = size
-        self.rotation = rotation
-        self._graph = None
-        self._key: tuple | None = None
-
-    def _rotation_of(self, frame: Any) -> int:
-        if self.rotation is not None:
-            return int(self.rotation) % 360
-        try:
-            return round(float(frame.rotation) / 90.0) * 90 % 360
-        except (AttributeError, TypeError, ValueError):
-            return 0
-
-    def _key_of(self, frame: Any) -> tuple:
-        return (frame.width, frame.height, frame.format.name, self._rotation_of(frame))
-
-    def _build(self, frame: Any) -> None:
-        import av
-
-        g = av.filter.Graph()
-        args = {"video_size": f"{frame.width}x{frame.height}", "pix_fmt": str(frame.format.name),
-                "time_base": str(frame.time_base or "1/1000"), "pixel_aspect": "1/1"}
-        # Newer FFmpeg negotiates colour properties through the graph; give the frame's, as ffmpeg does.
-        extra = {"colorspace": str(int(frame.colorspace)), "range": str(int(frame.color_range))}
-        try:
-            src = g.add("buffer", **args, **extra)
-        except Exception:
-            g = av.filter.Graph()
-            src = g.add("buffer", **args)
-        chain = [src]
-        for name, arg in _ROTATION_FILTERS.get(self._rotation_of(frame), []):
-            chain.append(g.add(name, arg) if arg else g.add(name))
-        chain.append(g.add("scale", f"{self.width}:{self.height}:flags=bicubic"))
-        chain.append(g.add("format", "pix_fmts=rgb24"))
-        chain.append(g.add("buffersink"))
-        for a, b in zip(chain, chain[1:]):
-            a.link_to(b)
-        g.configure()
-        self._graph = g
-        self._key = self._key_of(frame)
-
-    def __call__(self, frames: Iterable[Any]) -> np.ndarray:
-        import av
-
-        out = []
-        for frame in frames:
-            if self._key != self._key_of(frame):
-                self._build(frame)
-            self._graph.push(frame)
-            while True:
-                try:
-                    got = self._graph.pull()
-                except (av.BlockingIOError, av.EOFError):
-                    break
-                out.append(got.to_ndarray())
-        if not out:
-            return np.zeros((0, self.height, self.width, 3), np.uint8)
-        return np.stack(out)
-
-
 class VideoEmbedder:
     """Embeds one video's 256x256 frames by openl3's rule: centre crop, divided by the largest
     pixel value of the whole video (rule 3c of the reference README), in order.
@@ -579,7 +500,6 @@ class _FrameConsumer:
     def __init__(self, plugin: OpenL3Image, info: Any) -> None:
         c = plugin.config
         self.rate = c["frame_rate"]
-        self.scaler = VideoScaler(VIDEO_SIZE)  # upright by each frame's display matrix
         self.embedder = VideoEmbedder(plugin.load(), c["embedding_size"], plugin.batch_size,
                                       plugin.cuda_dtype)
         self.times: list[np.ndarray] = []
@@ -589,7 +509,8 @@ class _FrameConsumer:
         keep, self.last_bin = select_by_rate(chunk.pts, self.rate, self.last_bin)
         if not keep:
             return
-        self.embedder.add(self.scaler([chunk.frames[i] for i in keep]))
+        # ffmpeg's own scale filter, upright by each frame's display matrix (as moviepy has them)
+        self.embedder.add(chunk.rgb(select=keep, size=VIDEO_SIZE, interpolation="bicubic"))
         self.times.append(np.asarray(chunk.pts, np.float64)[keep])
 
     def finish(self) -> Features:

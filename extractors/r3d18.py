@@ -20,7 +20,7 @@ grid frames c * hop_frames .. c * hop_frames + 15, hop_frames 16 = consecutive, 
 (as the reference data); the trailing partial clip is dropped (`last_clip: pad` repeats
 the last frame instead). A video shorter than one clip (K < 16, under 16/15 s) becomes
 one clip padded by repeating its last frame (`short_video: pad`, with a warning), or is
-refused with a message (`short_video: skip`). Timestamps: clip centres,
+noted as skipped with the reason (`short_video: skip`). Timestamps: clip centres,
 t[c] = (c * hop_frames + 8) / 15 s.
 
 Preprocessing: torchvision's `R3D_18_Weights.KINETICS400_V1.transforms()`
@@ -59,6 +59,7 @@ from extractors.base import (
     Features,
     OutputSpec,
     Param,
+    SkipFile,
     WeightFile,
     WeightsError,
     torch_device,
@@ -350,7 +351,7 @@ class R3D18(Extractor):
         ),
         "short_video": Param(
             "pad", str, "a video under one clip (16 frames at 15 fps, 1.07 s): pad = one clip repeating "
-            "its last frame (with a warning); skip = report the file as failed with the reason",
+            "its last frame (with a warning); skip = note the file as skipped, with the reason",
             choices=("pad", "skip"),
         ),
         "pooling": Param(
@@ -514,7 +515,7 @@ class ClipEmbedder:
         if total < CLIP_FRAMES:
             seconds = total / CLIP_FPS
             if self.plugin.config["short_video"] == "skip":
-                raise ValueError(
+                raise SkipFile(
                     f"r3d18: video too short for one clip ({total} frames at {CLIP_FPS} fps, {seconds:.2f} s "
                     f"< {CLIP_FRAMES / CLIP_FPS:.2f} s); set short_video: pad to embed it with its last "
                     "frame repeated"

@@ -245,7 +245,7 @@ def test_video_frames_are_ffmpegs_bit_for_bit_and_the_audio_is_moviepys():
     bento = reference("openl3", "video", "bento.mp4")
     with av.open(str(bento)) as c:
         frames = list(c.decode(c.streams.video[0]))
-    got = oi.VideoScaler()(frames)
+    got = media.VideoScaler((256, 256), "bicubic")(frames)
     np.testing.assert_array_equal(got, video["frames"])  # ffmpeg -vf scale=256:256 -sws_flags bicubic
     dec = ol3.decode_video_like_openl3(bento, None, True)
     assert (dec.fps, dec.duration, dec.n_frames) == (float(video["fps"]), 1.1, 11)
@@ -267,10 +267,10 @@ def test_video_scaler_turns_frames_upright_before_scaling():
     img[:40, :100] = 255
     img[200:, :, 1] = 180
     frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
-    upright = oi.VideoScaler(rotation=0)([frame])[0]
-    assert frame.rotation == 0 and np.array_equal(oi.VideoScaler()([frame])[0], upright)
+    upright = media.VideoScaler((256, 256), rotation=0)([frame])[0]
+    assert frame.rotation == 0 and np.array_equal(media.VideoScaler((256, 256))([frame])[0], upright)
     for degrees, k in ((90, 1), (180, 2), (270, 3)):
-        np.testing.assert_array_equal(oi.VideoScaler(rotation=degrees)([frame])[0], np.rot90(upright, k))
+        np.testing.assert_array_equal(media.VideoScaler((256, 256), rotation=degrees)([frame])[0], np.rot90(upright, k))
 
 
 def test_moviepy_frame_rate_duration_and_audio_length():
