@@ -674,7 +674,8 @@ class Runner:
     # -- outputs of the run -------------------------------------------------------------------
     def write_reports(self) -> tuple[Path, Path]:
         base = self.opt.output_base
-        report = {"run": self.run_id, "finished": outputs.now_iso(), **self.stats.to_json()}
+        report = {"run": self.run_id, "finished": outputs.now_iso(),
+                  "audio_dir": str(Path(self.opt.audio_dir).resolve()), **self.stats.to_json()}
         if self.opt.shard:
             report["shard"] = f"{self.opt.shard[0]}/{self.opt.shard[1]}"
         suffix = f".shard{self.opt.shard[0]}of{self.opt.shard[1]}" if self.opt.shard else ""
