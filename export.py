@@ -260,7 +260,7 @@ def _metadata(p: Plan) -> dict:
 def _atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path beside `path`; renamed onto it (after fsync) only if the body succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = outputs._tmp_path(path)  # the naming outputs.clean_stale recognises (host + pid)
+    tmp = outputs.tmp_path(path)  # the naming outputs.clean_stale recognises (host + pid)
     try:
         yield tmp
         with open(tmp, "rb+") as f:

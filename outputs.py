@@ -70,14 +70,15 @@ def inside(base: Path, rel: Path) -> Path:
 
 
 # -- atomic writes --------------------------------------------------------------
-def _tmp_path(path: Path) -> Path:
+def tmp_path(path: Path) -> Path:
+    """A hidden temporary name beside `path`, naming this host and pid (so clean_stale knows its owner)."""
     return path.with_name(f".{path.name}{_TMP_TAG}{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` via temp file + fsync + rename; no partial file on failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
+    tmp = tmp_path(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -162,7 +163,7 @@ class OutputLock:
         # Write the owner into a temp file, then hard-link it into place: the link is
         # atomic and fails if the lock exists, so a lock file never lacks its owner
         # (an empty lock left by a kill would otherwise look held forever).
-        tmp = _tmp_path(self.path)
+        tmp = tmp_path(self.path)
         tmp.write_text(f"{HOST}:{os.getpid()}")
         try:
             for _ in range(3):

@@ -36,7 +36,7 @@ import numpy as np
 import audio_io
 import media
 import outputs
-from extractors.base import ConfigError, Extractor, Features, OutputSpec
+from extractors.base import ConfigError, Extractor, Features, OutputSpec, SkipFile
 from reporting import Outcome, RunStats
 
 
@@ -390,6 +390,8 @@ def store(output_base: Path, item: Item, res: Result, m: media.Media, run_id: st
         manifest = functools.partial(outputs.append_jsonl, output_base / "manifest.jsonl")
     out = Outcome(src, job.alias, "ok", notes=res.notes, inference_seconds=res.seconds,
                   resample_seconds=res.resample_seconds)
+    if isinstance(res.error, SkipFile):  # the plugin's documented choice, not a failure
+        res.skipped, res.error = str(res.error), None
     if res.skipped:
         out.status, out.notes = "skipped", [res.skipped]
         manifest({
@@ -685,7 +687,8 @@ class Runner:
     # -- outputs of the run -------------------------------------------------------------------
     def _report_head(self) -> dict:
         """The report's first keys (another executor adds its own, e.g. the Ray engine's cluster)."""
-        return {"run": self.run_id, "finished": outputs.now_iso()}
+        return {"run": self.run_id, "finished": outputs.now_iso(),
+                "audio_dir": str(Path(self.opt.audio_dir).resolve())}
 
     def write_reports(self) -> tuple[Path, Path]:
         base = self.opt.output_base

@@ -98,16 +98,30 @@ def _hash_file(path: Path, chunk: int) -> str:
 
 
 def verify(path: Path, expected: str | None) -> None:
-    """Raise WeightsError if `path` does not have the expected sha256 (when one is known)."""
+    """Raise WeightsError if `path` does not have the expected sha256 (when one is known).
+
+    expected: the full hex digest, or its first hex digits (torch hub file names such as
+    `resnet18-f37072fd.pth` carry the first 8; torch itself checks them only on download).
+    """
     if expected is None:
         return
+    expected = expected.lower()
     got = sha256sum(path)
-    if got != expected:
+    if not (got == expected if len(expected) == 64 else got.startswith(expected)):
+        what = "expected" if len(expected) == 64 else "expected it to start with"
         raise WeightsError(
-            f"checksum mismatch for {path}: sha256 {got}, expected {expected}. "
+            f"checksum mismatch for {path}: sha256 {got}, {what} {expected}. "
             "The file is corrupt or not the official one; delete it and fetch again "
             "(python run_extraction.py --download_only ...)."
         )
+
+
+def torch_hub_checkpoints() -> Path:
+    """torch hub's checkpoint folder, where torchvision caches its downloads:
+    $TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints, or under $XDG_CACHE_HOME)."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
 
 
 def save_stream(src: BinaryIO, dest: Path, sha256: str | None = None, on_block=None) -> Path:

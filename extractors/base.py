@@ -52,6 +52,13 @@ class WeightsError(RuntimeError):
     """Weights could not be found or verified; the message says how to supply them."""
 
 
+class SkipFile(ValueError):
+    """A plugin's documented choice to make nothing of this file (e.g. a video shorter than one clip).
+
+    The run records it as skipped with the message as a note, not as a failure.
+    """
+
+
 @dataclass(frozen=True)
 class Param:
     """One plugin parameter: default, accepted type(s) and the allowed values.

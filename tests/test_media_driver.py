@@ -302,3 +302,28 @@ def test_start_says_what_was_found_and_left_out(tmp_path):
     assert "1 media file(s) in sub-folders: add --recursive" in res.stderr
     assert "1 file(s) with extensions this run does not read: .xyz x1" in res.stderr
     assert "no configured model takes image files (1 left out)" in res.stderr
+
+
+class Picky(MeanColour):
+    """Makes nothing of images narrower than 10 pixels: its documented choice, not a failure."""
+
+    name = "picky"
+
+    def extract_image(self, rgb):
+        from extractors.base import SkipFile
+
+        if rgb.shape[1] < 10:
+            raise SkipFile(f"image {rgb.shape[1]} pixels wide, under 10: nothing to embed")
+        return super().extract_image(rgb)
+
+
+def test_a_plugins_skip_is_a_note_not_a_failure(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(d / "small.png")
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(d / "big.png")
+    r = run(d, tmp_path / "out", [Picky()])
+    assert not r.stats.failures and r.stats.models["picky"].ok == 1 and r.stats.models["picky"].no_input == 1
+    skipped = [m for m in manifest(tmp_path / "out") if m.get("skipped")]
+    assert [(m["source"], m["skipped"]) for m in skipped] == [("small.png", "image 4 pixels wide, under 10: nothing "
+                                                                              "to embed")]

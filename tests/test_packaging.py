@@ -13,8 +13,14 @@ from tests.conftest import ROOT
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """The project installed (without its dependencies, which this venv has) into a fresh folder."""
+    import shutil
+
+    # from a copy of the checkout: setuptools builds in the source folder (build/, *.egg-info)
+    src = tmp_path_factory.mktemp("src") / "embedkit"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__",
+                                                             "output", "peers_env", ".pytest_cache"))
     target = tmp_path_factory.mktemp("site")
-    res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(ROOT)],
+    res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(src)],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     return target

@@ -1,1 +1,0 @@
-"""Model plugins, one module each; see `extractors.base` for the contract."""
