@@ -91,6 +91,7 @@ class RunOptions:
     progress: bool = True  # a progress bar (terminal); otherwise a line every `progress_every` s
     progress_every: float = 60.0
     lease_seconds: float = outputs.LEASE_SECONDS
+    torch_threads: int | None = None  # torch's intra-op threads (None: the cores this process may use)
 
 
 @dataclass
@@ -501,8 +502,14 @@ def write_metadata(job: ModelJob, output_base: Path) -> None:
     outputs.atomic_write_json(output_base / job.alias / "features.json", meta)
 
 
-def load_models(jobs: list[ModelJob], output_base: Path, stats: RunStats, log: Callable[[str], None]) -> None:
-    """Load every model once: weight problems show before the first file; the other models go on."""
+def load_models(jobs: list[ModelJob], output_base: Path, stats: RunStats, log: Callable[[str], None],
+                threads: int | None = None) -> None:
+    """Load every model once: weight problems show before the first file; the other models go on.
+
+    torch runs `threads` intra-op threads (default: the cores this process may use). Some CPU
+    kernels (3-D convolutions) sum in an order that depends on it, so runs meant to give the same
+    bytes use the same count (the Ray engine's actors use `--torch_threads`, default 1).
+    """
     for job in jobs:
         stats.model(job.alias)
         try:
@@ -516,7 +523,7 @@ def load_models(jobs: list[ModelJob], output_base: Path, stats: RunStats, log: C
         import torch
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores))  # the cores this job was given (SLURM, taskset)
+        torch.set_num_threads(max(1, threads or cores))  # default: the cores this job may use (SLURM, taskset)
 
 
 def load_error_text(exc: BaseException) -> str:
@@ -566,7 +573,7 @@ class Runner:
             job.out_dir = opt.output_base / job.alias
             for folder in job.folders():
                 outputs.clean_stale(folder)
-        load_models(self.jobs, opt.output_base, self.stats, self.log)
+        load_models(self.jobs, opt.output_base, self.stats, self.log, opt.torch_threads)
         items = plan(self.listing.files, self.jobs, opt.overwrite, self.stats, opt.shard)
         self._announce(items)
         return items

@@ -322,8 +322,8 @@ class RayRunner(pipeline.Runner):
 
         GPU models (device cuda, or auto on a cluster with GPUs for a torch model): one actor per
         GPU, the models sharing each GPU evenly, each with a core for its host side where there are
-        enough. CPU models: half the cores the GPU models leave (an actor per core, one torch thread
-        each); decoding gets the rest.
+        enough. CPU models: half the cores the GPU models leave, an actor per `torch_threads` cores
+        (default 1); decoding gets the rest.
         """
         cpus, gpus = self.cluster["cpus"], self.cluster["gpus"]
         on_gpu = {}
@@ -339,16 +339,19 @@ class RayRunner(pipeline.Runner):
         n_gpu_actors = self.actors_per_model or max(1, int(gpus))
         gpu_actor_cpus = _round(min(1.0, cpus / max(1.0, gpus) / (n_gpu + 1)))  # host side of a GPU model
         free = cpus - gpu_actor_cpus * n_gpu_actors * n_gpu
-        n_cpu_actors = self.actors_per_model or max(1, int(free // (2 * max(1, n_cpu))))
+        threads = self.opt.torch_threads or 1  # per CPU actor: the same count gives the same bytes
+        n_cpu_actors = self.actors_per_model or max(1, int(free // (2 * max(1, n_cpu) * threads)))
         out = {}
         for job in self.jobs:
             if on_gpu[job.alias]:
                 gpu_share = _round(min(1.0, gpus / (n_gpu_actors * n_gpu)))
-                out[job.alias] = (n_gpu_actors, {"num_gpus": gpu_share, "num_cpus": gpu_actor_cpus}, "cuda", 1)
+                out[job.alias] = (n_gpu_actors, {"num_gpus": gpu_share, "num_cpus": gpu_actor_cpus}, "cuda",
+                                  threads)
             else:  # half of what the GPU models leave; decoding gets the rest
-                share = _round(min(1.0, free / (2 * n_cpu * n_cpu_actors)))
+                share = _round(min(float(threads), free / (2 * n_cpu * n_cpu_actors)))
                 device = self.devices.get(job.alias, "auto")
-                out[job.alias] = (n_cpu_actors, {"num_cpus": share}, "cpu" if device == "auto" else device, 1)
+                out[job.alias] = (n_cpu_actors, {"num_cpus": share}, "cpu" if device == "auto" else device,
+                                  threads)
         return out
 
     def _start_models(self) -> None:

@@ -16,6 +16,7 @@ A config file (all keys optional):
     engine: local           # local | ray (a Ray cluster: pip install -r requirements-ray.txt)
     ray_address: null       # engine ray: null starts a local cluster; auto; ray://host:10001
     ray_actors: null        # engine ray: actors per model (null: one per GPU, or from the CPUs)
+    torch_threads: null     # torch intra-op threads (null: local, the cores it may use; ray, 1 per actor)
     models:                 # a list of names, or a mapping name -> settings
       crepe: {capacity: full, step_size: 10, viterbi: true}
       openl3_env:           # a second configuration of one plugin, in its own folder
@@ -60,6 +61,7 @@ TOP_KEYS = {
     "engine": str,
     "ray_address": (str, type(None)),
     "ray_actors": (int, type(None)),
+    "torch_threads": (int, type(None)),
     "models": (list, dict),
 }
 # Top-level settings copied onto RunConfig as they are (flags override them by the same name).
@@ -96,6 +98,7 @@ class RunConfig:
     engine: str = "local"
     ray_address: str | None = None
     ray_actors: int | None = None
+    torch_threads: int | None = None
     models: list[ModelConfig] = field(default_factory=list)
 
 
@@ -243,6 +246,8 @@ def build(file_data: dict[str, Any], where: str, overrides: dict[str, Any]) -> R
     if cfg.engine not in ENGINES:
         errors.add(f"engine must be one of {', '.join(ENGINES)}, got {cfg.engine!r}"
                    f"{did_you_mean(cfg.engine, ENGINES)}")
+    if cfg.torch_threads is not None and cfg.torch_threads < 1:
+        errors.add("torch_threads must be >= 1 (or null: the cores the run may use)")
     if cfg.ray_actors is not None and cfg.ray_actors < 1:
         errors.add("ray_actors must be >= 1 (or null: from the cluster's GPUs and CPUs)")
     if cfg.progress_every < 0:

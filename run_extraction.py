@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--progress_every", type=float,
                    help="seconds between progress lines when stderr is not a terminal (default 60; 0: none)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar or progress lines")
+    p.add_argument("--torch_threads", type=int,
+                   help="torch intra-op threads (default: the cores the run may use; engine ray: 1 per actor)")
     p.add_argument("--engine", help="local (default) | ray: run on a Ray cluster "
                    "(pip install -r requirements-ray.txt; folders on a filesystem every node sees)")
     p.add_argument("--ray_address", help="engine ray: auto (the cluster on this node) | ray://HOST:10001 "
@@ -142,6 +144,7 @@ def _main(args: argparse.Namespace) -> int:
         progress=not args.no_progress and sys.stderr.isatty(),
         progress_every=0.0 if args.no_progress else cfg.progress_every,
         lease_seconds=cfg.lease_seconds,
+        torch_threads=cfg.torch_threads,
     )
 
     def log(msg: str) -> None:
