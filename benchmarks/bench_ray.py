@@ -8,9 +8,10 @@
 Part 1 runs the real command line on one synthetic corpus, alternating engines (local, ray, local,
 ray, ...) so that both see the same machine load: `run_extraction.py` and `run_extraction.py
 --engine ray` (a local Ray cluster started by the run, as a user without a cluster gets it).
-It reports each command's wall time (process start, Ray start, model loading, the run) and the
-run's own wall time from run_report.json (model loading included, Ray start excluded), and
-checks that both engines wrote the same bytes.
+It reports each command's wall time (process start, Ray start, model loading, the run), the
+run's own wall time from run_report.json (model loading included, Ray start excluded), and the
+CPU seconds of the whole process tree (Ray's daemons and workers included: on a shared machine
+the one figure other load does not distort), and checks that both engines wrote the same bytes.
 
 Part 2 measures what a decode task costs per 30 s file (44.1 kHz stereo WAV) in CPU seconds
 (process time, so other load on the machine does not inflate it): decoding, and each model's
@@ -28,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -65,17 +67,54 @@ def corpus(folder: Path, files: int, seconds: float) -> None:
         sf.write(folder / f"track_{i:03d}.wav", stereo, sr, subtype="PCM_16")
 
 
-def run(args: list[str]) -> tuple[float, float, int]:
-    """(command wall s, run wall s from the report, exit status)."""
+class TreeCPU:
+    """CPU seconds (user + system) of a process and every descendant, Ray's daemons and workers
+    included, sampled from /proc every 0.1 s (the last tenth of a second of a process is lost)."""
+
+    def __init__(self, root: int) -> None:
+        self.root, self.seen = root, {}  # (pid, start time) -> CPU seconds
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _stat(self, pid: int) -> tuple[int, int, float] | None:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return int(fields[1]), int(fields[19]), (int(fields[11]) + int(fields[12])) / self._tick
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1):
+            stats = {int(p): st for p in os.listdir("/proc") if p.isdigit() and (st := self._stat(int(p)))}
+            mine = {self.root} | {pid for pid, start in self.seen}
+            for pid in sorted(stats):  # parents before children (pids grow)
+                ppid, start, cpu = stats[pid]
+                if pid in mine or ppid in mine:
+                    mine.add(pid)
+                    self.seen[(pid, start)] = cpu
+
+    def total(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return sum(self.seen.values())
+
+
+def run(args: list[str]) -> tuple[float, float, float]:
+    """(command wall s, run wall s from the report, CPU s of the whole process tree)."""
     out = Path(args[args.index("--output_base") + 1])
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, str(ROOT / "run_extraction.py"), "--no_progress", *args], cwd=ROOT,
-                         capture_output=True, text=True, check=False)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_extraction.py"), "--no_progress", *args],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cpu = TreeCPU(proc.pid)
+    _, err = proc.communicate()
     wall = time.perf_counter() - t0
-    if res.returncode != 0:
-        sys.exit(f"run failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    cpu_s = cpu.total()
+    if proc.returncode != 0:
+        sys.exit(f"run failed ({proc.returncode}):\n{err[-3000:]}")
     report = json.loads((out / "run_report.json").read_text())
-    return wall, report["wall_seconds"], res.returncode
+    return wall, report["wall_seconds"], cpu_s
 
 
 def npy_bytes(folder: Path) -> dict[str, bytes]:
@@ -93,17 +132,20 @@ def engines(ns: argparse.Namespace, work: Path) -> dict:
         for engine in ("local", "ray"):
             out = work / f"{engine}{r}"
             extra = ["--engine", "ray"] if engine == "ray" else []
-            wall, run_wall, _ = run(["--audio_dir", str(audio), "--output_base", str(out), *models, *extra])
-            rows[engine].append({"command_s": round(wall, 2), "run_s": round(run_wall, 2)})
-            print(f"{engine:>5} #{r}: command {wall:7.2f} s, run {run_wall:7.2f} s", flush=True)
+            wall, run_wall, cpu = run(["--audio_dir", str(audio), "--output_base", str(out), *models, *extra])
+            rows[engine].append({"command_s": round(wall, 2), "run_s": round(run_wall, 2),
+                                 "cpu_s": round(cpu, 2), "load_average": round(os.getloadavg()[0], 1)})
+            print(f"{engine:>5} #{r}: command {wall:7.2f} s, run {run_wall:7.2f} s, CPU {cpu:7.2f} s "
+                  f"(load average {os.getloadavg()[0]:.1f})", flush=True)
     same = npy_bytes(work / "local0") == npy_bytes(work / "ray0")
-    med = {e: {k: float(np.median([x[k] for x in v])) for k in ("command_s", "run_s")}
+    med = {e: {k: float(np.median([x[k] for x in v])) for k in ("command_s", "run_s", "cpu_s")}
            for e, v in rows.items()}
-    print(f"median: local command {med['local']['command_s']:.2f} s run {med['local']['run_s']:.2f} s; "
-          f"ray command {med['ray']['command_s']:.2f} s run {med['ray']['run_s']:.2f} s; "
-          f"ray/local command {med['ray']['command_s'] / med['local']['command_s']:.2f} "
-          f"run {med['ray']['run_s'] / med['local']['run_s']:.2f}; same bytes: {same}")
-    return {"runs": rows, "median": med, "same_bytes": same}
+    ratio = {k: med["ray"][k] / med["local"][k] for k in ("command_s", "run_s", "cpu_s")}
+    print(f"median: local command {med['local']['command_s']:.2f} s run {med['local']['run_s']:.2f} s "
+          f"CPU {med['local']['cpu_s']:.2f} s; ray command {med['ray']['command_s']:.2f} s run "
+          f"{med['ray']['run_s']:.2f} s CPU {med['ray']['cpu_s']:.2f} s; ray/local: command "
+          f"{ratio['command_s']:.2f} run {ratio['run_s']:.2f} CPU {ratio['cpu_s']:.2f}; same bytes: {same}")
+    return {"runs": rows, "median": med, "ray_over_local": ratio, "same_bytes": same}
 
 
 def decode_costs(work: Path, seconds: float = 30.0, repeats: int = 3) -> dict:
