@@ -5,9 +5,11 @@
     python benchmarks/bench_ray.py --files 20 --seconds 30 --repeats 3 --json benchmarks/results/ray.json
     python benchmarks/bench_ray.py --decode_only            # the decode/resample table alone
 
-Part 1 runs the real command line on one synthetic corpus, alternating engines (local, ray, local,
-ray, ...) so that both see the same machine load: `run_extraction.py` and `run_extraction.py
---engine ray` (a local Ray cluster started by the run, as a user without a cluster gets it).
+Part 1 runs the real command line on one synthetic corpus, alternating (local, local 1 thread,
+ray, local, ...) so that all see the same machine load: `run_extraction.py`; the same with
+torch, MKL and OpenMP at one thread (`--torch_threads 1`, OMP_NUM_THREADS=MKL_NUM_THREADS=1, as
+Ray sets them in its workers); and `run_extraction.py --engine ray` (a local Ray cluster
+started by the run, as a user without a cluster gets it).
 It reports each command's wall time (process start, Ray start, model loading, the run), the
 run's own wall time from run_report.json (model loading included, Ray start excluded), and the
 CPU seconds of the whole process tree (Ray's daemons and workers included: on a shared machine
@@ -101,12 +103,13 @@ class TreeCPU:
         return sum(self.seen.values())
 
 
-def run(args: list[str]) -> tuple[float, float, float]:
+def run(args: list[str], env: dict | None = None) -> tuple[float, float, float]:
     """(command wall s, run wall s from the report, CPU s of the whole process tree)."""
     out = Path(args[args.index("--output_base") + 1])
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(ROOT / "run_extraction.py"), "--no_progress", *args],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
     cpu = TreeCPU(proc.pid)
     _, err = proc.communicate()
     wall = time.perf_counter() - t0
@@ -127,25 +130,31 @@ def engines(ns: argparse.Namespace, work: Path) -> dict:
     corpus(audio, ns.files, ns.seconds)
     models = ["--models", *ns.models, "--set", "crepe.capacity=tiny"] if "crepe" in ns.models \
         else ["--models", *ns.models]
-    rows: dict[str, list] = {"local": [], "ray": []}
+    # "local 1 thread": torch, MKL and OpenMP at one thread each, as Ray sets them in its workers
+    one = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    variants = {"local": ([], None), "local 1 thread": (["--torch_threads", "1"], one),
+                "ray": (["--engine", "ray"], None)}
+    rows: dict[str, list] = {v: [] for v in variants}
     for r in range(ns.repeats):
-        for engine in ("local", "ray"):
-            out = work / f"{engine}{r}"
-            extra = ["--engine", "ray"] if engine == "ray" else []
-            wall, run_wall, cpu = run(["--audio_dir", str(audio), "--output_base", str(out), *models, *extra])
+        for engine, (extra, env) in variants.items():
+            out = work / f"{engine.replace(' ', '_')}{r}"
+            args = ["--audio_dir", str(audio), "--output_base", str(out), *models, *extra]
+            wall, run_wall, cpu = run(args, env)
             rows[engine].append({"command_s": round(wall, 2), "run_s": round(run_wall, 2),
                                  "cpu_s": round(cpu, 2), "load_average": round(os.getloadavg()[0], 1)})
-            print(f"{engine:>5} #{r}: command {wall:7.2f} s, run {run_wall:7.2f} s, CPU {cpu:7.2f} s "
+            print(f"{engine:>14} #{r}: command {wall:7.2f} s, run {run_wall:7.2f} s, CPU {cpu:7.2f} s "
                   f"(load average {os.getloadavg()[0]:.1f})", flush=True)
-    same = npy_bytes(work / "local0") == npy_bytes(work / "ray0")
-    med = {e: {k: float(np.median([x[k] for x in v])) for k in ("command_s", "run_s", "cpu_s")}
-           for e, v in rows.items()}
-    ratio = {k: med["ray"][k] / med["local"][k] for k in ("command_s", "run_s", "cpu_s")}
-    print(f"median: local command {med['local']['command_s']:.2f} s run {med['local']['run_s']:.2f} s "
-          f"CPU {med['local']['cpu_s']:.2f} s; ray command {med['ray']['command_s']:.2f} s run "
-          f"{med['ray']['run_s']:.2f} s CPU {med['ray']['cpu_s']:.2f} s; ray/local: command "
-          f"{ratio['command_s']:.2f} run {ratio['run_s']:.2f} CPU {ratio['cpu_s']:.2f}; same bytes: {same}")
-    return {"runs": rows, "median": med, "ray_over_local": ratio, "same_bytes": same}
+    same = npy_bytes(work / "local0") == npy_bytes(work / "ray0") == npy_bytes(work / "local_1_thread0")
+    keys = ("command_s", "run_s", "cpu_s")
+    med = {e: {k: float(np.median([x[k] for x in v])) for k in keys} for e, v in rows.items()}
+    for e, m in med.items():
+        print(f"median {e:>14}: command {m['command_s']:.2f} s, run {m['run_s']:.2f} s, "
+              f"CPU {m['cpu_s']:.2f} s")
+    ratio = {base: {k: med["ray"][k] / med[base][k] for k in keys} for base in ("local", "local 1 thread")}
+    for base, rk in ratio.items():
+        print(f"ray / {base}: command {rk['command_s']:.2f}, run {rk['run_s']:.2f}, CPU {rk['cpu_s']:.2f}")
+    print(f"same bytes: {same}")
+    return {"runs": rows, "median": med, "ray_over": ratio, "same_bytes": same}
 
 
 def decode_costs(work: Path, seconds: float = 30.0, repeats: int = 3) -> dict:
