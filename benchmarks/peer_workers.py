@@ -5,8 +5,8 @@
 
 Runs in each peer's own venv, so it imports nothing at module level but the standard library and
 numpy, and nothing from embedkit except in the `ours*` and `loop` workers (which run in our venv).
-Each worker: imports its library (timed), loads its model and makes one warm-up call on 1 s of
-audio (timed as load), then for each file does what a user of that tool does from a file path
+Each worker: imports its library (timed), loads its model and runs once on a 1 s file (timed
+together as load; not the `loop` worker, which compares whole processes), then for each file does what a user of that tool does from a file path
 (read, resample, run, `np.save` the output; timed per file), and prints one JSON line:
 {"import_s", "load_s", "file_s": [...], "outputs": {stem: [file names]}}. Outputs go to DIR as
 <stem>.npy (+ <stem>.<extra>.npy).
@@ -54,11 +54,20 @@ def read_mono(path: str, dtype: str = "float64"):
     return audio.mean(axis=1).astype(dtype), sr
 
 
-def one_second(sr: int):
-    import numpy as np
+def warm_up(run) -> None:
+    """One untimed call of run() on a 1 s file like the real ones (44.1 kHz stereo 16-bit WAV), so
+    that first-call costs (lazy imports, graph tracing, kernel selection) count as load, not per file."""
+    import tempfile
 
-    t = np.arange(sr) / sr
-    return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(44100) / 44100
+    x = 0.3 * np.sin(2 * np.pi * 440 * t)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "warm_up.wav")
+        sf.write(path, np.stack([x, x], 1), 44100, subtype="PCM_16")
+        run(path)
 
 
 # ---------------------------------------------------------------------------
@@ -75,8 +84,6 @@ def w_openl3_tf(p: dict, threads: int):
     def load():
         state["model"] = openl3.models.load_audio_embedding_model_from_path(
             p["weights"], p["input_repr"], p["embedding_size"], frontend=p["frontend"])
-        openl3.get_audio_embedding(one_second(48000), 48000, model=state["model"], hop_size=p["hop_size"],
-                                   center=True, frontend=p["frontend"], verbose=False)
 
     def run(path):
         audio, sr = read_mono(path)
@@ -94,8 +101,6 @@ def w_crepe_tf(p: dict, threads: int):
 
     def load():
         crepe.core.build_and_load_model(p["capacity"])
-        crepe.predict(one_second(16000), 16000, model_capacity=p["capacity"], viterbi=p["viterbi"],
-                      step_size=p["step_size"], verbose=0)
 
     def run(path):
         audio, sr = read_mono(path)
@@ -123,7 +128,6 @@ def w_torchcrepe(p: dict, threads: int):
 
     def load():
         torchcrepe.load.model("cpu", p["capacity"])
-        predict(one_second(16000), 16000)
 
     def run(path):
         audio, sr = read_mono(path, "float32")
@@ -153,7 +157,7 @@ def keras_h5_to_torchopenl3(h5_path: str, state_dict: dict) -> dict:
     import torch
 
     with h5py.File(h5_path, "r") as f:
-        root = f["model_weights"] if "model_weights" in f else f
+        root = f.get("model_weights", f)
         layers = []
         for name in root.attrs["layer_names"]:
             name = name.decode() if isinstance(name, bytes) else name
@@ -187,7 +191,6 @@ def w_torchopenl3(p: dict, threads: int):
                                                  content_type="music")
         model.load_state_dict(keras_h5_to_torchopenl3(p["weights"], model.state_dict()))
         state["model"] = model.eval()
-        embed(one_second(48000), 48000)
 
     def embed(audio, sr):
         with torch.inference_mode():
@@ -235,16 +238,9 @@ def w_madmom(p: dict, threads: int):
     state = {}
 
     def load():
-        import tempfile
-
-        import soundfile as sf
-
+        # (madmom caches its FFT window scaled for the dtype of the first signal it sees: the warm-up
+        # on a 16-bit WAV, like the real files, keeps that the same.)
         state["rnn"] = RNNBeatProcessor()
-        # Warm up on a file like the real ones: madmom caches its FFT window, scaled for the dtype
-        # of the first signal it sees (int16 from a 16-bit WAV).
-        with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
-            sf.write(tmp.name, np.tile(one_second(44100), 2)[:, None].repeat(2, 1), 44100, subtype="PCM_16")
-            state["rnn"](tmp.name)
 
     def run(path):
         return {"": np.asarray(state["rnn"](path), np.float32)}  # madmom reads the file itself
@@ -266,13 +262,13 @@ def w_mert_hf(p: dict, threads: int):
 
     def load():
         model, info = HubertModel.from_pretrained(p["folder"], output_loading_info=True)
-        missing = [k for k in info["missing_keys"] if "masked_spec_embed" not in k]
-        if missing or info["unexpected_keys"]:
+        missing = sorted(k for k in info["missing_keys"] if "masked_spec_embed" not in k)
+        unexpected = sorted(info["unexpected_keys"])
+        if missing or unexpected:
             raise RuntimeError(f"HubertModel did not load every weight: missing {missing[:5]}, "
-                               f"unexpected {info['unexpected_keys'][:5]}")
+                               f"unexpected {unexpected[:5]}")
         state["model"] = model.eval()
         state["processor"] = Wav2Vec2FeatureExtractor.from_pretrained(p["folder"])
-        embed(one_second(24000))
 
     def embed(audio):
         inputs = state["processor"](audio, sampling_rate=24000, return_tensors="pt")
@@ -300,7 +296,6 @@ def w_ours(p: dict, threads: int):
     def load():
         ex = registry.create(p["model"], device="cpu", **p.get("params", {}))
         ex.load()
-        ex.extract(one_second(ex.sample_rate), ex.sample_rate)
         state["ex"] = ex
 
     def run(path):
@@ -317,6 +312,7 @@ def w_loop(p: dict, threads: int):
     torch_threads(threads)
     sys.path.insert(0, str(ROOT))
     import librosa
+
     import registry
 
     models = {}
@@ -325,7 +321,6 @@ def w_loop(p: dict, threads: int):
         for name, spec in p["models"].items():
             ex = registry.create(spec["extractor"], device="cpu", **spec.get("params", {}))
             ex.load()
-            ex.extract(one_second(ex.sample_rate), ex.sample_rate)
             models[name] = ex
 
     def run(path):
@@ -367,6 +362,8 @@ def main() -> int:
     load, run, *fidelity = WORKERS[args.worker](params, args.threads)
     t1 = time.perf_counter()
     load()
+    if args.worker != "loop":  # the original script has no warm-up (nor has our driver)
+        warm_up(run)
     t2 = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

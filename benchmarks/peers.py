@@ -18,7 +18,7 @@ Every run is a fresh process (a worker in benchmarks/peer_workers.py, in the pee
 setup_peers.sh) on the same synthetic corpus (44.1 kHz stereo WAVs, music-like; throughput.py's),
 with the same thread count (OMP/MKL/OpenBLAS/numba/TF intra+inter-op/torch all set to --threads).
 Runs are interleaved: repeat r runs each group's members in a rotated order, so a busy machine
-slows every member alike. Per run: import time, model load (+ one warm-up call on 1 s), the
+slows every member alike. Per run: import time, model load (+ one warm-up run on a 1 s file), the
 per-file time (read, resample, run, np.save), and the process's peak RSS (from wait4). Reported:
 median seconds per audio second over the repeats, ratio peer / ours, and the largest difference
 between the peer's outputs and ours (first repeat) where the two compute the same thing.
@@ -49,7 +49,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from throughput import cpu_name, make_corpus  # noqa: E402
+from throughput import cpu_name, make_corpus
 
 WORKER = HERE / "peer_workers.py"
 ENV_DIR = Path(os.environ.get("PEERS_ENV", HERE / "peers_env"))
@@ -170,10 +170,10 @@ def run_member(m: dict, files: list[Path], out: Path, a: argparse.Namespace, fid
     if m.get("driver"):
         cfg = out / "config.yaml"
         models = {name: {**spec.get("params", {})} for name, spec in m["models"].items()}
-        for name, spec in m["models"].items():
-            w = models[name].pop("weights_path", None)
+        for settings in models.values():
+            w = settings.pop("weights_path", None)
             if w:
-                models[name]["weights"] = w
+                settings["weights"] = w
         cfg.write_text(json.dumps({"models": models, "device": "cpu"}))  # JSON is YAML
         cmd = [sys.executable, str(ROOT / "run_extraction.py"), "--config", str(cfg), "--audio_dir",
                str(files[0].parent), "--output_base", str(out / "driver"), "--overwrite", "--no_progress"]
@@ -297,23 +297,37 @@ def main() -> int:
                 skipped[f"{g}: {m['name']}"] = why
         plan[g] = [m for m in ms if not available(m)]
     runs: dict[str, dict[str, list]] = {g: {m["name"]: [] for m in ms} for g, ms in plan.items()}
+    failed: dict[str, str] = {}
     t_start = time.perf_counter()
     try:
         for r in range(args.repeats):
-            for g, ms in plan.items():
+            for g in list(plan):
+                ms = plan[g]
+                if not ms:
+                    continue
                 order = ms[r % len(ms):] + ms[: r % len(ms)]  # rotate: A B C, B C A, C A B
                 for m in order:
+                    if m not in plan[g]:
+                        continue
                     idx = ms.index(m)
                     out = work / g / f"{idx}-{m.get('worker', 'driver')}" / f"run{r}"
                     print(f"[{time.perf_counter() - t_start:7.0f} s] repeat {r + 1}/{args.repeats} {g}: "
                           f"{m['name']}", flush=True)
-                    res = run_member(m, files, out, args, fidelity=(r == 0))
+                    try:
+                        res = run_member(m, files, out, args, fidelity=(r == 0))
+                    except RuntimeError as exc:  # record it, drop the member, go on with the others
+                        print(f"  FAILED: {exc}", flush=True)
+                        failed[f"{g}: {m['name']}"] = str(exc)[:2000]
+                        plan[g] = [x for x in plan[g] if x is not m] if m is not ms[0] else []
+                        continue
                     runs[g][m["name"]].append(res)
                     if r > 0 and not args.keep:
                         shutil.rmtree(out, ignore_errors=True)
         # fidelity from the first repeat's outputs
         rows = []
         for g, ms in plan.items():
+            if not ms:
+                continue
             ours = ms[0]
             ours_dir = work / g / f"0-{ours.get('worker', 'driver')}" / "run0"
             for idx, m in enumerate(ms):
@@ -368,6 +382,7 @@ def main() -> int:
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "total_minutes": round((time.perf_counter() - t_start) / 60, 1),
         "skipped": skipped,
+        "failed": failed,
         "rows": rows,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -388,6 +403,8 @@ def print_table(result: dict) -> None:
               f"| {il} | {r['peak_rss_mb']:.0f} | {fidelity_text(r['group'], r.get('fidelity'))} |")
     for k, v in result["skipped"].items():
         print(f"skipped {k}: {v}")
+    for k, v in result["failed"].items():
+        print(f"FAILED {k}: {v.splitlines()[0]}")
 
 
 if __name__ == "__main__":
