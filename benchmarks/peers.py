@@ -151,11 +151,18 @@ def thread_env(n: int) -> dict:
     return {k: str(n) for k in names}
 
 
-def spawn(cmd: list[str], env: dict, log: Path) -> tuple[float, float, int, str]:
-    """Run cmd; (wall seconds, peak RSS MB of the process from wait4, exit status, stdout)."""
+def spawn(cmd: list[str], env: dict, log: Path, threads: int) -> tuple[float, float, int, str]:
+    """Run cmd; (wall seconds, peak RSS MB of the process from wait4, exit status, stdout).
+
+    Every member runs on the same first `threads` CPUs of our affinity mask: run_extraction.py sets
+    torch's thread count to the size of that mask (not OMP_NUM_THREADS), so this is what makes
+    its thread count equal to the others'.
+    """
+    cpus = sorted(os.sched_getaffinity(0))[:threads]
     t0 = time.perf_counter()
     with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, cwd=ROOT, text=True)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, cwd=ROOT, text=True,
+                                preexec_fn=lambda: os.sched_setaffinity(0, cpus))  # noqa: PLW1509 (no threads here)
         stdout = proc.stdout.read()
         _pid, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
@@ -177,7 +184,7 @@ def run_member(m: dict, files: list[Path], out: Path, a: argparse.Namespace, fid
         cfg.write_text(json.dumps({"models": models, "device": "cpu"}))  # JSON is YAML
         cmd = [sys.executable, str(ROOT / "run_extraction.py"), "--config", str(cfg), "--audio_dir",
                str(files[0].parent), "--output_base", str(out / "driver"), "--overwrite", "--no_progress"]
-        wall, rss, rc, _ = spawn(cmd, env, log)
+        wall, rss, rc, _ = spawn(cmd, env, log, a.threads)
         if rc != 0:
             raise RuntimeError(f"{m['name']}: exit {rc}; see {log}:\n{log.read_text()[-2000:]}")
         return {"wall_s": wall, "peak_rss_mb": rss}
@@ -186,7 +193,7 @@ def run_member(m: dict, files: list[Path], out: Path, a: argparse.Namespace, fid
            "--threads", str(a.threads), "--params", json.dumps(m.get("params", {}))]
     if fidelity:
         cmd.append("--fidelity")
-    wall, rss, rc, stdout = spawn(cmd, env, log)
+    wall, rss, rc, stdout = spawn(cmd, env, log, a.threads)
     if rc != 0:
         raise RuntimeError(f"{m['name']}: exit {rc}; see {log}:\n{log.read_text()[-2000:]}")
     result = json.loads(stdout.strip().splitlines()[-1])
