@@ -199,17 +199,16 @@ def decode(root: Path, item: Item, jobs: list[ModelJob]) -> media.Media:
                 raise audio_io.MediaError("no audio or video stream in this file (empty or damaged)")
         if item.kind == "image" and live:
             m.image()
-        elif any(j.extractor.modality == "audio" for j in live) and m.has_audio:
-            for job in live:
-                if job.extractor.modality == "audio":
-                    try:
-                        m.audio(job.extractor.sample_rate, job.extractor.resample_method)
-                    except audio_io.MediaError:
-                        raise
-                    except Exception:
-                        pass  # a resampling failure fails only that model, in extract
     except Exception as exc:
         m.error = exc
+        return m
+    if m.has_audio:
+        for job in live:
+            if job.extractor.modality == "audio":
+                try:
+                    m.audio(job.extractor.sample_rate, job.extractor.resample_method)
+                except Exception:
+                    pass  # raised again in extract, for the models that need the sound only
     return m
 
 
