@@ -48,8 +48,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 import weights
 from extractors._frames import FrameGrid, Pick, pick_rgb
@@ -60,10 +58,15 @@ from extractors.base import (
     OutputSpec,
     Param,
     SkipFile,
+    TorchModule,
     WeightFile,
     WeightsError,
+    lazy_import,
     torch_device,
 )
+
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
 
 EMBEDDING_DIM = 512
 CLIP_FPS = 15  # frames per second of the clip grid
@@ -103,7 +106,7 @@ def _conv_bn(c_in: int, c_out: int, stride: int, relu: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(TorchModule):
     """conv1 (3x3x3, BN, ReLU) -> conv2 (3x3x3, BN) + shortcut -> ReLU (torchvision's video BasicBlock)."""
 
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
@@ -123,7 +126,7 @@ class BasicBlock(nn.Module):
         return self.relu(out + shortcut)
 
 
-class R3D18Net(nn.Module):
+class R3D18Net(TorchModule):
     """torchvision's r3d_18: (B, 3, T, H, W) normalised RGB clips -> (B, 512) pooled features.
 
     num_classes: size of the `fc` classifier kept for loading checkpoints strictly (not

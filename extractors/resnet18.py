@@ -46,8 +46,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 import weights
 from extractors._frames import FrameGrid, Pick, pick_rgb
@@ -58,9 +56,14 @@ from extractors.base import (
     OutputSpec,
     Param,
     WeightFile,
+    TorchModule,
     WeightsError,
+    lazy_import,
     torch_device,
 )
+
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
 
 EMBEDDING_DIM = 512
 RESIZE_SHORT = 256  # shorter side after the resize, pixels
@@ -88,7 +91,7 @@ _HUB_HASH = re.compile(r"-([0-9a-f]{8,64})\.(?:pth|pt)$")
 
 
 # --------------------------------------------------------------------------- network
-class BasicBlock(nn.Module):
+class BasicBlock(TorchModule):
     """Two 3x3 convolutions with BatchNorm and a residual shortcut (torchvision's BasicBlock)."""
 
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
@@ -111,7 +114,7 @@ class BasicBlock(nn.Module):
         return self.relu(out + shortcut)
 
 
-class ResNet18Net(nn.Module):
+class ResNet18Net(TorchModule):
     """torchvision's resnet18: (B, 3, H, W) normalised RGB -> (B, 512) pooled features.
 
     num_classes: size of the `fc` classifier kept for loading checkpoints strictly (it is
