@@ -9,8 +9,9 @@
 
 Each stage is one function here; an executor drives them. The local executor
 (`Runner`) claims and decodes the next files in a prefetch thread into a bounded
-queue while the main thread extracts and stores; `process_item` runs the stages
-for one file in one call (what another executor, e.g. a Ray actor, calls).
+queue, extracts in the main thread and stores in a writer thread a few results
+behind; `process_item` runs the stages for one file in one call (for other
+executors).
 Errors are values: every (file, model) of a run ends as one `Outcome`, and the
 loop moves on.
 """
