@@ -189,7 +189,8 @@ def _query_files(paths: list[str]) -> list[tuple[str, Path]]:
     return out
 
 
-def _print_results(query: str, hits, as_json: bool) -> None:
+def _print_results(query: str, hits, as_json: bool, segments: bool) -> None:
+    """Text: rank, cosine, path (and the time span at segment level); JSON: one object per query."""
     if as_json:
         print(json.dumps({"query": query, "results": [h.to_json() for h in hits]}), flush=True)
         return
@@ -197,8 +198,10 @@ def _print_results(query: str, hits, as_json: bool) -> None:
     if not hits:
         print("   (no results: the index is empty)")
     for rank, h in enumerate(hits, 1):
-        span = "" if math.isnan(h.start) or math.isnan(h.end) else f"  {h.start:8.2f}-{h.end:.2f} s"
-        print(f"  {rank:3d}  {h.score:.4f}  {h.path}{span}")
+        span = ""
+        if segments and not (math.isnan(h.start) or math.isnan(h.end)):
+            span = f"{h.start:9.2f} - {h.end:.2f} s  "
+        print(f"  {rank:3d}  {h.score:.4f}  {span}{h.path}")
     sys.stdout.flush()
 
 
@@ -225,7 +228,7 @@ def cmd_query(args: argparse.Namespace) -> int:
             _, vecs, _, _ = got
             source = index.files().get(got[0], {}).get("source", like)
             hits = index.search(search.query_vector(vecs), args.top, exact=exact, exclude={source}, ef=args.ef)
-            _print_results(like, hits, args.json)
+            _print_results(like, hits, args.json, index.info.level == "segment")
         if files:
             embedder = search.QueryEmbedder(index.info, device=args.device)
             for shown, path in files:
@@ -236,7 +239,7 @@ def cmd_query(args: argparse.Namespace) -> int:
                     failed += 1
                     continue
                 hits = index.search(search.query_vector(vecs), args.top, exact=exact, ef=args.ef)
-                _print_results(shown, hits, args.json)
+                _print_results(shown, hits, args.json, index.info.level == "segment")
     if failed:
         print(f"{failed} of {len(files) + len(args.like)} queries failed", file=sys.stderr)
     return 1 if failed else 0

@@ -607,8 +607,9 @@ class EmbeddedStore(Store):
                                 or dead > 0.2 * max(live, 1))
         big = max((n for _, _, n, _ in segs), default=0)
         small = [s for s in segs if s[2] < big / 4 or s[3] > 0.2 * s[2]]
-        if force or rebuild or dead > 0.2 * max(live, 1) or len(segs) > 16 and len(small) > 1:
-            merge = segs if (force or rebuild or dead > 0.2 * max(live, 1)) else small
+        # rewrite everything only to drop many removed rows; otherwise fold small segments together
+        if force or dead > 0.2 * max(live, 1) or len(segs) > 16 and len(small) > 1:
+            merge = segs if (force or dead > 0.2 * max(live, 1)) else small
             if merge:
                 self._merge(merge)
                 done.append(f"merged {len(merge)} segments")
@@ -739,7 +740,13 @@ class EmbeddedStore(Store):
             if len(dead_ids):
                 batch = faiss.IDSelectorBatch(dead_ids.astype(np.int64))
                 params.sel = faiss.IDSelectorNot(batch)
-            s, i = cache["ann"].search(q, want, params=params)
+            threads = faiss.omp_get_max_threads()
+            if len(q) < 16:  # one query runs on one core; OpenMP's team only waits on a busy machine
+                faiss.omp_set_num_threads(1)
+            try:
+                s, i = cache["ann"].search(q, want, params=params)
+            finally:
+                faiss.omp_set_num_threads(threads)
             valid = i >= 0
             best_s, best_i = np.where(valid, s, -np.inf).astype(np.float32), np.where(valid, i, 0)
         for seg in cache["segments"]:
@@ -920,17 +927,23 @@ class PostgresStore(Store):
         with self.conn.transaction():
             self._ensure_vectors(next(iter(dims)))
             self.conn.execute(f"DELETE FROM {self.t_files} WHERE output = ANY(%s)", ([r["output"] for r, *_ in items],))
-            for rec, vecs, starts, ends in items:
-                fid = self.conn.execute(
-                    f"INSERT INTO {self.t_files} (output, source, sha256, size, mtime_ns, n) VALUES (%s,%s,%s,%s,%s,%s) "
-                    "RETURNING file_id",
-                    (rec["output"], rec["source"], rec.get("sha256"), rec.get("size"), rec.get("mtime_ns"), len(vecs)),
-                ).fetchone()[0]
-                with self.conn.cursor().copy(
-                        f"COPY {self.t_vec} (file_id, start_s, end_s, embedding) FROM STDIN WITH (FORMAT BINARY)") as cp:
-                    cp.set_types(["int8", "float8", "float8", "vector"])
-                    for v, s, e in zip(vecs, starts, ends):
-                        cp.write_row((fid, _num(s), _num(e), v))
+            # ids first, then two COPYs: three round trips per batch, however many files
+            fids = [r[0] for r in self.conn.execute(
+                "SELECT nextval(pg_get_serial_sequence(%s, 'file_id')) FROM generate_series(1, %s)",
+                (self.t_files, len(items))).fetchall()]
+            with self.conn.cursor().copy(
+                    f"COPY {self.t_files} (file_id, output, source, sha256, size, mtime_ns, n) FROM STDIN "
+                    "WITH (FORMAT BINARY)") as cp:
+                cp.set_types(["int8", "text", "text", "text", "int8", "int8", "int4"])
+                for fid, (rec, vecs, _, _) in zip(fids, items):
+                    cp.write_row((fid, rec["output"], rec["source"], rec.get("sha256"), rec.get("size"),
+                                  rec.get("mtime_ns"), len(vecs)))
+            with self.conn.cursor().copy(
+                    f"COPY {self.t_vec} (file_id, start_s, end_s, embedding) FROM STDIN WITH (FORMAT BINARY)") as cp:
+                cp.set_types(["int8", "float8", "float8", "vector"])
+                for fid, (_, vecs, starts, ends) in zip(fids, items):
+                    for v, st, en in zip(vecs, starts, ends):
+                        cp.write_row((fid, _num(st), _num(en), v))
         self.dim = self.dim or next(iter(dims))
 
     def update_stat(self, output: str, size: int, mtime_ns: int) -> None:
