@@ -171,12 +171,12 @@ def _open_for_reading(args: argparse.Namespace):
     return index, folder
 
 
-def _query_files(paths: list[str]) -> list[tuple[str, Path]]:
-    """(shown name, path) of each query: files as given, folders walked (recursive, audio files only)."""
+def _query_files(paths: list[str]) -> tuple[list[tuple[str, Path]], list[str]]:
+    """(shown name, path) of each query: files as given, folders walked (recursive, audio files only);
+    and the paths that do not exist."""
     import audio_io
-    from extractors.base import ConfigError
 
-    out = []
+    out, missing = [], []
     for p in paths:
         path = Path(p)
         if path.is_dir():
@@ -185,8 +185,8 @@ def _query_files(paths: list[str]) -> list[tuple[str, Path]]:
         elif path.exists():
             out.append((p, path))
         else:
-            raise ConfigError(f"query {p} does not exist")
-    return out
+            missing.append(p)
+    return out, missing
 
 
 def _print_results(query: str, hits, as_json: bool, segments: bool) -> None:
@@ -213,9 +213,11 @@ def cmd_query(args: argparse.Namespace) -> int:
         raise ConfigError("give query files or folders, or --like PATH")
     if args.top < 1:
         raise ConfigError("--top must be >= 1")
-    files = _query_files(args.queries)
+    files, missing = _query_files(args.queries)
+    for p in missing:
+        print(f"failed: {p}: no such file or folder", file=sys.stderr)
+    failed = len(missing)
     index, _ = _open_for_reading(args)
-    failed = 0
     with index:
         exact = True if args.exact else None
         for like in args.like:
@@ -227,21 +229,26 @@ def cmd_query(args: argparse.Namespace) -> int:
                 continue
             _, vecs, _, _ = got
             source = index.files().get(got[0], {}).get("source", like)
-            hits = index.search(search.query_vector(vecs), args.top, exact=exact, exclude={source}, ef=args.ef)
+            try:
+                hits = index.search(search.query_vector(vecs), args.top, exact=exact, exclude={source}, ef=args.ef)
+            except search.SearchError as exc:
+                print(f"failed: {like}: {exc}", file=sys.stderr)
+                failed += 1
+                continue
             _print_results(like, hits, args.json, index.info.level == "segment")
         if files:
             embedder = search.QueryEmbedder(index.info, device=args.device)
             for shown, path in files:
                 try:
                     vecs, _, _ = embedder.embed(path)
+                    hits = index.search(search.query_vector(vecs), args.top, exact=exact, ef=args.ef)
                 except search.SearchError as exc:
                     print(f"failed: {exc}", file=sys.stderr)
                     failed += 1
                     continue
-                hits = index.search(search.query_vector(vecs), args.top, exact=exact, ef=args.ef)
                 _print_results(shown, hits, args.json, index.info.level == "segment")
     if failed:
-        print(f"{failed} of {len(files) + len(args.like)} queries failed", file=sys.stderr)
+        print(f"{failed} of {len(files) + len(missing) + len(args.like)} queries failed", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -267,7 +274,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         qlabels = dict(labels)
         if args.queries:
             embedder = search.QueryEmbedder(index.info, device=args.device)
-            for shown, path in _query_files([args.queries]):
+            if not Path(args.queries).is_dir():
+                raise ConfigError(f"--queries {args.queries} is not a folder")
+            for shown, path in _query_files([args.queries])[0]:
                 key = path.relative_to(args.queries).as_posix()
                 if key not in labels:
                     continue

@@ -459,13 +459,18 @@ class EmbeddedStore(Store):
                 os.close(self._lock_fd)
                 raise ConfigError(f"another process is writing the index at {self.dir}; wait for it to finish")
         self.db = sqlite3.connect(db_path, timeout=60, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        if create is not None or writer:
+            self.db.execute("PRAGMA journal_mode=WAL")  # persistent: readers find the database in WAL mode
         self.db.execute("PRAGMA synchronous=FULL")
-        with self._tx():
-            for statement in self.SCHEMA.split(";"):  # executescript would commit on its own
-                if statement.strip():
-                    self.db.execute(statement)
-            row = self.db.execute("SELECT value FROM meta WHERE key='info'").fetchone()
+        with self._tx() if (create is not None or writer) else contextlib.nullcontext():
+            if create is not None or writer:  # readers never write, not even the schema
+                for statement in self.SCHEMA.split(";"):  # executescript would commit on its own
+                    if statement.strip():
+                        self.db.execute(statement)
+            try:
+                row = self.db.execute("SELECT value FROM meta WHERE key='info'").fetchone()
+            except sqlite3.OperationalError as exc:
+                raise ConfigError(f"{db_path} is not an index ({exc}); rebuild it (index --rebuild)") from exc
             if row is None:
                 if create is None:
                     raise ConfigError(f"{db_path} holds no collection; rebuild it")
@@ -869,6 +874,13 @@ class PostgresStore(Store):
 
     def __init__(self, uri: str, name: str, create: CollectionInfo | None = None, writer: bool = False) -> None:
         self.conn = pg_connect(uri)
+        try:
+            self._open(uri, name, create, writer)
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _open(self, uri: str, name: str, create: CollectionInfo | None, writer: bool) -> None:
         self.where = f"{_redact(uri)} collection {name!r}"
         self.name = name
         self.t_files, self.t_vec = _pg_ident(name) + "_files", _pg_ident(name) + "_vectors"
