@@ -625,6 +625,7 @@ class EmbeddedStore(Store):
             with self._tx():
                 for key in ("ann_file", "ann_count", "ann_watermark"):
                     self.db.execute("DELETE FROM meta WHERE key=?", (key,))
+                self.db.execute("DELETE FROM dead WHERE seg_id IS NULL")  # listed only for the graph
             (self.dir / ann_file).unlink(missing_ok=True)
             done.append("dropped the HNSW index (below the exact-search threshold)")
         self._cache = None

@@ -34,13 +34,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import search  # noqa: E402
 
 
-def unit_vectors(n: int, dim: int, seed: int) -> np.ndarray:
-    """(n, dim) float32 unit vectors, generated in blocks (bounded memory)."""
+def unit_vectors(n: int, dim: int, seed: int, data: str = "random") -> np.ndarray:
+    """(n, dim) float32 unit vectors, generated in blocks (bounded memory).
+
+    random: uniform on the sphere (no structure: the worst case for any ANN index).
+    lowrank: a 32-dimensional Gaussian mapped into `dim` dims plus 10 % isotropic noise, a crude
+    model of real embeddings, whose intrinsic dimension is far below their length.
+    """
     rng = np.random.default_rng(seed)
+    basis = np.random.default_rng(12345).standard_normal((32, dim), dtype=np.float32) / np.sqrt(32)
     out = np.empty((n, dim), np.float32)
     for s in range(0, n, 100_000):
-        block = rng.standard_normal((min(n, s + 100_000) - s, dim), dtype=np.float32)
-        out[s:s + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        m = min(n, s + 100_000) - s
+        block = rng.standard_normal((m, dim), dtype=np.float32)
+        if data == "lowrank":
+            block = rng.standard_normal((m, 32), dtype=np.float32) @ basis + 0.1 * block
+        out[s:s + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
 
 
@@ -100,14 +109,15 @@ def pg_wal(index: search.Index) -> int:
     return int(row[0])
 
 
-def bench(store: str, where: str, n: int, dim: int, n_queries: int, n_exact: int, efs: list[int]) -> dict:
-    x = unit_vectors(n, dim, seed=0)
-    extra = unit_vectors(n // 100, dim, seed=1)
-    queries = unit_vectors(n_queries, dim, seed=2)
+def bench(store: str, where: str, n: int, dim: int, n_queries: int, n_exact: int, efs: list[int],
+          data: str = "random") -> dict:
+    x = unit_vectors(n, dim, 0, data)
+    extra = unit_vectors(n // 100, dim, 1, data)
+    queries = unit_vectors(n_queries, dim, 2, data)
     truth = exact_truth(x, queries, 10)
     info = search.CollectionInfo("bench", "file", 0.0, {"extractor": "random", "dim": dim})
-    name = f"bench_{n}"
-    res: dict = {"store": store, "n": n, "dim": dim}
+    name = f"bench_{data}_{n}"
+    res: dict = {"store": store, "data": data, "n": n, "dim": dim}
     with search.Index.open(where, name, create=info, writer=True, ann_threshold=min(n, 100_000)) as index:
         t0 = time.perf_counter()
         for s in range(0, n, 50_000):
@@ -151,13 +161,16 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--exact_queries", type=int, default=50)
     p.add_argument("--ef", type=int, nargs="+", default=[64, 128, 256, 512])
+    p.add_argument("--data", nargs="+", default=["random"], choices=["random", "lowrank"],
+                   help="random: uniform unit vectors (default); lowrank: 32-dim structure + noise")
+    p.add_argument("--json", help="results file (default: benchmarks/results/search-<date>.json)")
     p.add_argument("--dir", help="scratch folder (default: a temp dir; deleted afterwards)")
     p.add_argument("--pg", help="postgresql:// URI (default: start a local pgserver in the scratch folder)")
     args = p.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="search-bench-", dir=args.dir))
     results = []
     server = None
-    out = Path(__file__).parent / "results" / f"search-{time.strftime('%Y-%m-%d')}.json"
+    out = Path(args.json or Path(__file__).parent / "results" / f"search-{time.strftime('%Y-%m-%d')}.json")
     try:
         for store in args.stores:
             where = str(scratch / "embedded")
@@ -171,8 +184,8 @@ def main() -> None:
                     # parallel HNSW build on both cores (pgvector >= 0.6)
                     server.psql("ALTER SYSTEM SET max_parallel_maintenance_workers = 2; SELECT pg_reload_conf();")
                     where = server.get_uri()
-            for n in args.sizes:
-                results.append(bench(store, where, n, args.dim, args.queries, args.exact_queries, args.ef))
+            for n, data in ((n, d) for d in args.data for n in args.sizes):
+                results.append(bench(store, where, n, args.dim, args.queries, args.exact_queries, args.ef, data))
                 out.write_text(json.dumps({  # after every size: a long run that is stopped keeps what it measured
                     "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv), "cpus": os.cpu_count(),
                     "cpu": _cpu_model(), "load_average_at_end": os.getloadavg(), "results": results}, indent=2) + "\n")
