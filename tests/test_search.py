@@ -350,3 +350,13 @@ def test_query_files_embed_with_the_index_configuration(tmp_path, capsys):
     with pytest.raises(search.ConfigError, match="cannot recreate"):
         search.QueryEmbedder(broken)
     assert meta["params"] == meta_params
+
+
+def test_retrieval_metrics_by_hand():
+    labels = {"a": "x", "b": "x", "c": "y", "d": "x", "e": "y"}
+    # query a: ranking b (rel), c, d (rel), e -> P@1 1, P@2 0.5, R@2 1/2, AP (1/1 + 2/3) / 2
+    # query c: ranking a, e (rel), b, d        -> P@1 0, P@2 0.5, R@2 1/1, AP (1/2) / 1
+    m = search.retrieval_metrics([("a", ["b", "c", "d", "e"]), ("c", ["a", "e", "b", "d"])], labels, ks=(1, 2))
+    assert m["precision@1"] == 0.5 and m["precision@2"] == 0.5
+    assert m["recall@2"] == pytest.approx((0.5 + 1.0) / 2, abs=1e-4)
+    assert m["mAP"] == pytest.approx(((1 + 2 / 3) / 2 + 0.5) / 2, abs=1e-4) and m["queries"] == 2
