@@ -914,6 +914,10 @@ class PostgresStore(Store):
                 f"CREATE TABLE IF NOT EXISTS {self.t_vec} (id BIGSERIAL PRIMARY KEY, file_id BIGINT NOT NULL "
                 f"REFERENCES {self.t_files}(file_id) ON DELETE CASCADE, start_s DOUBLE PRECISION, end_s DOUBLE PRECISION, "
                 f"embedding vector({dim}) NOT NULL)")
+            if 4 * dim + 8 <= 6000:
+                # keep vectors in the row: from 508 dims on, a vector passes PostgreSQL's 2 kB TOAST
+                # threshold and would be stored out of line, so every scan and HNSW build fetches it twice
+                self.conn.execute(f"ALTER TABLE {self.t_vec} ALTER COLUMN embedding SET STORAGE PLAIN")
             self.conn.execute(f"CREATE INDEX IF NOT EXISTS {self.t_vec}_file ON {self.t_vec}(file_id)")
             self.conn.execute("UPDATE embedkit_collections SET dim=%s WHERE name=%s", (dim, self.name))
         elif dim != self.dim:
