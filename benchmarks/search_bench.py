@@ -2,6 +2,7 @@
 
     python benchmarks/search_bench.py --sizes 100000 1000000          # both stores (pgserver starts one)
     python benchmarks/search_bench.py --sizes 100000 --stores embedded --queries 100
+    python benchmarks/search_bench.py --table benchmarks/results/search-*.json   # the markdown table
 
 For each size N (random unit vectors of --dim dims, seeded; one vector per "file", as a
 file-level index of N files): build time (inserts, then the HNSW index), disk size, query
@@ -153,7 +154,27 @@ def bench(store: str, where: str, n: int, dim: int, n_queries: int, n_exact: int
     return res
 
 
+def table(paths: list[str]) -> str:
+    """Markdown table of result files (one row per store, data and size; HNSW at each ef)."""
+    rows = ["| store | data | N | insert s | HNSW build s | disk MB | exact median / p95 ms | "
+            "HNSW ef: median / p95 ms, recall@10 | add 1 %: s, MB written (share of index) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        for r in json.loads(Path(path).read_text())["results"]:
+            hnsw = "<br>".join(f"ef {h['ef_search']}: {h['median_ms']:.1f} / {h['p95_ms']:.1f}, {h['recall@10']:.3f}"
+                               for h in r["hnsw"])
+            add = r["add_1pct"]
+            rows.append(
+                f"| {r['store']} | {r.get('data', 'random')} | {r['n']:,} | {r['insert_s']:.1f} | {r['hnsw_build_s']:.0f} | "
+                f"{r['disk_bytes'] / 1e6:.0f} | {r['exact']['median_ms']:.1f} / {r['exact']['p95_ms']:.1f} | {hnsw} | "
+                f"{add['seconds']:.2f} s, {add['bytes_written'] / 1e6:.1f} MB ({100 * add['fraction_of_index']:.1f} %) |")
+    return "\n".join(rows)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--table"]:
+        print(table(sys.argv[2:]))
+        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     p.add_argument("--dim", type=int, default=512)
