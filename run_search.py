@@ -25,15 +25,29 @@ COMMANDS = ("index", "query", "evaluate")
 
 
 def _common(p: argparse.ArgumentParser, need_output_base: bool = True) -> None:
-    p.add_argument("--output_base", required=need_output_base,
-                   help="the extraction's output folder (holds <model>/features.json)")
+    p.add_argument(
+        "--output_base",
+        required=need_output_base,
+        help="the extraction's output folder (holds <model>/features.json)",
+    )
     p.add_argument("--model", required=True, help="model folder name (alias) under --output_base")
-    p.add_argument("--db", help="embedded store folder, or postgresql://user:pass@host/db (default: "
-                                "<output_base>/<model>/.search)")
-    p.add_argument("--level", default="file", choices=("file", "segment"),
-                   help="file: one vector per file (default); segment: one per frame or window, with times")
-    p.add_argument("--window", type=float, default=0.0,
-                   help="segment level: mean over windows of this many seconds (default 0: every frame)")
+    p.add_argument(
+        "--db",
+        help="embedded store folder, or postgresql://user:pass@host/db (default: "
+        "<output_base>/<model>/.search)",
+    )
+    p.add_argument(
+        "--level",
+        default="file",
+        choices=("file", "segment"),
+        help="file: one vector per file (default); segment: one per frame or window, with times",
+    )
+    p.add_argument(
+        "--window",
+        type=float,
+        default=0.0,
+        help="segment level: mean over windows of this many seconds (default 0: every frame)",
+    )
     p.add_argument("--collection", help="collection name (default: <model>_<level>[_<window>s])")
 
 
@@ -44,28 +58,48 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     pi = sub.add_parser("index", help="index a model folder's outputs (incremental)")
     _common(pi)
     pi.add_argument("--rebuild", action="store_true", help="drop the collection and index everything again")
-    pi.add_argument("--ann_threshold", type=int, default=None,
-                    help="vectors from which an HNSW index is built (default 100000; below: exact search)")
+    pi.add_argument(
+        "--ann_threshold",
+        type=int,
+        default=None,
+        help="vectors from which an HNSW index is built (default 100000; below: exact search)",
+    )
     pi.add_argument("--commit_every", type=int, default=500, help="outputs per transaction (default 500)")
     pi.add_argument("--quiet", action="store_true", help="print only the summary")
 
     pq = sub.add_parser("query", help="top K most similar items for each query file")
-    pq.add_argument("queries", nargs="*", metavar="FILE_OR_DIR", help="audio files or folders (searched recursively)")
-    pq.add_argument("--like", action="append", default=[], metavar="PATH",
-                    help="query with a file already in the collection (its path relative to the input folder); "
-                         "no recomputation; the file itself is left out of its results")
+    pq.add_argument(
+        "queries", nargs="*", metavar="FILE_OR_DIR", help="audio files or folders (searched recursively)"
+    )
+    pq.add_argument(
+        "--like",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="query with a file already in the collection (its path relative to the input folder); "
+        "no recomputation; the file itself is left out of its results",
+    )
     _common(pq, need_output_base=False)
     pq.add_argument("--top", type=int, default=10, help="results per query (default 10)")
     pq.add_argument("--json", action="store_true", help="one JSON object per query on stdout")
     pq.add_argument("--exact", action="store_true", help="exact search even where an ANN index exists")
-    pq.add_argument("--ef", type=int, default=None, help="HNSW search breadth (default 128; higher: better recall)")
+    pq.add_argument(
+        "--ef", type=int, default=None, help="HNSW search breadth (default 128; higher: better recall)"
+    )
     pq.add_argument("--device", default="cpu", help="where the model embeds queries (default cpu)")
 
     pe = sub.add_parser("evaluate", help="precision@k, recall@k and mAP of same-label retrieval")
-    pe.add_argument("--labels", required=True, nargs="+",
-                    help="CSV file(s) with lines path,label (paths relative to the input folder or the query folder)")
-    pe.add_argument("--queries", help="held-out query folder (labels for its files, relative to it, in --labels); "
-                                      "default: leave-one-out over the collection")
+    pe.add_argument(
+        "--labels",
+        required=True,
+        nargs="+",
+        help="CSV file(s) with lines path,label (paths relative to the input folder or the query folder)",
+    )
+    pe.add_argument(
+        "--queries",
+        help="held-out query folder (labels for its files, relative to it, in --labels); "
+        "default: leave-one-out over the collection",
+    )
     _common(pe)
     pe.add_argument("--k", type=int, nargs="+", default=[1, 5, 10], help="cut-offs (default 1 5 10)")
     pe.add_argument("--exact", action="store_true", help="exact search even where an ANN index exists")
@@ -101,7 +135,9 @@ def _where(args: argparse.Namespace, folder) -> str:
 def _collection(args: argparse.Namespace) -> str:
     import search
 
-    return args.collection or search.collection_name(args.model, args.level, args.window if args.level == "segment" else 0)
+    return args.collection or search.collection_name(
+        args.model, args.level, args.window if args.level == "segment" else 0
+    )
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -118,9 +154,12 @@ def cmd_index(args: argparse.Namespace) -> int:
         rep = search.build_index(folder, index, commit_files=max(1, args.commit_every), log=log)
     for out, cause in rep.failures:
         print(f"failed: {out}: {cause}", file=sys.stderr)
-    print(f"{name}: {rep.added} outputs indexed ({rep.vectors} vectors), {rep.unchanged} unchanged, "
-          f"{rep.removed} removed, {len(rep.failures)} failed; {rep.total_vectors} vectors in the index"
-          + (f"; {rep.optimized}" if rep.optimized else "") + f" ({rep.seconds:.1f} s)")
+    print(
+        f"{name}: {rep.added} outputs indexed ({rep.vectors} vectors), {rep.unchanged} unchanged, "
+        f"{rep.removed} removed, {len(rep.failures)} failed; {rep.total_vectors} vectors in the index"
+        + (f"; {rep.optimized}" if rep.optimized else "")
+        + f" ({rep.seconds:.1f} s)"
+    )
     if rep.failures:
         print("fix or re-extract the failed outputs, then rerun to index them", file=sys.stderr)
     return 1 if rep.failures else 0
@@ -223,14 +262,20 @@ def cmd_query(args: argparse.Namespace) -> int:
         for like in args.like:
             got = index.vectors_of(like)
             if got is None:
-                print(f"failed: {like}: not in collection {index.info.alias} (give its path relative to the input "
-                      "folder, as the results print it)", file=sys.stderr)
+                print(
+                    f"failed: {like}: not in collection {index.info.alias} (give its path relative "
+                    "to the input "
+                    "folder, as the results print it)",
+                    file=sys.stderr,
+                )
                 failed += 1
                 continue
             _, vecs, _, _ = got
             source = index.files().get(got[0], {}).get("source", like)
             try:
-                hits = index.search(search.query_vector(vecs), args.top, exact=exact, exclude={source}, ef=args.ef)
+                hits = index.search(
+                    search.query_vector(vecs), args.top, exact=exact, exclude={source}, ef=args.ef
+                )
             except search.SearchError as exc:
                 print(f"failed: {like}: {exc}", file=sys.stderr)
                 failed += 1
@@ -266,8 +311,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         by_source = {rec["source"]: out for out, rec in files.items()}
         pool = [s for s in by_source if s in labels]
         if not pool:
-            raise ConfigError(f"no path in {args.labels} is in the collection (paths are relative to the input "
-                              f"folder, e.g. {next(iter(by_source), 'dir/file.wav')})")
+            raise ConfigError(
+                f"no path in {args.labels} is in the collection (paths are relative to the input "
+                f"folder, e.g. {next(iter(by_source), 'dir/file.wav')})"
+            )
         n_items = len(by_source)
         exact = True if args.exact else None
         rankings = []
@@ -300,8 +347,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(f"{index.info.alias} ({index.info.level} level), {mode}: {metrics['queries']} queries, "
-              f"{len(pool)} labelled items")
+        print(
+            f"{index.info.alias} ({index.info.level} level), {mode}: {metrics['queries']} queries, "
+            f"{len(pool)} labelled items"
+        )
         for key, value in metrics.items():
             if key.startswith(("precision", "recall", "mAP")):
                 print(f"  {key:<14} {value}")

@@ -4,7 +4,8 @@ Search reads only what `run_extraction.py` wrote (`<output_base>/<model>/feature
 `manifest.jsonl`, the `.npy` arrays) and never reaches back into the run loop.
 
     folder = ModelFolder.open("output/embeddings", "melspec")
-    with Index.open(folder.default_store(), collection_name("melspec", "file"), create=folder.info("file")) as index:
+    info = folder.info("file")                           # or folder.info("segment", window_seconds=1.0)
+    with Index.open(folder.default_store(), collection_name("melspec"), create=info, writer=True) as index:
         report = build_index(folder, index)              # incremental: only new or changed outputs
         hits = index.search(vectors, k=5)                # (Q, D) unit vectors -> Q lists of Hit
 
@@ -72,8 +73,13 @@ class CollectionInfo:
     frames: dict = field(default_factory=dict)  # axes, hop_seconds, first_frame_seconds (for queries)
 
     def to_json(self) -> dict:
-        return {"alias": self.alias, "level": self.level, "window_seconds": self.window_seconds,
-                "config": self.config, "frames": self.frames}
+        return {
+            "alias": self.alias,
+            "level": self.level,
+            "window_seconds": self.window_seconds,
+            "config": self.config,
+            "frames": self.frames,
+        }
 
     @classmethod
     def from_json(cls, d: dict) -> CollectionInfo:
@@ -102,13 +108,16 @@ def config_of(meta: dict) -> dict:
 def describe_config(config: dict) -> str:
     weights = config.get("weights_setting") or "default"
     sha = config.get("weights_sha256")
-    return f"{config.get('extractor')} {config.get('params')} weights {weights}" + (f" ({sha[:12]})" if sha else "")
+    return f"{config.get('extractor')} {config.get('params')} weights {weights}" + (
+        f" ({sha[:12]})" if sha else ""
+    )
 
 
 # -- reading a model folder -----------------------------------------------------------
 @dataclass
 class OutputEntry:
-    """One array of a model folder: `output` relative to the model folder, `source` relative to the input folder."""
+    """One array of a model folder: `output` relative to the model folder, `source` relative to the "
+    "input folder."""
 
     output: str
     source: str
@@ -155,8 +164,9 @@ class ModelFolder:
         """The collection this folder makes at `level`; ConfigError when its arrays can't be vectors."""
         self.check_level(level, window_seconds)
         frames = {k: self.meta.get(k) for k in ("axes", "hop_seconds", "first_frame_seconds")}
-        return CollectionInfo(self.alias, level, float(window_seconds) if level == "segment" else 0.0, self.config,
-                              frames)
+        return CollectionInfo(
+            self.alias, level, float(window_seconds) if level == "segment" else 0.0, self.config, frames
+        )
 
     def check_level(self, level: str, window_seconds: float = 0.0) -> None:
         axes = list(self.meta.get("axes") or [])
@@ -164,17 +174,24 @@ class ModelFolder:
             raise ConfigError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
         if self.meta.get("columns"):
             raise ConfigError(
-                f"{self.alias} outputs named quantities {self.meta['columns']} (axes {axes}), not embeddings: "
-                "cosine similarity over them is meaningless. Index an embedding model (openl3, mert, clmr, melspec)."
+                f"{self.alias} outputs named quantities {self.meta['columns']} (axes {axes}), not "
+                "embeddings: "
+                "cosine similarity over them is meaningless. Index an embedding model (openl3, "
+                "mert, clmr, melspec)."
             )
-        if axes not in (["dim"], ["time", "dim"]) and not (len(axes) == 2 and axes[0] == "time") and len(axes) != 1:
+        if (
+            axes not in (["dim"], ["time", "dim"])
+            and not (len(axes) == 2 and axes[0] == "time")
+            and len(axes) != 1
+        ):
             raise ConfigError(
                 f"{self.alias} outputs have axes {axes}: search needs one vector per file or per frame. "
                 "For MERT with several layers, extract one layer (layers: N) under its own name."
             )
         if axes == ["time"]:
             raise ConfigError(
-                f"{self.alias} outputs are one number per frame (axes ['time']), not vectors; nothing to search."
+                f"{self.alias} outputs are one number per frame (axes ['time']), not vectors; "
+                "nothing to search."
             )
         if level == "segment" and "time" not in axes:
             raise ConfigError(
@@ -203,7 +220,7 @@ class ModelFolder:
                     continue  # a torn last line from a killed run
                 out = rec.get("output", "")
                 if rec.get("model") == self.alias and out.startswith(prefix):
-                    records[out[len(prefix):]] = rec
+                    records[out[len(prefix) :]] = rec
         return records
 
     def outputs(self) -> dict[str, OutputEntry]:
@@ -246,14 +263,17 @@ class ModelFolder:
         if side.is_file():
             t = np.load(side, allow_pickle=False).astype(np.float64)
             if t.shape[0] != n_frames or t.ndim not in (1, 2) or (t.ndim == 2 and t.shape[1] != 2):
-                raise SearchError(f"{side.name} holds shape {t.shape}; expected ({n_frames},) or ({n_frames}, 2)")
+                raise SearchError(
+                    f"{side.name} holds shape {t.shape}; expected ({n_frames},) or ({n_frames}, 2)"
+                )
             if t.ndim == 2:
                 return t
             return spans_from_centres(t)
         hop = self.meta.get("hop_seconds")
         if not hop:
             raise SearchError(
-                f"features.json of {self.alias} gives no hop_seconds and {side.name} is missing: frame times unknown"
+                f"features.json of {self.alias} gives no hop_seconds and {side.name} is missing: "
+                "frame times unknown"
             )
         centres = float(self.meta.get("first_frame_seconds") or 0.0) + np.arange(n_frames) * float(hop)
         return np.stack([np.maximum(centres - hop / 2, 0.0), centres + hop / 2], axis=1)
@@ -283,7 +303,9 @@ def normalize_rows(x: np.ndarray, what: str = "") -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():
-        raise SearchError(f"{what}{int(bad.sum())} of {len(x)} vectors hold NaN/Inf (first at row {int(np.argmax(bad))})")
+        raise SearchError(
+            f"{what}{int(bad.sum())} of {len(x)} vectors hold NaN/Inf (first at row {int(np.argmax(bad))})"
+        )
     norms = np.linalg.norm(x.astype(np.float64), axis=1)
     if (norms == 0).any():
         raise SearchError(f"{what}{int((norms == 0).sum())} all-zero vectors: no direction to compare")
@@ -327,13 +349,18 @@ def vectors_from_array(
     vecs = sums / counts[:, None]
     starts = uniq * window_seconds
     ends = np.maximum.reduceat(t[:, 1], first)
-    return normalize_rows(vecs, what), starts.astype(np.float64), np.minimum(ends, (uniq + 1) * window_seconds)
+    return (
+        normalize_rows(vecs, what),
+        starts.astype(np.float64),
+        np.minimum(ends, (uniq + 1) * window_seconds),
+    )
 
 
 # -- search results -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Hit:
-    """One result: `path` relative to the input folder, cosine `score`, `start`/`end` seconds (NaN at file level)."""
+    """One result: `path` relative to the input folder, cosine `score`, `start`/`end` seconds (NaN "
+    "at file level)."""
 
     path: str
     score: float
@@ -345,7 +372,12 @@ class Hit:
         def sec(x: float) -> float | None:
             return None if x is None or math.isnan(x) else round(float(x), 4)
 
-        return {"path": self.path, "score": round(float(self.score), 6), "start": sec(self.start), "end": sec(self.end)}
+        return {
+            "path": self.path,
+            "score": round(float(self.score), 6),
+            "start": sec(self.start),
+            "end": sec(self.end),
+        }
 
 
 def _merge_topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -379,8 +411,9 @@ class Store:
         """Record a new size/mtime for an output whose bytes did not change."""
         raise NotImplementedError
 
-    def search(self, queries: np.ndarray, k: int, exact: bool | None, ef: int,
-               exclude: set[str] | None = None) -> list[list[Hit]]:
+    def search(
+        self, queries: np.ndarray, k: int, exact: bool | None, ef: int, exclude: set[str] | None = None
+    ) -> list[list[Hit]]:
         raise NotImplementedError
 
     def vectors_of(self, source: str) -> tuple[str, np.ndarray, np.ndarray, np.ndarray] | None:
@@ -403,13 +436,19 @@ def _check_collection(stored: CollectionInfo, wanted: CollectionInfo | None, whe
         return
     if stored.config != wanted.config:
         raise ConfigError(
-            f"the index {where} was built from {describe_config(stored.config)}, but the model folder now holds "
+            f"the index {where} was built from {describe_config(stored.config)}, but the model "
+            "folder now holds "
             f"{describe_config(wanted.config)}. Rebuild it (index --rebuild) or give this one its own "
             "--collection name."
         )
-    if (stored.alias, stored.level, stored.window_seconds) != (wanted.alias, wanted.level, wanted.window_seconds):
+    if (stored.alias, stored.level, stored.window_seconds) != (
+        wanted.alias,
+        wanted.level,
+        wanted.window_seconds,
+    ):
         raise ConfigError(
-            f"the index {where} holds {stored.alias} at level {stored.level} (window {stored.window_seconds:g} s), "
+            f"the index {where} holds {stored.alias} at level {stored.level} (window "
+            f"{stored.window_seconds:g} s), "
             f"not {wanted.alias} at level {wanted.level} (window {wanted.window_seconds:g} s); "
             "pass the matching --level/--window or another --collection"
         )
@@ -441,8 +480,9 @@ class EmbeddedStore(Store):
     CREATE TABLE IF NOT EXISTS dead (id INTEGER PRIMARY KEY, seg_id INTEGER);
     """
 
-    def __init__(self, root: str | os.PathLike, name: str, create: CollectionInfo | None = None,
-                 writer: bool = False) -> None:
+    def __init__(
+        self, root: str | os.PathLike, name: str, create: CollectionInfo | None = None, writer: bool = False
+    ) -> None:
         self.dir = Path(root) / name
         self.where = str(self.dir)
         db_path = self.dir / "index.sqlite"
@@ -457,7 +497,9 @@ class EmbeddedStore(Store):
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(self._lock_fd)
-                raise ConfigError(f"another process is writing the index at {self.dir}; wait for it to finish")
+                raise ConfigError(
+                    f"another process is writing the index at {self.dir}; wait for it to finish"
+                )
         self.db = sqlite3.connect(db_path, timeout=60, isolation_level=None)
         if create is not None or writer:
             self.db.execute("PRAGMA journal_mode=WAL")  # persistent: readers find the database in WAL mode
@@ -525,7 +567,9 @@ class EmbeddedStore(Store):
     # -- reading
     def files(self) -> dict[str, dict]:
         rows = self.db.execute("SELECT output, source, sha256, size, mtime_ns, n FROM files")
-        return {r[0]: {"source": r[1], "sha256": r[2], "size": r[3], "mtime_ns": r[4], "n": r[5]} for r in rows}
+        return {
+            r[0]: {"source": r[1], "sha256": r[2], "size": r[3], "mtime_ns": r[4], "n": r[5]} for r in rows
+        }
 
     def count(self) -> int:
         return self.db.execute("SELECT count(*) FROM vectors").fetchone()[0]
@@ -547,18 +591,32 @@ class EmbeddedStore(Store):
             self._drop_files([rec["output"] for rec, *_ in items])
             seg_id = None
             if name:
-                cur = self.db.execute("INSERT INTO segments (name, n, min_id, max_id) VALUES (?,?,?,?)",
-                                      (name, total, int(ids[0]), int(ids[-1])))
+                cur = self.db.execute(
+                    "INSERT INTO segments (name, n, min_id, max_id) VALUES (?,?,?,?)",
+                    (name, total, int(ids[0]), int(ids[-1])),
+                )
                 seg_id = cur.lastrowid
             row = 0
             for rec, vecs, starts, ends in items:
                 cur = self.db.execute(
                     "INSERT INTO files (output, source, sha256, size, mtime_ns, n) VALUES (?,?,?,?,?,?)",
-                    (rec["output"], rec["source"], rec.get("sha256"), rec.get("size"), rec.get("mtime_ns"), len(vecs)))
+                    (
+                        rec["output"],
+                        rec["source"],
+                        rec.get("sha256"),
+                        rec.get("size"),
+                        rec.get("mtime_ns"),
+                        len(vecs),
+                    ),
+                )
                 fid = cur.lastrowid
                 self.db.executemany(
                     "INSERT INTO vectors (id, file_id, seg_id, row, start, end) VALUES (?,?,?,?,?,?)",
-                    ((int(ids[row + i]), fid, seg_id, row + i, _num(starts[i]), _num(ends[i])) for i in range(len(vecs))))
+                    (
+                        (int(ids[row + i]), fid, seg_id, row + i, _num(starts[i]), _num(ends[i]))
+                        for i in range(len(vecs))
+                    ),
+                )
                 row += len(vecs)
             self._set_meta("next_id", next_id + total)
             if self.dim is None:
@@ -576,11 +634,15 @@ class EmbeddedStore(Store):
             if row is None:
                 continue
             fid = row[0]
-            self.db.execute("INSERT INTO dead (id, seg_id) SELECT id, seg_id FROM vectors WHERE file_id=?", (fid,))
+            self.db.execute(
+                "INSERT INTO dead (id, seg_id) SELECT id, seg_id FROM vectors WHERE file_id=?", (fid,)
+            )
             self.db.execute(
                 "UPDATE segments SET dead = dead + (SELECT count(*) FROM vectors v WHERE v.file_id=? "
-                "AND v.seg_id = segments.seg_id) WHERE seg_id IN (SELECT seg_id FROM vectors WHERE file_id=?)",
-                (fid, fid))
+                "AND v.seg_id = segments.seg_id) WHERE seg_id IN (SELECT seg_id FROM vectors WHERE "
+                "file_id=?)",
+                (fid, fid),
+            )
             removed += self.db.execute("DELETE FROM vectors WHERE file_id=?", (fid,)).rowcount
             self.db.execute("DELETE FROM files WHERE file_id=?", (fid,))
         return removed
@@ -608,8 +670,9 @@ class EmbeddedStore(Store):
         watermark = int(self._meta("ann_watermark") or 0)
         delta = self.db.execute("SELECT count(*) FROM vectors WHERE id > ?", (watermark,)).fetchone()[0]
         want_ann = live >= ann_threshold
-        rebuild = want_ann and (force or not ann_file or delta > 0.1 * max(ann_count, 1)
-                                or dead > 0.2 * max(live, 1))
+        rebuild = want_ann and (
+            force or not ann_file or delta > 0.1 * max(ann_count, 1) or dead > 0.2 * max(live, 1)
+        )
         big = max((n for _, _, n, _ in segs), default=0)
         small = [s for s in segs if s[2] < big / 4 or s[3] > 0.2 * s[2]]
         # rewrite everything only to drop many removed rows; otherwise fold small segments together
@@ -638,7 +701,11 @@ class EmbeddedStore(Store):
         for _, name, _, _ in segs:
             v = np.load(self.dir / "segments" / f"{name}.npy", mmap_mode="r")
             ids = np.load(self.dir / "segments" / f"{name}.ids.npy")
-            keep = ~np.isin(ids, np.fromiter(dead_ids, np.int64, len(dead_ids))) if dead_ids else np.ones(len(ids), bool)
+            keep = (
+                ~np.isin(ids, np.fromiter(dead_ids, np.int64, len(dead_ids)))
+                if dead_ids
+                else np.ones(len(ids), bool)
+            )
             vec_parts.append(np.asarray(v[keep]))
             id_parts.append(ids[keep])
         vecs = np.concatenate(vec_parts) if vec_parts else np.zeros((0, self.dim or 1), np.float32)
@@ -648,18 +715,24 @@ class EmbeddedStore(Store):
         chunk = 1_000_000
         new = []
         for s in range(0, len(ids), chunk):
-            new.append((self._write_segment(vecs[s:s + chunk], ids[s:s + chunk]), ids[s:s + chunk]))
+            new.append((self._write_segment(vecs[s : s + chunk], ids[s : s + chunk]), ids[s : s + chunk]))
         old_ids = [s[0] for s in segs]
         with self._tx():
             marks = ",".join("?" * len(old_ids))
             for name, part in new:
-                cur = self.db.execute("INSERT INTO segments (name, n, min_id, max_id) VALUES (?,?,?,?)",
-                                      (name, len(part), int(part[0]), int(part[-1])))
-                self.db.executemany("UPDATE vectors SET seg_id=?, row=? WHERE id=?",
-                                    ((cur.lastrowid, r, int(i)) for r, i in enumerate(part)))
+                cur = self.db.execute(
+                    "INSERT INTO segments (name, n, min_id, max_id) VALUES (?,?,?,?)",
+                    (name, len(part), int(part[0]), int(part[-1])),
+                )
+                self.db.executemany(
+                    "UPDATE vectors SET seg_id=?, row=? WHERE id=?",
+                    ((cur.lastrowid, r, int(i)) for r, i in enumerate(part)),
+                )
             # removed rows the HNSW graph still holds stay listed (no segment) so searches keep skipping them
             watermark = int(self._meta("ann_watermark") or 0)
-            self.db.execute(f"UPDATE dead SET seg_id = NULL WHERE seg_id IN ({marks}) AND id <= ?", (*old_ids, watermark))
+            self.db.execute(
+                f"UPDATE dead SET seg_id = NULL WHERE seg_id IN ({marks}) AND id <= ?", (*old_ids, watermark)
+            )
             self.db.execute(f"DELETE FROM dead WHERE seg_id IN ({marks})", old_ids)
             self.db.execute(f"DELETE FROM segments WHERE seg_id IN ({marks})", old_ids)
         for _, name, _, _ in segs:
@@ -720,12 +793,17 @@ class EmbeddedStore(Store):
 
                 ann = faiss.read_index(str(self.dir / ann_file))
             segments = self._segments()
-            self._cache = {"segments": segments, "ann": ann, "dead": self._dead_all,
-                           "watermark": int(self._meta("ann_watermark") or 0)}
+            self._cache = {
+                "segments": segments,
+                "ann": ann,
+                "dead": self._dead_all,
+                "watermark": int(self._meta("ann_watermark") or 0),
+            }
         return self._cache
 
-    def search(self, queries: np.ndarray, k: int, exact: bool | None, ef: int,
-               exclude: set[str] | None = None) -> list[list[Hit]]:
+    def search(
+        self, queries: np.ndarray, k: int, exact: bool | None, ef: int, exclude: set[str] | None = None
+    ) -> list[list[Hit]]:
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if self.dim is None:
             return [[] for _ in q]
@@ -765,8 +843,9 @@ class EmbeddedStore(Store):
                 if len(excluded_ids):
                     mask |= np.isin(ids[lo:hi], excluded_ids)
                 s[:, mask] = -np.inf
-                best_s, best_i = _merge_topk(np.hstack([best_s, s]),
-                                             np.hstack([best_i, np.broadcast_to(ids[lo:hi], s.shape)]), want)
+                best_s, best_i = _merge_topk(
+                    np.hstack([best_s, s]), np.hstack([best_i, np.broadcast_to(ids[lo:hi], s.shape)]), want
+                )
         best_s, best_i = _merge_topk(best_s, best_i, want) if best_s.shape[1] else (best_s, best_i)
         return [self._hits(s, i, k) for s, i in zip(best_s, best_i)]
 
@@ -774,7 +853,8 @@ class EmbeddedStore(Store):
         rows = []
         for src in sources:
             rows += self.db.execute(
-                "SELECT v.id FROM vectors v JOIN files f ON f.file_id = v.file_id WHERE f.source=?", (src,)).fetchall()
+                "SELECT v.id FROM vectors v JOIN files f ON f.file_id = v.file_id WHERE f.source=?", (src,)
+            ).fetchall()
         return np.array([r[0] for r in rows], np.int64)
 
     def _hits(self, scores: np.ndarray, ids: np.ndarray, k: int) -> list[Hit]:
@@ -783,20 +863,25 @@ class EmbeddedStore(Store):
             if not np.isfinite(s) or len(out) == k:
                 continue
             row = self.db.execute(
-                "SELECT f.source, v.start, v.end FROM vectors v JOIN files f ON f.file_id = v.file_id WHERE v.id=?",
-                (int(i),)).fetchone()
+                "SELECT f.source, v.start, v.end FROM vectors v JOIN files f ON f.file_id = "
+                "v.file_id WHERE v.id=?",
+                (int(i),),
+            ).fetchone()
             if row:
                 out.append(Hit(row[0], float(s), _float(row[1]), _float(row[2]), int(i)))
         return out
 
     def vectors_of(self, source: str) -> tuple[str, np.ndarray, np.ndarray, np.ndarray] | None:
-        row = self.db.execute("SELECT file_id, output FROM files WHERE source=? OR output=?",
-                              (source, source)).fetchone()
+        row = self.db.execute(
+            "SELECT file_id, output FROM files WHERE source=? OR output=?", (source, source)
+        ).fetchone()
         if row is None:
             return None
         rows = self.db.execute(
             "SELECT v.row, s.name, v.start, v.end FROM vectors v JOIN segments s ON s.seg_id = v.seg_id "
-            "WHERE v.file_id=? ORDER BY v.id", (row[0],)).fetchall()
+            "WHERE v.file_id=? ORDER BY v.id",
+            (row[0],),
+        ).fetchall()
         mm: dict[str, np.ndarray] = {}
         vecs = []
         for r, name, _, _ in rows:
@@ -836,7 +921,9 @@ def pg_connect(uri: str):
         import psycopg
         from pgvector.psycopg import register_vector
     except ImportError as exc:
-        raise ConfigError(f"PostgreSQL needs psycopg and pgvector (pip install -r requirements.txt): {exc}") from exc
+        raise ConfigError(
+            f"PostgreSQL needs psycopg and pgvector (pip install -r requirements.txt): {exc}"
+        ) from exc
     try:
         conn = psycopg.connect(uri, connect_timeout=10, autocommit=False)
     except psycopg.OperationalError as exc:
@@ -854,7 +941,8 @@ def pg_connect(uri: str):
     except psycopg.Error as exc:
         conn.close()
         raise ConfigError(
-            f"the PostgreSQL server at {_redact(uri)} has no pgvector extension or refuses to create it ({exc}); "
+            f"the PostgreSQL server at {_redact(uri)} has no pgvector extension or refuses to "
+            f"create it ({exc}); "
             "install pgvector there or ask its administrator to run CREATE EXTENSION vector"
         ) from exc
     register_vector(conn)
@@ -873,7 +961,9 @@ class PostgresStore(Store):
     scans off, so PostgreSQL scans every row, as the embedded store's exact search does.
     """
 
-    def __init__(self, uri: str, name: str, create: CollectionInfo | None = None, writer: bool = False) -> None:
+    def __init__(
+        self, uri: str, name: str, create: CollectionInfo | None = None, writer: bool = False
+    ) -> None:
         self.conn = pg_connect(uri)
         try:
             self._open(uri, name, create, writer)
@@ -887,21 +977,39 @@ class PostgresStore(Store):
         self.t_files, self.t_vec = _pg_ident(name) + "_files", _pg_ident(name) + "_vectors"
         with self.conn.transaction():
             self.conn.execute(
-                "CREATE TABLE IF NOT EXISTS embedkit_collections (name TEXT PRIMARY KEY, info JSONB NOT NULL, "
-                "dim INTEGER, created TIMESTAMPTZ NOT NULL DEFAULT now())")
+                "CREATE TABLE IF NOT EXISTS embedkit_collections (name TEXT PRIMARY KEY, info JSONB "
+                "NOT NULL, "
+                "dim INTEGER, created TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
             # one writer per collection at a time (a session lock: released with the connection)
-            if writer and not self.conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (name,)).fetchone()[0]:
-                raise ConfigError(f"another process is writing collection {name!r} in {_redact(uri)}; wait for it")
-            row = self.conn.execute("SELECT info, dim FROM embedkit_collections WHERE name=%s", (name,)).fetchone()
+            if (
+                writer
+                and not self.conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (name,)).fetchone()[0]
+            ):
+                raise ConfigError(
+                    f"another process is writing collection {name!r} in {_redact(uri)}; wait for it"
+                )
+            row = self.conn.execute(
+                "SELECT info, dim FROM embedkit_collections WHERE name=%s", (name,)
+            ).fetchone()
             if row is None:
                 if create is None:
-                    raise ConfigError(f"no collection {name!r} in {_redact(uri)}; build it first: python run_search.py index ...")
-                self.conn.execute("INSERT INTO embedkit_collections (name, info) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                                  (name, json.dumps(create.to_json())))
-                row = self.conn.execute("SELECT info, dim FROM embedkit_collections WHERE name=%s", (name,)).fetchone()
+                    raise ConfigError(
+                        f"no collection {name!r} in {_redact(uri)}; build it first: python "
+                        "run_search.py index ..."
+                    )
+                self.conn.execute(
+                    "INSERT INTO embedkit_collections (name, info) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                    (name, json.dumps(create.to_json())),
+                )
+                row = self.conn.execute(
+                    "SELECT info, dim FROM embedkit_collections WHERE name=%s", (name,)
+                ).fetchone()
             self.conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.t_files} (file_id BIGSERIAL PRIMARY KEY, output TEXT UNIQUE NOT NULL, "
-                "source TEXT NOT NULL, sha256 TEXT, size BIGINT, mtime_ns BIGINT, n INTEGER NOT NULL)")
+                f"CREATE TABLE IF NOT EXISTS {self.t_files} (file_id BIGSERIAL PRIMARY KEY, output "
+                "TEXT UNIQUE NOT NULL, "
+                "source TEXT NOT NULL, sha256 TEXT, size BIGINT, mtime_ns BIGINT, n INTEGER NOT NULL)"
+            )
             self.conn.execute(f"CREATE INDEX IF NOT EXISTS {self.t_files}_source ON {self.t_files}(source)")
         info = row[0] if isinstance(row[0], dict) else json.loads(row[0])
         self.info = CollectionInfo.from_json(info)
@@ -912,8 +1020,10 @@ class PostgresStore(Store):
         if self.dim is None:
             self.conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.t_vec} (id BIGSERIAL PRIMARY KEY, file_id BIGINT NOT NULL "
-                f"REFERENCES {self.t_files}(file_id) ON DELETE CASCADE, start_s DOUBLE PRECISION, end_s DOUBLE PRECISION, "
-                f"embedding vector({dim}) NOT NULL)")
+                f"REFERENCES {self.t_files}(file_id) ON DELETE CASCADE, start_s DOUBLE PRECISION, "
+                "end_s DOUBLE PRECISION, "
+                f"embedding vector({dim}) NOT NULL)"
+            )
             if 4 * dim + 8 <= 6000:
                 # keep vectors in the row: from 508 dims on, a vector passes PostgreSQL's 2 kB TOAST
                 # threshold and would be stored out of line, so every scan and HNSW build fetches it twice
@@ -924,9 +1034,13 @@ class PostgresStore(Store):
             raise ConfigError(f"vectors of dimension {dim} cannot join an index of dimension {self.dim}")
 
     def files(self) -> dict[str, dict]:
-        rows = self.conn.execute(f"SELECT output, source, sha256, size, mtime_ns, n FROM {self.t_files}").fetchall()
+        rows = self.conn.execute(
+            f"SELECT output, source, sha256, size, mtime_ns, n FROM {self.t_files}"
+        ).fetchall()
         self.conn.commit()
-        return {r[0]: {"source": r[1], "sha256": r[2], "size": r[3], "mtime_ns": r[4], "n": r[5]} for r in rows}
+        return {
+            r[0]: {"source": r[1], "sha256": r[2], "size": r[3], "mtime_ns": r[4], "n": r[5]} for r in rows
+        }
 
     def count(self) -> int:
         if self.dim is None:
@@ -943,20 +1057,37 @@ class PostgresStore(Store):
             raise ConfigError(f"vectors of dimensions {sorted(dims)} in one batch")
         with self.conn.transaction():
             self._ensure_vectors(next(iter(dims)))
-            self.conn.execute(f"DELETE FROM {self.t_files} WHERE output = ANY(%s)", ([r["output"] for r, *_ in items],))
+            self.conn.execute(
+                f"DELETE FROM {self.t_files} WHERE output = ANY(%s)", ([r["output"] for r, *_ in items],)
+            )
             # ids first, then two COPYs: three round trips per batch, however many files
-            fids = [r[0] for r in self.conn.execute(
-                "SELECT nextval(pg_get_serial_sequence(%s, 'file_id')) FROM generate_series(1, %s)",
-                (self.t_files, len(items))).fetchall()]
+            fids = [
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT nextval(pg_get_serial_sequence(%s, 'file_id')) FROM generate_series(1, %s)",
+                    (self.t_files, len(items)),
+                ).fetchall()
+            ]
             with self.conn.cursor().copy(
-                    f"COPY {self.t_files} (file_id, output, source, sha256, size, mtime_ns, n) FROM STDIN "
-                    "WITH (FORMAT BINARY)") as cp:
+                f"COPY {self.t_files} (file_id, output, source, sha256, size, mtime_ns, n) FROM STDIN "
+                "WITH (FORMAT BINARY)"
+            ) as cp:
                 cp.set_types(["int8", "text", "text", "text", "int8", "int8", "int4"])
                 for fid, (rec, vecs, _, _) in zip(fids, items):
-                    cp.write_row((fid, rec["output"], rec["source"], rec.get("sha256"), rec.get("size"),
-                                  rec.get("mtime_ns"), len(vecs)))
+                    cp.write_row(
+                        (
+                            fid,
+                            rec["output"],
+                            rec["source"],
+                            rec.get("sha256"),
+                            rec.get("size"),
+                            rec.get("mtime_ns"),
+                            len(vecs),
+                        )
+                    )
             with self.conn.cursor().copy(
-                    f"COPY {self.t_vec} (file_id, start_s, end_s, embedding) FROM STDIN WITH (FORMAT BINARY)") as cp:
+                f"COPY {self.t_vec} (file_id, start_s, end_s, embedding) FROM STDIN WITH (FORMAT BINARY)"
+            ) as cp:
                 cp.set_types(["int8", "float8", "float8", "vector"])
                 for fid, (_, vecs, starts, ends) in zip(fids, items):
                     for v, st, en in zip(vecs, starts, ends):
@@ -965,7 +1096,9 @@ class PostgresStore(Store):
 
     def update_stat(self, output: str, size: int, mtime_ns: int) -> None:
         with self.conn.transaction():
-            self.conn.execute(f"UPDATE {self.t_files} SET size=%s, mtime_ns=%s WHERE output=%s", (size, mtime_ns, output))
+            self.conn.execute(
+                f"UPDATE {self.t_files} SET size=%s, mtime_ns=%s WHERE output=%s", (size, mtime_ns, output)
+            )
 
     def remove(self, outputs_: Iterable[str]) -> int:
         outs = list(outputs_)
@@ -973,13 +1106,17 @@ class PostgresStore(Store):
             return 0
         with self.conn.transaction():
             n = self.conn.execute(
-                f"SELECT count(*) FROM {self.t_vec} v JOIN {self.t_files} f USING (file_id) WHERE f.output = ANY(%s)",
-                (outs,)).fetchone()[0]
+                f"SELECT count(*) FROM {self.t_vec} v JOIN {self.t_files} f USING (file_id) WHERE "
+                "f.output = ANY(%s)",
+                (outs,),
+            ).fetchone()[0]
             self.conn.execute(f"DELETE FROM {self.t_files} WHERE output = ANY(%s)", (outs,))
         return n
 
     def _has_ann(self) -> bool:
-        row = self.conn.execute("SELECT 1 FROM pg_indexes WHERE indexname=%s", (self.t_vec + "_hnsw",)).fetchone()
+        row = self.conn.execute(
+            "SELECT 1 FROM pg_indexes WHERE indexname=%s", (self.t_vec + "_hnsw",)
+        ).fetchone()
         return row is not None
 
     def optimize(self, ann_threshold: int, force: bool = False) -> str:
@@ -993,16 +1130,19 @@ class PostgresStore(Store):
                     self.conn.execute(f"DROP INDEX {self.t_vec}_hnsw")
                 self.conn.execute(f"SET LOCAL maintenance_work_mem = '{_pg_mem(n, self.dim)}'")
                 self.conn.execute(
-                    f"CREATE INDEX {self.t_vec}_hnsw ON {self.t_vec} USING hnsw (embedding vector_cosine_ops) "
-                    f"WITH (m = {HNSW_M // 2}, ef_construction = {HNSW_EF_CONSTRUCTION})")
+                    f"CREATE INDEX {self.t_vec}_hnsw ON {self.t_vec} USING hnsw (embedding "
+                    "vector_cosine_ops) "
+                    f"WITH (m = {HNSW_M // 2}, ef_construction = {HNSW_EF_CONSTRUCTION})"
+                )
                 return f"built the HNSW index over {n} vectors"
             if n < ann_threshold and has:
                 self.conn.execute(f"DROP INDEX {self.t_vec}_hnsw")
                 return "dropped the HNSW index (below the exact-search threshold)"
         return ""
 
-    def search(self, queries: np.ndarray, k: int, exact: bool | None, ef: int,
-               exclude: set[str] | None = None) -> list[list[Hit]]:
+    def search(
+        self, queries: np.ndarray, k: int, exact: bool | None, ef: int, exclude: set[str] | None = None
+    ) -> list[list[Hit]]:
         q = np.asarray(queries, np.float32)
         if self.dim is None:
             return [[] for _ in q]
@@ -1023,7 +1163,8 @@ class PostgresStore(Store):
             where = "WHERE f.source <> ALL(%s)" if excl else ""
             for v in q:
                 rows = self.conn.execute(
-                    f"SELECT f.source, 1 - d, v.start_s, v.end_s, v.id FROM (SELECT id, file_id, start_s, end_s, "
+                    "SELECT f.source, 1 - d, v.start_s, v.end_s, v.id FROM (SELECT id, file_id, "
+                    "start_s, end_s, "
                     f"embedding <=> %s AS d FROM {self.t_vec} ORDER BY {order} LIMIT %s) v "
                     f"JOIN {self.t_files} f USING (file_id) {where} ORDER BY d, v.id LIMIT %s",
                     (v, v, want, *((excl,) if excl else ()), k),
@@ -1032,19 +1173,22 @@ class PostgresStore(Store):
         return out
 
     def _excluded_rows(self, excl: list[str]) -> int:
-        return self.conn.execute(f"SELECT coalesce(sum(n), 0) FROM {self.t_files} WHERE source = ANY(%s)",
-                                 (excl,)).fetchone()[0]
+        return self.conn.execute(
+            f"SELECT coalesce(sum(n), 0) FROM {self.t_files} WHERE source = ANY(%s)", (excl,)
+        ).fetchone()[0]
 
     def vectors_of(self, source: str) -> tuple[str, np.ndarray, np.ndarray, np.ndarray] | None:
         if self.dim is None:
             return None
         with self.conn.transaction():
-            row = self.conn.execute(f"SELECT file_id, output FROM {self.t_files} WHERE source=%s OR output=%s",
-                                    (source, source)).fetchone()
+            row = self.conn.execute(
+                f"SELECT file_id, output FROM {self.t_files} WHERE source=%s OR output=%s", (source, source)
+            ).fetchone()
             if row is None:
                 return None
-            rows = self.conn.execute(f"SELECT embedding, start_s, end_s FROM {self.t_vec} WHERE file_id=%s ORDER BY id",
-                                     (row[0],)).fetchall()
+            rows = self.conn.execute(
+                f"SELECT embedding, start_s, end_s FROM {self.t_vec} WHERE file_id=%s ORDER BY id", (row[0],)
+            ).fetchall()
         vecs = np.array([_pg_array(r[0]) for r in rows], np.float32).reshape(len(rows), -1)
         return row[1], vecs, np.array([_float(r[1]) for r in rows]), np.array([_float(r[2]) for r in rows])
 
@@ -1079,14 +1223,22 @@ class Index:
     `db` is a folder for the embedded store or a `postgresql://` URI.
     """
 
-    def __init__(self, store: Store, ann_threshold: int = DEFAULT_ANN_THRESHOLD, ef_search: int = DEFAULT_EF_SEARCH):
+    def __init__(
+        self, store: Store, ann_threshold: int = DEFAULT_ANN_THRESHOLD, ef_search: int = DEFAULT_EF_SEARCH
+    ):
         self.store = store
         self.ann_threshold = ann_threshold
         self.ef_search = ef_search
 
     @classmethod
-    def open(cls, db: str | os.PathLike, name: str, create: CollectionInfo | None = None, writer: bool = False,
-             **kwargs: Any) -> Index:
+    def open(
+        cls,
+        db: str | os.PathLike,
+        name: str,
+        create: CollectionInfo | None = None,
+        writer: bool = False,
+        **kwargs: Any,
+    ) -> Index:
         """Open collection `name` in `db`; `create` makes it when missing and must match it when present."""
         if is_postgres(db):
             store: Store = PostgresStore(str(db), name, create, writer)
@@ -1114,8 +1266,15 @@ class Index:
         """Indexed outputs: output path -> {source, sha256, size, mtime_ns, n}."""
         return self.store.files()
 
-    def add(self, path: str, vectors: np.ndarray, start: Iterable[float] | None = None,
-            end: Iterable[float] | None = None, sha256: str | None = None, output: str | None = None) -> None:
+    def add(
+        self,
+        path: str,
+        vectors: np.ndarray,
+        start: Iterable[float] | None = None,
+        end: Iterable[float] | None = None,
+        sha256: str | None = None,
+        output: str | None = None,
+    ) -> None:
         """Store `vectors` ((D,) or (N, D), normalised here) for file `path`, replacing what it had."""
         vecs = normalize_rows(np.atleast_2d(np.asarray(vectors, np.float32)), f"{path}: ")
         nan = np.full(len(vecs), np.nan)
@@ -1123,10 +1282,13 @@ class Index:
         ends = nan if end is None else np.asarray(list(end), np.float64)
         if len(starts) != len(vecs) or len(ends) != len(vecs):
             raise ValueError(f"{len(vecs)} vectors but {len(starts)} starts and {len(ends)} ends")
-        self.store.replace([({"output": output or path, "source": path, "sha256": sha256}, vecs, starts, ends)])
+        self.store.replace(
+            [({"output": output or path, "source": path, "sha256": sha256}, vecs, starts, ends)]
+        )
 
     def add_many(self, items: list[tuple[dict, np.ndarray, np.ndarray, np.ndarray]]) -> None:
-        """One transaction for many files: (record with output/source/sha256/size/mtime_ns, vectors, starts, ends)."""
+        """One transaction for many files: (record with output/source/sha256/size/mtime_ns, "
+        "vectors, starts, ends)."""
         self.store.replace(items)
 
     def remove(self, paths: Iterable[str]) -> int:
@@ -1136,8 +1298,14 @@ class Index:
         by_source = {rec["source"]: out for out, rec in known.items()}
         return self.store.remove([p if p in known else by_source.get(p, p) for p in paths])
 
-    def search(self, queries: np.ndarray, k: int = 10, exact: bool | None = None,
-               exclude: Iterable[str] | None = None, ef: int | None = None) -> list[list[Hit]] | list[Hit]:
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        exact: bool | None = None,
+        exclude: Iterable[str] | None = None,
+        ef: int | None = None,
+    ) -> list[list[Hit]] | list[Hit]:
         """Top k by cosine similarity per query: (D,) -> list of Hit, (Q, D) -> Q lists.
 
         exact: None = exact below the ANN threshold, ANN above it; True forces exact search.
@@ -1172,8 +1340,13 @@ class IndexReport:
     seconds: float = 0.0
 
 
-def build_index(folder: ModelFolder, index: Index, commit_files: int = 500, commit_vectors: int = 200_000,
-                log: Callable[[str], None] | None = None) -> IndexReport:
+def build_index(
+    folder: ModelFolder,
+    index: Index,
+    commit_files: int = 500,
+    commit_vectors: int = 200_000,
+    log: Callable[[str], None] | None = None,
+) -> IndexReport:
     """Bring `index` up to date with `folder`: add new or changed outputs, drop vanished ones.
 
     An output is unchanged when its size and mtime match the index's record (or, when they don't,
@@ -1191,7 +1364,12 @@ def build_index(folder: ModelFolder, index: Index, commit_files: int = 500, comm
     todo = []
     for out, entry in found.items():
         rec = known.get(out)
-        if rec and rec["size"] == entry.size and rec["mtime_ns"] == entry.mtime_ns and rec["source"] == entry.source:
+        if (
+            rec
+            and rec["size"] == entry.size
+            and rec["mtime_ns"] == entry.mtime_ns
+            and rec["source"] == entry.source
+        ):
             rep.unchanged += 1
         else:
             todo.append(entry)
@@ -1228,21 +1406,40 @@ def build_index(folder: ModelFolder, index: Index, commit_files: int = 500, comm
                 continue
             data = np.load(entry.path, mmap_mode="r", allow_pickle=False)
             vecs, starts, ends = vectors_from_array(
-                data, axes, info.level, info.window_seconds,
-                spans=lambda n, e=entry: folder.timestamps_for(e, n), what="")
+                data,
+                axes,
+                info.level,
+                info.window_seconds,
+                spans=lambda n, e=entry: folder.timestamps_for(e, n),
+                what="",
+            )
             if info.level == "file" and entry.audio_seconds is not None:
                 starts, ends = np.array([0.0]), np.array([float(entry.audio_seconds)])
         except (SearchError, OSError, ValueError) as exc:
             rep.failures.append((entry.output, str(exc)))
             continue
-        batch.append(({"output": entry.output, "source": entry.source, "sha256": sha, "size": entry.size,
-                       "mtime_ns": entry.mtime_ns}, vecs, starts, ends))
+        batch.append(
+            (
+                {
+                    "output": entry.output,
+                    "source": entry.source,
+                    "sha256": sha,
+                    "size": entry.size,
+                    "mtime_ns": entry.mtime_ns,
+                },
+                vecs,
+                starts,
+                ends,
+            )
+        )
         pending += len(vecs)
         if len(batch) >= commit_files or pending >= commit_vectors:
             flush()
     flush()
     failed = {out for out, _ in rep.failures}
-    stale = [out for out in failed if out in known]  # a changed output that now fails: its old vectors are stale
+    stale = [
+        out for out in failed if out in known
+    ]  # a changed output that now fails: its old vectors are stale
     if stale:
         index.store.remove(stale)
     rep.optimized = index.optimize()
@@ -1258,7 +1455,11 @@ def _check_dims(todo: list[OutputEntry], axes: list[str], index_dim: int | None,
         try:
             with open(entry.path, "rb") as f:
                 version = np.lib.format.read_magic(f)
-                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                read = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
                 shape, _, _ = read(f)
         except (OSError, ValueError):
             continue  # reported when loaded
@@ -1283,7 +1484,8 @@ def _check_dims(todo: list[OutputEntry], axes: list[str], index_dim: int | None,
 
 # -- embedding queries ------------------------------------------------------------------------------------
 class QueryEmbedder:
-    """Embeds query files with exactly the configuration recorded in a collection (plugin, params, weights)."""
+    """Embeds query files with exactly the configuration recorded in a collection (plugin, params, "
+    "weights)."""
 
     def __init__(self, info: CollectionInfo, device: str = "cpu") -> None:
         import registry
@@ -1293,12 +1495,15 @@ class QueryEmbedder:
         self.meta = info.frames
         weights = cfg.get("weights_setting")
         try:
-            self.extractor = registry.create(cfg["extractor"], device=device, weights_path=weights, **(cfg["params"] or {}))
+            self.extractor = registry.create(
+                cfg["extractor"], device=device, weights_path=weights, **(cfg["params"] or {})
+            )
         except ConfigError as exc:
             raise ConfigError(f"cannot recreate the index's model {describe_config(cfg)}: {exc}") from exc
         if json.loads(json.dumps(self.extractor.config)) != cfg["params"]:
             raise ConfigError(
-                f"this version of {cfg['extractor']} would embed queries with {self.extractor.config}, but the index "
+                f"this version of {cfg['extractor']} would embed queries with "
+                f"{self.extractor.config}, but the index "
                 f"was built with {cfg['params']}; re-extract and rebuild the index"
             )
         self._checked = False
@@ -1311,7 +1516,8 @@ class QueryEmbedder:
         have = (self.extractor.provenance() or {}).get("weights_sha256")
         if want and have and want != have:
             raise ConfigError(
-                f"the {self.info.config['extractor']} weights found now (sha256 {have[:12]}) differ from those that "
+                f"the {self.info.config['extractor']} weights found now (sha256 {have[:12]}) differ "
+                "from those that "
                 f"made the index ({want[:12]}); point weights: at the original file"
             )
         self._checked = True
@@ -1327,7 +1533,9 @@ class QueryEmbedder:
             raise
         except Exception as exc:
             lines = str(exc).strip().splitlines()
-            raise SearchError(f"cannot embed {path}: {type(exc).__name__}: {lines[-1] if lines else ''}") from exc
+            raise SearchError(
+                f"cannot embed {path}: {type(exc).__name__}: {lines[-1] if lines else ''}"
+            ) from exc
         data = np.asarray(feats.data)
         axes = list(self.meta.get("axes") or self.extractor.output_spec().axes)
         hop = self.meta.get("hop_seconds") or self.extractor.output_spec().hop_seconds
@@ -1349,9 +1557,13 @@ def query_vector(vectors: np.ndarray) -> np.ndarray:
     return normalize_rows(np.asarray(vectors, np.float64).mean(axis=0, keepdims=True))[0]
 
 
-# -- evaluation ------------------------------------------------------------------------------------------------
-def retrieval_metrics(rankings: list[tuple[str, list[str]]], labels: dict[str, str],
-                      ks: Iterable[int] = (1, 5, 10), pool: Iterable[str] | None = None) -> dict:
+# -- evaluation -----------------------------------------------------------------------------------------
+def retrieval_metrics(
+    rankings: list[tuple[str, list[str]]],
+    labels: dict[str, str],
+    ks: Iterable[int] = (1, 5, 10),
+    pool: Iterable[str] | None = None,
+) -> dict:
     """precision@k, recall@k and mAP of same-label retrieval.
 
     rankings: (query label-key, ranked result paths with the query itself already left out).

@@ -50,7 +50,7 @@ def unit_vectors(n: int, dim: int, seed: int, data: str = "random") -> np.ndarra
         block = rng.standard_normal((m, dim), dtype=np.float32)
         if data == "lowrank":
             block = rng.standard_normal((m, 32), dtype=np.float32) @ basis + 0.1 * block
-        out[s:s + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        out[s : s + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
 
 
@@ -58,7 +58,7 @@ def exact_truth(x: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     best_s = np.full((len(queries), 0), -np.inf, np.float32)
     best_i = np.zeros((len(queries), 0), np.int64)
     for s in range(0, len(x), 200_000):
-        sc = queries @ x[s:s + 200_000].T
+        sc = queries @ x[s : s + 200_000].T
         best_s = np.hstack([best_s, sc])
         best_i = np.hstack([best_i, np.broadcast_to(np.arange(s, s + sc.shape[1]), sc.shape)])
         part = np.argsort(-best_s, axis=1)[:, :k]
@@ -77,8 +77,10 @@ def dir_bytes(path: Path) -> int:
 
 def items(x: np.ndarray, first: int) -> list:
     nan = np.full(1, np.nan)
-    return [({"output": f"f{first + i}.npy", "source": f"f{first + i}.wav"}, x[i:i + 1], nan, nan)
-            for i in range(len(x))]
+    return [
+        ({"output": f"f{first + i}.npy", "source": f"f{first + i}.wav"}, x[i : i + 1], nan, nan)
+        for i in range(len(x))
+    ]
 
 
 def latency(index: search.Index, queries: np.ndarray, exact: bool, ef: int) -> tuple[dict, list[list[int]]]:
@@ -89,7 +91,10 @@ def latency(index: search.Index, queries: np.ndarray, exact: bool, ef: int) -> t
         times.append(time.perf_counter() - t0)
         found.append([int(h.path[1:-4]) for h in hits])
     ms = np.array(times) * 1000
-    return {"median_ms": round(float(np.median(ms)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3)}, found
+    return {
+        "median_ms": round(float(np.median(ms)), 3),
+        "p95_ms": round(float(np.percentile(ms, 95)), 3),
+    }, found
 
 
 def recall(found: list[list[int]], truth: np.ndarray) -> float:
@@ -98,8 +103,9 @@ def recall(found: list[list[int]], truth: np.ndarray) -> float:
 
 def pg_sizes(index: search.Index) -> int:
     st = index.store
-    row = st.conn.execute("SELECT pg_total_relation_size(%s) + pg_total_relation_size(%s)",
-                          (st.t_files, st.t_vec)).fetchone()
+    row = st.conn.execute(
+        "SELECT pg_total_relation_size(%s) + pg_total_relation_size(%s)", (st.t_files, st.t_vec)
+    ).fetchone()
     st.conn.commit()
     return int(row[0])
 
@@ -110,8 +116,16 @@ def pg_wal(index: search.Index) -> int:
     return int(row[0])
 
 
-def bench(store: str, where: str, n: int, dim: int, n_queries: int, n_exact: int, efs: list[int],
-          data: str = "random") -> dict:
+def bench(
+    store: str,
+    where: str,
+    n: int,
+    dim: int,
+    n_queries: int,
+    n_exact: int,
+    efs: list[int],
+    data: str = "random",
+) -> dict:
     x = unit_vectors(n, dim, 0, data)
     extra = unit_vectors(n // 100, dim, 1, data)
     queries = unit_vectors(n_queries, dim, 2, data)
@@ -122,7 +136,7 @@ def bench(store: str, where: str, n: int, dim: int, n_queries: int, n_exact: int
     with search.Index.open(where, name, create=info, writer=True, ann_threshold=min(n, 100_000)) as index:
         t0 = time.perf_counter()
         for s in range(0, n, 50_000):
-            index.add_many(items(x[s:s + 50_000], s))
+            index.add_many(items(x[s : s + 50_000], s))
         res["insert_s"] = round(time.perf_counter() - t0, 2)
         t0 = time.perf_counter()
         res["optimize"] = index.optimize()
@@ -134,19 +148,25 @@ def bench(store: str, where: str, n: int, dim: int, n_queries: int, n_exact: int
         res["hnsw"] = []
         for ef in efs:
             lat, found = latency(index, queries, False, ef)
-            res["hnsw"].append({"ef_search": ef, **lat, "recall@10": recall(found, truth), "queries": len(queries)})
+            res["hnsw"].append(
+                {"ef_search": ef, **lat, "recall@10": recall(found, truth), "queries": len(queries)}
+            )
             print(store, n, "ef", ef, res["hnsw"][-1], flush=True)
         # incremental: 1 % more vectors, as an index rerun commits them (no HNSW rebuild below 10 % new)
         w0 = wchar() if store == "embedded" else pg_wal(index)
         t0 = time.perf_counter()
         for s in range(0, len(extra), 50_000):
-            index.add_many(items(extra[s:s + 50_000], n + s))
+            index.add_many(items(extra[s : s + 50_000], n + s))
         did = index.optimize()
         seconds = time.perf_counter() - t0
         written = (wchar() if store == "embedded" else pg_wal(index)) - w0
-        res["add_1pct"] = {"vectors": len(extra), "seconds": round(seconds, 2), "bytes_written": written,
-                           "fraction_of_index": round(written / max(1, res["disk_bytes"]), 4),
-                           "optimize": did or "nothing (HNSW kept; the new 1 % is searched exactly)"}
+        res["add_1pct"] = {
+            "vectors": len(extra),
+            "seconds": round(seconds, 2),
+            "bytes_written": written,
+            "fraction_of_index": round(written / max(1, res["disk_bytes"]), 4),
+            "optimize": did or "nothing (HNSW kept; the new 1 % is searched exactly)",
+        }
         lat, found = latency(index, queries, False, efs[-1])
         truth2 = exact_truth(np.concatenate([x, extra]), queries, 10)
         res["after_add"] = {"ef_search": efs[-1], **lat, "recall@10": recall(found, truth2)}
@@ -156,18 +176,26 @@ def bench(store: str, where: str, n: int, dim: int, n_queries: int, n_exact: int
 
 def table(paths: list[str]) -> str:
     """Markdown table of result files (one row per store, data and size; HNSW at each ef)."""
-    rows = ["| store | data | N | insert s | HNSW build s | disk MB | exact median / p95 ms | "
-            "HNSW ef: median / p95 ms, recall@10 | add 1 %: s, MB written (share of index) |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| store | data | N | insert s | HNSW build s | disk MB | exact median / p95 ms | "
+        "HNSW ef: median / p95 ms, recall@10 | add 1 %: s, MB written (share of index) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for path in paths:
         for r in json.loads(Path(path).read_text())["results"]:
-            hnsw = "<br>".join(f"ef {h['ef_search']}: {h['median_ms']:.1f} / {h['p95_ms']:.1f}, {h['recall@10']:.3f}"
-                               for h in r["hnsw"])
+            hnsw = "<br>".join(
+                f"ef {h['ef_search']}: {h['median_ms']:.1f} / {h['p95_ms']:.1f}, {h['recall@10']:.3f}"
+                for h in r["hnsw"]
+            )
             add = r["add_1pct"]
             rows.append(
-                f"| {r['store']} | {r.get('data', 'random')} | {r['n']:,} | {r['insert_s']:.1f} | {r['hnsw_build_s']:.0f} | "
-                f"{r['disk_bytes'] / 1e6:.0f} | {r['exact']['median_ms']:.1f} / {r['exact']['p95_ms']:.1f} | {hnsw} | "
-                f"{add['seconds']:.2f} s, {add['bytes_written'] / 1e6:.1f} MB ({100 * add['fraction_of_index']:.1f} %) |")
+                f"| {r['store']} | {r.get('data', 'random')} | {r['n']:,} | {r['insert_s']:.1f} | "
+                f"{r['hnsw_build_s']:.0f} | "
+                f"{r['disk_bytes'] / 1e6:.0f} | {r['exact']['median_ms']:.1f} / "
+                f"{r['exact']['p95_ms']:.1f} | {hnsw} | "
+                f"{add['seconds']:.2f} s, {add['bytes_written'] / 1e6:.1f} MB "
+                f"({100 * add['fraction_of_index']:.1f} %) |"
+            )
     return "\n".join(rows)
 
 
@@ -182,8 +210,13 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--exact_queries", type=int, default=50)
     p.add_argument("--ef", type=int, nargs="+", default=[64, 128, 256, 512])
-    p.add_argument("--data", nargs="+", default=["random"], choices=["random", "lowrank"],
-                   help="random: uniform unit vectors (default); lowrank: 32-dim structure + noise")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        default=["random"],
+        choices=["random", "lowrank"],
+        help="random: uniform unit vectors (default); lowrank: 32-dim structure + noise",
+    )
     p.add_argument("--json", help="results file (default: benchmarks/results/search-<date>.json)")
     p.add_argument("--dir", help="scratch folder (default: a temp dir; deleted afterwards)")
     p.add_argument("--pg", help="postgresql:// URI (default: start a local pgserver in the scratch folder)")
@@ -203,13 +236,28 @@ def main() -> None:
 
                     server = pgserver.get_server(scratch / "pg", cleanup_mode="delete")
                     # parallel HNSW build on both cores (pgvector >= 0.6)
-                    server.psql("ALTER SYSTEM SET max_parallel_maintenance_workers = 2; SELECT pg_reload_conf();")
+                    server.psql(
+                        "ALTER SYSTEM SET max_parallel_maintenance_workers = 2; SELECT pg_reload_conf();"
+                    )
                     where = server.get_uri()
             for n, data in ((n, d) for d in args.data for n in args.sizes):
-                results.append(bench(store, where, n, args.dim, args.queries, args.exact_queries, args.ef, data))
-                out.write_text(json.dumps({  # after every size: a long run that is stopped keeps what it measured
-                    "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv), "cpus": os.cpu_count(),
-                    "cpu": _cpu_model(), "load_average_at_end": os.getloadavg(), "results": results}, indent=2) + "\n")
+                results.append(
+                    bench(store, where, n, args.dim, args.queries, args.exact_queries, args.ef, data)
+                )
+                out.write_text(
+                    json.dumps(
+                        {  # after every size: a long run that is stopped keeps what it measured
+                            "date": time.strftime("%Y-%m-%d %H:%M"),
+                            "command": " ".join(sys.argv),
+                            "cpus": os.cpu_count(),
+                            "cpu": _cpu_model(),
+                            "load_average_at_end": os.getloadavg(),
+                            "results": results,
+                        },
+                        indent=2,
+                    )
+                    + "\n"
+                )
     finally:
         if server is not None:
             server.cleanup()

@@ -55,7 +55,9 @@ def latencies(fn, queries: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
 
 
 def recall(found: list[np.ndarray], truth: np.ndarray, k: int) -> float:
-    return float(np.mean([len(set(map(int, f[:k])) & set(map(int, t[:k]))) / k for f, t in zip(found, truth)]))
+    return float(
+        np.mean([len(set(map(int, f[:k])) & set(map(int, t[:k]))) / k for f, t in zip(found, truth)])
+    )
 
 
 def summary(ms: np.ndarray) -> dict:
@@ -72,7 +74,10 @@ def bench_faiss(root: Path, x: np.ndarray, extra: np.ndarray, queries: np.ndarra
     db = sqlite3.connect(root / "ids.sqlite")
     db.execute("CREATE TABLE vec (id INTEGER PRIMARY KEY, path TEXT, start REAL, end_ REAL)")
     with db:
-        db.executemany("INSERT INTO vec VALUES (?,?,?,?)", ((i, f"f{i // 100}.wav", i % 100, i % 100 + 1) for i in range(n)))
+        db.executemany(
+            "INSERT INTO vec VALUES (?,?,?,?)",
+            ((i, f"f{i // 100}.wav", i % 100, i % 100 + 1) for i in range(n)),
+        )
     flat = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     flat.add_with_ids(x, np.arange(n))
     faiss.write_index(flat, str(root / "flat.faiss"))
@@ -97,7 +102,9 @@ def bench_faiss(root: Path, x: np.ndarray, extra: np.ndarray, queries: np.ndarra
     faiss.write_index(hnsw, str(root / "hnsw.faiss.tmp"))
     os.replace(root / "hnsw.faiss.tmp", root / "hnsw.faiss")
     with db:
-        db.executemany("INSERT INTO vec VALUES (?,?,?,?)", ((n + i, "new.wav", i, i + 1) for i in range(len(extra))))
+        db.executemany(
+            "INSERT INTO vec VALUES (?,?,?,?)", ((n + i, "new.wav", i, i + 1) for i in range(len(extra)))
+        )
     res["add_1pct"] = {"seconds": time.perf_counter() - t0, "bytes_written": written_bytes() - w0}
     return res
 
@@ -131,13 +138,15 @@ def _arrow_table(x: np.ndarray, first_id: int):
 
     n, dim = x.shape
     ids = np.arange(first_id, first_id + n)
-    return pa.table({
-        "id": pa.array(ids, pa.int64()),
-        "path": pa.array([f"f{i // 100}.wav" for i in ids]),
-        "start": pa.array((ids % 100).astype(np.float64)),
-        "end": pa.array((ids % 100 + 1).astype(np.float64)),
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel(), pa.float32()), dim),
-    })
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.int64()),
+            "path": pa.array([f"f{i // 100}.wav" for i in ids]),
+            "start": pa.array((ids % 100).astype(np.float64)),
+            "end": pa.array((ids % 100 + 1).astype(np.float64)),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel(), pa.float32()), dim),
+        }
+    )
 
 
 def bench_lancedb(root: Path, x, extra, queries, truth, k, ef) -> dict:
@@ -149,22 +158,44 @@ def bench_lancedb(root: Path, x, extra, queries, truth, k, ef) -> dict:
     t0 = time.perf_counter()
     table = db.create_table("vectors", _arrow_table(x, 0))
     res["insert_s"] = time.perf_counter() - t0
-    _, ms = latencies(lambda q: table.search(q).distance_type("dot").limit(k).select(["id"]).to_arrow()["id"].to_numpy(),
-                      queries)
+    _, ms = latencies(
+        lambda q: table.search(q).distance_type("dot").limit(k).select(["id"]).to_arrow()["id"].to_numpy(),
+        queries,
+    )
     res["exact"] = summary(ms)
     t0 = time.perf_counter()
-    table.create_index(metric="dot", index_type="IVF_HNSW_SQ", num_partitions=max(1, n // 100_000), m=32,
-                       ef_construction=80)
+    table.create_index(
+        metric="dot", index_type="IVF_HNSW_SQ", num_partitions=max(1, n // 100_000), m=32, ef_construction=80
+    )
     res["index_build_s"] = time.perf_counter() - t0
     res["disk_bytes"] = dir_bytes(root)
     found, ms = latencies(
-        lambda q: table.search(q).distance_type("dot").ef(ef).nprobes(max(1, n // 100_000)).refine_factor(4)
-        .limit(k).select(["id"]).to_arrow()["id"].to_numpy(), queries)
-    res["ann"] = {**summary(ms), "recall@10": recall(found, truth, k), "ef": ef, "index": "IVF_HNSW_SQ, refine x4"}
+        lambda q: (
+            table.search(q)
+            .distance_type("dot")
+            .ef(ef)
+            .nprobes(max(1, n // 100_000))
+            .refine_factor(4)
+            .limit(k)
+            .select(["id"])
+            .to_arrow()["id"]
+            .to_numpy()
+        ),
+        queries,
+    )
+    res["ann"] = {
+        **summary(ms),
+        "recall@10": recall(found, truth, k),
+        "ef": ef,
+        "index": "IVF_HNSW_SQ, refine x4",
+    }
     w0, t0 = written_bytes(), time.perf_counter()
     table.add(_arrow_table(extra, n))
-    res["add_1pct"] = {"seconds": time.perf_counter() - t0, "bytes_written": written_bytes() - w0,
-                       "note": "new rows searched flat until optimize()"}
+    res["add_1pct"] = {
+        "seconds": time.perf_counter() - t0,
+        "bytes_written": written_bytes() - w0,
+        "note": "new rows searched flat until optimize()",
+    }
     return res
 
 
@@ -177,25 +208,47 @@ def bench_milvus(root: Path, x, extra, queries, truth, k, ef) -> dict:
     client.create_collection("vectors", dimension=dim, metric_type="IP", auto_id=False)
     t0 = time.perf_counter()
     for s in range(0, n, 5000):
-        client.insert("vectors", [{"id": i, "vector": x[i], "path": f"f{i // 100}.wav", "start": float(i % 100)}
-                                  for i in range(s, min(n, s + 5000))])
+        client.insert(
+            "vectors",
+            [
+                {"id": i, "vector": x[i], "path": f"f{i // 100}.wav", "start": float(i % 100)}
+                for i in range(s, min(n, s + 5000))
+            ],
+        )
     client.flush("vectors")
     res["insert_s"] = time.perf_counter() - t0
     res["index_build_s"] = None
     res["disk_bytes"] = dir_bytes(root)
-    found, ms = latencies(lambda q: np.array([h["id"] for h in client.search("vectors", [q], limit=k)[0]]), queries)
-    res["ann"] = {**summary(ms), "recall@10": recall(found, truth, k), "index": "Milvus Lite default (AUTOINDEX)"}
+    found, ms = latencies(
+        lambda q: np.array([h["id"] for h in client.search("vectors", [q], limit=k)[0]]), queries
+    )
+    res["ann"] = {
+        **summary(ms),
+        "recall@10": recall(found, truth, k),
+        "index": "Milvus Lite default (AUTOINDEX)",
+    }
     res["exact"] = None
     w0, t0 = written_bytes(), time.perf_counter()
-    client.insert("vectors", [{"id": n + i, "vector": v, "path": "new.wav", "start": float(i)} for i, v in enumerate(extra)])
+    client.insert(
+        "vectors",
+        [{"id": n + i, "vector": v, "path": "new.wav", "start": float(i)} for i, v in enumerate(extra)],
+    )
     client.flush("vectors")
-    res["add_1pct"] = {"seconds": time.perf_counter() - t0, "bytes_written": written_bytes() - w0,
-                       "note": "written by the milvus server subprocess, not counted"}
+    res["add_1pct"] = {
+        "seconds": time.perf_counter() - t0,
+        "bytes_written": written_bytes() - w0,
+        "note": "written by the milvus server subprocess, not counted",
+    }
     client.close()
     return res
 
 
-CANDIDATES = {"faiss": bench_faiss, "usearch": bench_usearch, "lancedb": bench_lancedb, "milvus": bench_milvus}
+CANDIDATES = {
+    "faiss": bench_faiss,
+    "usearch": bench_usearch,
+    "lancedb": bench_lancedb,
+    "milvus": bench_milvus,
+}
 
 
 def main() -> None:
@@ -223,11 +276,26 @@ def main() -> None:
             results[name] = {"error": f"{type(exc).__name__}: {exc}"}
         finally:
             shutil.rmtree(root, ignore_errors=True)
-        print(name, json.dumps(results[name], default=lambda v: round(v, 3) if isinstance(v, float) else str(v)),
-              flush=True)
+        print(
+            name,
+            json.dumps(results[name], default=lambda v: round(v, 3) if isinstance(v, float) else str(v)),
+            flush=True,
+        )
     out = Path(__file__).parent / "results" / f"store_candidates-{args.n}.json"
-    out.write_text(json.dumps({"n": args.n, "dim": args.dim, "queries": args.queries, "cpus": os.cpu_count(),
-                               "date": time.strftime("%Y-%m-%d"), "results": results}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "n": args.n,
+                "dim": args.dim,
+                "queries": args.queries,
+                "cpus": os.cpu_count(),
+                "date": time.strftime("%Y-%m-%d"),
+                "results": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
 
 

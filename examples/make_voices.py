@@ -66,8 +66,12 @@ def espeak() -> str:
     return exe
 
 
-def synthesise(out_dir: str | Path, per_gender: int = 8, held_out: int = 0, same_sentence: str | None = None,
-               ) -> dict[str, str]:
+def synthesise(
+    out_dir: str | Path,
+    per_gender: int = 8,
+    held_out: int = 0,
+    same_sentence: str | None = None,
+) -> dict[str, str]:
     """Write the voices; returns {relative path: label} of the collection (not the held-out queries).
 
     same_sentence: every voice says it (the guide's protocol); default: one distinct sentence per voice.
@@ -86,8 +90,11 @@ def synthesise(out_dir: str | Path, per_gender: int = 8, held_out: int = 0, same
             path = out / ("queries" if held else "voices") / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             text = same_sentence or SENTENCES[(i * 2 + (gender == "male")) % len(SENTENCES)]
-            subprocess.run([exe, "-v", f"en-us+{variant}", "-s", "160", "-w", str(path), text],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [exe, "-v", f"en-us+{variant}", "-s", "160", "-w", str(path), text],
+                check=True,
+                capture_output=True,
+            )
             (queries if held else labels)[rel] = gender
     (out / "voices.csv").write_text("path,label\n" + "".join(f"{p},{g}\n" for p, g in labels.items()))
     if queries:
@@ -100,8 +107,11 @@ def main() -> None:
     p.add_argument("out_dir")
     p.add_argument("--per_gender", type=int, default=8)
     p.add_argument("--held_out", type=int, default=0)
-    p.add_argument("--sentence", help=f"every voice says this (e.g. the guide's {GUIDE_SENTENCE!r}); "
-                                      "default: a distinct sentence per voice")
+    p.add_argument(
+        "--sentence",
+        help=f"every voice says this (e.g. the guide's {GUIDE_SENTENCE!r}); "
+        "default: a distinct sentence per voice",
+    )
     args = p.parse_args()
     labels = synthesise(args.out_dir, args.per_gender, args.held_out, args.sentence)
     print(f"wrote {len(labels)} voices to {args.out_dir}/voices (labels: voices.csv)")

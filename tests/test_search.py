@@ -31,19 +31,44 @@ def unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def write_model_folder(base: Path, arrays: dict[str, np.ndarray], alias: str = "emb", axes=("time", "dim"),
-                       hop: float | None = 0.1, params: dict | None = None, extractor: str = "melspec") -> Path:
+def write_model_folder(
+    base: Path,
+    arrays: dict[str, np.ndarray],
+    alias: str = "emb",
+    axes=("time", "dim"),
+    hop: float | None = 0.1,
+    params: dict | None = None,
+    extractor: str = "melspec",
+) -> Path:
     """A model folder as run_extraction.py leaves it: features.json, <alias>/<rel>.npy, manifest lines."""
-    meta = {"extractor": extractor, "output_folder": alias, "axes": list(axes), "dtype": "float32",
-            "hop_seconds": hop if "time" in axes else None, "first_frame_seconds": 0.0, "columns": None,
-            "params": params or {"n_mels": DIM}, "weights_setting": None, "provenance": {}}
+    meta = {
+        "extractor": extractor,
+        "output_folder": alias,
+        "axes": list(axes),
+        "dtype": "float32",
+        "hop_seconds": hop if "time" in axes else None,
+        "first_frame_seconds": 0.0,
+        "columns": None,
+        "params": params or {"n_mels": DIM},
+        "weights_setting": None,
+        "provenance": {},
+    }
     outputs.atomic_write_json(base / alias / "features.json", meta)
     for source, data in arrays.items():
         rel_out = Path(source).with_suffix(".npy")
         outputs.atomic_save_npy(base / alias / rel_out, data.astype(np.float32))
-        outputs.append_jsonl(base / "manifest.jsonl", {
-            "run": "test", "model": alias, "source": source, "output": f"{alias}/{rel_out.as_posix()}",
-            "shape": list(data.shape), "dtype": "float32", "audio_seconds": len(data) * (hop or 0.0)})
+        outputs.append_jsonl(
+            base / "manifest.jsonl",
+            {
+                "run": "test",
+                "model": alias,
+                "source": source,
+                "output": f"{alias}/{rel_out.as_posix()}",
+                "shape": list(data.shape),
+                "dtype": "float32",
+                "audio_seconds": len(data) * (hop or 0.0),
+            },
+        )
     return base / alias
 
 
@@ -54,7 +79,9 @@ def clustered(n_files: int, frames: int = 5, seed: int = 0, n_clusters: int = 4)
     arrays, label = {}, {}
     for i in range(n_files):
         c = i % n_clusters
-        arrays[f"d{c}/f{i:03d}.wav"] = (centres[c] + 0.35 * rng.standard_normal((frames, DIM))).astype(np.float32)
+        arrays[f"d{c}/f{i:03d}.wav"] = (centres[c] + 0.35 * rng.standard_normal((frames, DIM))).astype(
+            np.float32
+        )
         label[f"d{c}/f{i:03d}.wav"] = c
     return arrays, label
 
@@ -111,8 +138,12 @@ def test_index_add_search_remove_matches_numpy(tmp_path):
     info = search.CollectionInfo("emb", "file", 0.0, {"extractor": "none"})
     with search.Index.open(tmp_path, "api", create=info) as index:
         names = sorted(vecs)
-        index.add_many([({"output": n, "source": n}, unit(vecs[n])[None], np.full(1, np.nan), np.full(1, np.nan))
-                        for n in names[:230]])
+        index.add_many(
+            [
+                ({"output": n, "source": n}, unit(vecs[n])[None], np.full(1, np.nan), np.full(1, np.nan))
+                for n in names[:230]
+            ]
+        )
         for path in names[230:]:  # one segment each, folded together past 64 segments
             index.add(path, vecs[path])
         assert len(index) == 300
@@ -137,8 +168,12 @@ def test_ann_with_delta_and_removals_agrees_with_exact(tmp_path):
     info = search.CollectionInfo("emb", "file", 0.0, {"extractor": "none"})
     with search.Index.open(tmp_path, "ann", create=info, writer=True, ann_threshold=400) as index:
         names = sorted(arrays)
-        index.add_many([({"output": n, "source": n}, unit(arrays[n]), np.full(1, np.nan), np.full(1, np.nan))
-                        for n in names[:500]])
+        index.add_many(
+            [
+                ({"output": n, "source": n}, unit(arrays[n]), np.full(1, np.nan), np.full(1, np.nan))
+                for n in names[:500]
+            ]
+        )
         assert "HNSW" in index.optimize()
         assert list(tmp_path.glob("ann/ann-*.faiss"))
         for n in names[500:]:  # the delta: not in the HNSW graph
@@ -176,17 +211,32 @@ def test_incremental_index_adds_changes_and_removes(tmp_path, capsys):
     os.unlink(tmp_path / "out/emb/d2/f002.npy")
     write_model_folder(tmp_path / "out", {"new/n.wav": arrays["d0/f000.wav"] * 2})
     code, out, _ = cli(*args, capsys=capsys)
-    assert code == 0 and "2 outputs indexed" in out and "1 removed" in out and "40 vectors in the index" in out
+    assert (
+        code == 0 and "2 outputs indexed" in out and "1 removed" in out and "40 vectors in the index" in out
+    )
     arrays[changed] = new
     arrays["new/n.wav"] = arrays["d0/f000.wav"] * 2
     del arrays["d2/f002.wav"]
-    code, out, _ = cli("query", "--like", "d0/f000.wav", "--output_base", str(tmp_path / "out"), "--model", "emb",
-                       "--top", "5", "--json", capsys=capsys)
+    code, out, _ = cli(
+        "query",
+        "--like",
+        "d0/f000.wav",
+        "--output_base",
+        str(tmp_path / "out"),
+        "--model",
+        "emb",
+        "--top",
+        "5",
+        "--json",
+        capsys=capsys,
+    )
     assert code == 0
     res = json.loads(out.strip())
     want = [p for p in exact_top(arrays, arrays["d0/f000.wav"].mean(0), 6) if p != "d0/f000.wav"][:5]
     assert res["query"] == "d0/f000.wav" and [r["path"] for r in res["results"]] == want
-    assert res["results"][0]["path"] == "new/n.wav" and res["results"][0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert res["results"][0]["path"] == "new/n.wav" and res["results"][0]["score"] == pytest.approx(
+        1.0, abs=1e-5
+    )
 
 
 def test_segment_level_finds_the_moment(tmp_path, capsys):
@@ -229,8 +279,16 @@ def _snapshot(db: Path, name: str) -> list[tuple]:
         rows = []
         for out in sorted(files):
             _, vecs, starts, ends = index.vectors_of(out)
-            rows.append((out, files[out]["source"], files[out]["sha256"], vecs.round(6).tobytes(),
-                         starts.tobytes(), ends.tobytes()))
+            rows.append(
+                (
+                    out,
+                    files[out]["source"],
+                    files[out]["sha256"],
+                    vecs.round(6).tobytes(),
+                    starts.tobytes(),
+                    ends.tobytes(),
+                )
+            )
         assert len(index) == sum(files[o]["n"] for o in files)  # no duplicated or orphaned vectors
     return rows
 
@@ -239,14 +297,33 @@ def _snapshot(db: Path, name: str) -> list[tuple]:
 def test_killed_index_run_finishes_on_rerun_without_duplicates(tmp_path):
     arrays, _ = clustered(60, frames=20, seed=5)
     write_model_folder(tmp_path / "out", arrays)
-    cmd = [sys.executable, str(ROOT / "run_search.py"), "index", "--output_base", str(tmp_path / "out"),
-           "--model", "emb", "--level", "segment", "--commit_every", "2", "--ann_threshold", "600"]
-    clean = subprocess.run([*cmd, "--db", str(tmp_path / "clean")], capture_output=True, text=True, timeout=120)
+    cmd = [
+        sys.executable,
+        str(ROOT / "run_search.py"),
+        "index",
+        "--output_base",
+        str(tmp_path / "out"),
+        "--model",
+        "emb",
+        "--level",
+        "segment",
+        "--commit_every",
+        "2",
+        "--ann_threshold",
+        "600",
+    ]
+    clean = subprocess.run(
+        [*cmd, "--db", str(tmp_path / "clean")], capture_output=True, text=True, timeout=120
+    )
     assert clean.returncode == 0, clean.stderr
     for kill_after in (1, 21):  # batches committed before the kill (of 30)
         db = tmp_path / f"killed{kill_after}"
-        proc = subprocess.Popen([*cmd, "--db", str(db)], stdout=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            [*cmd, "--db", str(db)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         for line in proc.stdout:
             if line.startswith(f"indexed {kill_after * 2} of"):
                 proc.send_signal(signal.SIGKILL)
@@ -283,7 +360,9 @@ def test_bad_inputs_are_clear_messages(tmp_path, capsys):
     write_model_folder(base, {"a.wav": np.ones((3, DIM)), "b.wav": np.ones((3, DIM + 1))})
     code, _, err = cli("index", "--output_base", str(base), "--model", "emb", capsys=capsys)
     assert code == 2 and "mixes vector lengths" in err and "Traceback" not in err
-    assert not (base / "emb/.search/emb_file/segments").exists() or not any((base / "emb/.search/emb_file/segments").iterdir())
+    assert not (base / "emb/.search/emb_file/segments").exists() or not any(
+        (base / "emb/.search/emb_file/segments").iterdir()
+    )
     os.unlink(base / "emb/b.npy")
     # NaN rows: that output fails, the others are indexed
     arr = np.ones((4, DIM), np.float32)
@@ -306,21 +385,35 @@ def test_bad_inputs_are_clear_messages(tmp_path, capsys):
     assert code == 2 and "not vectors" in err
     # segment level on pooled outputs
     write_model_folder(tmp_path / "o3", {"x.wav": np.ones(DIM)}, axes=("dim",), hop=None)
-    code, _, err = cli("index", "--output_base", str(tmp_path / "o3"), "--model", "emb", "--level", "segment",
-                       capsys=capsys)
+    code, _, err = cli(
+        "index", "--output_base", str(tmp_path / "o3"), "--model", "emb", "--level", "segment", capsys=capsys
+    )
     assert code == 2 and "pooled" in err
     # querying an index that does not exist, a --like path it does not hold
-    code, _, err = cli("query", "--like", "a.wav", "--output_base", str(tmp_path / "o3"), "--model", "emb",
-                       capsys=capsys)
+    code, _, err = cli(
+        "query", "--like", "a.wav", "--output_base", str(tmp_path / "o3"), "--model", "emb", capsys=capsys
+    )
     assert code == 2 and "build it first" in err
-    code, out, err = cli("query", str(tmp_path / "typo.wav"), "--like", "nope.wav", "--like", "a.wav",
-                         "--output_base", str(base), "--model", "emb", capsys=capsys)
+    code, out, err = cli(
+        "query",
+        str(tmp_path / "typo.wav"),
+        "--like",
+        "nope.wav",
+        "--like",
+        "a.wav",
+        "--output_base",
+        str(base),
+        "--model",
+        "emb",
+        capsys=capsys,
+    )
     assert code == 1 and "nope.wav: not in collection" in err and "typo.wav: no such file" in err
     assert "2 of 3 queries failed" in err and "query: a.wav" in out  # the good query still answered
 
 
 def test_query_files_embed_with_the_index_configuration(tmp_path, capsys):
-    """Real audio through melspec: a query equal to an indexed file scores 1; an undecodable one fails alone."""
+    """Real audio through melspec: a query equal to an indexed file scores 1; an undecodable one "
+    "fails alone."""
     import soundfile as sf
     from conftest import tone
 
@@ -329,8 +422,11 @@ def test_query_files_embed_with_the_index_configuration(tmp_path, capsys):
 
     audio = tmp_path / "audio"
     for f in (220, 440, 880):
-        sf.write(audio / f"t{f}.wav" if audio.is_dir() else (audio.mkdir() or audio / f"t{f}.wav"),
-                 tone(f, 1.0, 16000), 16000)
+        sf.write(
+            audio / f"t{f}.wav" if audio.is_dir() else (audio.mkdir() or audio / f"t{f}.wav"),
+            tone(f, 1.0, 16000),
+            16000,
+        )
     ex = registry.create("melspec", pooling="mean")
     meta_params = ex.config
     arrays = {f"t{f}.wav": pipeline.extract_file(ex, audio / f"t{f}.wav").data for f in (220, 440, 880)}
@@ -338,11 +434,21 @@ def test_query_files_embed_with_the_index_configuration(tmp_path, capsys):
     base = ["--output_base", str(tmp_path / "out"), "--model", "mel"]
     assert cli("index", *base, capsys=capsys)[0] == 0
     (tmp_path / "bad.wav").write_bytes(b"RIFF not really a wav")
-    code, out, err = cli("query", str(audio / "t440.wav"), str(tmp_path / "bad.wav"), *base, "--top", "2", "--json",
-                         capsys=capsys)
+    code, out, err = cli(
+        "query",
+        str(audio / "t440.wav"),
+        str(tmp_path / "bad.wav"),
+        *base,
+        "--top",
+        "2",
+        "--json",
+        capsys=capsys,
+    )
     assert code == 1 and "bad.wav" in err and "Traceback" not in err
     res = json.loads(out.strip().splitlines()[0])
-    assert res["results"][0]["path"] == "t440.wav" and res["results"][0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert res["results"][0]["path"] == "t440.wav" and res["results"][0]["score"] == pytest.approx(
+        1.0, abs=1e-5
+    )
     # the same index cannot embed queries when the plugin's parameters no longer validate
     meta = json.loads((tmp_path / "out/mel/features.json").read_text())
     with search.Index.open(tmp_path / "out/mel/.search", "mel_file") as index:
@@ -356,7 +462,9 @@ def test_retrieval_metrics_by_hand():
     labels = {"a": "x", "b": "x", "c": "y", "d": "x", "e": "y"}
     # query a: ranking b (rel), c, d (rel), e -> P@1 1, P@2 0.5, R@2 1/2, AP (1/1 + 2/3) / 2
     # query c: ranking a, e (rel), b, d        -> P@1 0, P@2 0.5, R@2 1/1, AP (1/2) / 1
-    m = search.retrieval_metrics([("a", ["b", "c", "d", "e"]), ("c", ["a", "e", "b", "d"])], labels, ks=(1, 2))
+    m = search.retrieval_metrics(
+        [("a", ["b", "c", "d", "e"]), ("c", ["a", "e", "b", "d"])], labels, ks=(1, 2)
+    )
     assert m["precision@1"] == 0.5 and m["precision@2"] == 0.5
     assert m["recall@2"] == pytest.approx((0.5 + 1.0) / 2, abs=1e-4)
     assert m["mAP"] == pytest.approx(((1 + 2 / 3) / 2 + 0.5) / 2, abs=1e-4) and m["queries"] == 2

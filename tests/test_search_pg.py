@@ -40,7 +40,10 @@ def test_postgres_and_embedded_give_the_same_exact_top_k(tmp_path, db_uri, capsy
         assert code == 0, err
         assert f"{150 if level == 'file' else 600} vectors in the index" in out
         name = search.collection_name("emb", level)
-        with search.Index.open(tmp_path / "out/emb/.search", name) as emb, search.Index.open(db_uri, name) as pg:
+        with (
+            search.Index.open(tmp_path / "out/emb/.search", name) as emb,
+            search.Index.open(db_uri, name) as pg,
+        ):
             rng = np.random.default_rng(8)
             for q in rng.standard_normal((15, DIM)):
                 a, b = emb.search(q, k=10, exact=True), pg.search(q, k=10, exact=True)
@@ -82,8 +85,10 @@ def test_postgres_bad_connections_are_configuration_errors(tmp_path, pg_server, 
     code, _, err = cli("index", *base, "--db", "postgresql://u:p@127.0.0.1:1/db", capsys=capsys)
     assert code == 2 and "cannot connect to PostgreSQL" in err and "u:***@" in err and ":p@" not in err
     # a role that must give a password, given the wrong one
-    pg_server.psql("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ekuser') THEN "
-                   "CREATE ROLE ekuser LOGIN PASSWORD 'right'; END IF; END $$;")
+    pg_server.psql(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ekuser') THEN "
+        "CREATE ROLE ekuser LOGIN PASSWORD 'right'; END IF; END $$;"
+    )
     hba = pg_server.pgdata / "pg_hba.conf"
     if "ekuser" not in hba.read_text():
         hba.write_text("local all ekuser scram-sha-256\n" + hba.read_text())
@@ -98,9 +103,24 @@ def test_postgres_bad_connections_are_configuration_errors(tmp_path, pg_server, 
 def test_killed_postgres_index_run_finishes_on_rerun(tmp_path, db_uri):
     arrays, _ = clustered(60, frames=20, seed=10)
     write_model_folder(tmp_path / "out", arrays)
-    cmd = [sys.executable, str(ROOT / "run_search.py"), "index", "--output_base", str(tmp_path / "out"),
-           "--model", "emb", "--level", "segment", "--commit_every", "2", "--db", db_uri]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    cmd = [
+        sys.executable,
+        str(ROOT / "run_search.py"),
+        "index",
+        "--output_base",
+        str(tmp_path / "out"),
+        "--model",
+        "emb",
+        "--level",
+        "segment",
+        "--commit_every",
+        "2",
+        "--db",
+        db_uri,
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     for line in proc.stdout:
         if line.startswith("indexed 20 of"):
             proc.send_signal(signal.SIGKILL)
