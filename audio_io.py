@@ -1,7 +1,11 @@
-"""Decoding and resampling: each file is decoded once, resampled once per (rate, method).
+"""Audio decoding and resampling: each file is decoded once, resampled once per (rate, method).
 
-`decode(path)` gives mono float32 at the file's own rate; `Decoded.at(rate, method)`
-memoizes resampled versions so every plugin needing the same pair shares one copy.
+`decode(path)` gives mono float32 (channel mean) at the file's own rate, from any
+container with an audio stream: soundfile (libsndfile) for the formats it reads,
+so their samples stay exactly what earlier releases gave, and FFmpeg through PyAV
+for everything else (AAC and ALAC in .m4a/.mp4, WebM/Opus, MKV, video sound
+tracks, ...). `Decoded.at(rate, method)` memoizes resampled versions so every
+plugin needing the same pair shares one copy.
 """
 
 from __future__ import annotations
@@ -10,13 +14,15 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-# Extensions soundfile (libsndfile 1.2) decodes; discovery uses them by default.
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc")
+# Extensions libsndfile 1.2 decodes (read through soundfile).
+SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc")
+# Audio-only extensions read through FFmpeg (PyAV).
+PYAV_AUDIO_EXTENSIONS = (".m4a", ".m4b", ".aac", ".alac", ".caf", ".mka", ".wma", ".ac3", ".amr", ".ape", ".wv")
+AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS + PYAV_AUDIO_EXTENSIONS
 
 # method name -> description (for docs / error messages)
 RESAMPLERS = {
@@ -30,21 +36,44 @@ RESAMPLERS = {
 _BLOCK_FRAMES = 1 << 20
 
 
-class AudioError(RuntimeError):
-    """An input file cannot be used; the message says why."""
+class MediaError(RuntimeError):
+    """An input file cannot be used; the message says why (and what to do, where there is something)."""
+
+
+AudioError = MediaError  # the name earlier releases raised
 
 
 def decode(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Read an audio file as mono float32 (channel mean) and its sample rate.
+    """Read the audio of a file as mono float32 (channel mean) and its sample rate.
 
-    Raises AudioError for unreadable, empty or non-finite audio.
+    soundfile for the extensions it reads (falling back to FFmpeg when it cannot
+    open the file), FFmpeg for every other container. Raises MediaError for
+    unreadable, empty or non-finite audio and for files without an audio stream.
     """
-    try:
-        info = sf.info(str(path))
-    except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError
-        raise AudioError(f"cannot decode: {_one_line(exc)}") from None
+    check_not_empty(path)
+    if os.path.splitext(str(path))[1].lower() in SOUNDFILE_EXTENSIONS:
+        try:
+            info = sf.info(str(path))
+        except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError
+            try:  # e.g. AAC in a file named .wav, or a WAV codec libsndfile lacks
+                audio, sr = _decode_pyav(path)
+            except MediaError:
+                raise MediaError(f"cannot decode: {one_line(exc)}{sniff_hint(path)}") from None
+        else:
+            audio, sr = _decode_soundfile(path, info)
+    else:
+        audio, sr = _decode_pyav(path)
+    if audio.size == 0:
+        raise MediaError("empty audio (0 samples decoded)")
+    if not np.isfinite(audio).all():
+        bad = int((~np.isfinite(audio)).sum())
+        raise MediaError(f"audio contains {bad} NaN/Inf samples; fix or re-export the file")
+    return audio, sr
+
+
+def _decode_soundfile(path, info) -> tuple[np.ndarray, int]:
     if info.frames == 0:
-        raise AudioError("empty audio (0 samples)")
+        raise MediaError("empty audio (0 samples)")
     # Fill one preallocated mono buffer block by block: peak memory stays near the
     # decoded mono size (the frame count in the header can be an estimate, e.g. MP3).
     audio = np.empty(max(info.frames, 0), dtype=np.float32)
@@ -52,23 +81,123 @@ def decode(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     try:
         with sf.SoundFile(str(path)) as f:
             for block in f.blocks(blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True):
-                if n + block.shape[0] > audio.shape[0]:
-                    audio = np.resize(audio, max(2 * audio.shape[0], n + block.shape[0]))
-                if block.shape[1] == 1:
-                    audio[n : n + block.shape[0]] = block[:, 0]
-                else:
-                    np.mean(block, axis=1, dtype=np.float32, out=audio[n : n + block.shape[0]])
-                n += block.shape[0]
+                audio, n = _append_mono(audio, n, block)
             sr = f.samplerate
     except Exception as exc:
-        raise AudioError(f"decoding failed: {_one_line(exc)}") from None
-    audio = audio[:n] if n < audio.shape[0] else audio
-    if audio.size == 0:
-        raise AudioError("empty audio (0 samples decoded)")
-    if not np.isfinite(audio).all():
-        bad = int((~np.isfinite(audio)).sum())
-        raise AudioError(f"audio contains {bad} NaN/Inf samples; fix or re-export the file")
-    return audio, int(sr)
+        raise MediaError(f"decoding failed: {one_line(exc)}") from None
+    return (audio[:n] if n < audio.shape[0] else audio), int(sr)
+
+
+def _append_mono(audio: np.ndarray, n: int, block: np.ndarray) -> tuple[np.ndarray, int]:
+    """Mix (frames, channels) `block` to mono into `audio` at `n`, growing it when needed."""
+    m = block.shape[0]
+    if n + m > audio.shape[0]:
+        audio = np.resize(audio, max(2 * audio.shape[0], n + m, 1 << 16))
+    if block.shape[1] == 1:
+        audio[n : n + m] = block[:, 0]
+    else:
+        np.mean(block, axis=1, dtype=np.float32, out=audio[n : n + m])
+    return audio, n + m
+
+
+def _decode_pyav(path) -> tuple[np.ndarray, int]:
+    """The first audio stream of any FFmpeg-readable container, mono float32 at its own rate.
+
+    Samples are what FFmpeg's decoder gives after the container's own gapless
+    trimming (edit lists, encoder delay side data); start_time is not added (an MP3
+    reports 25 ms although its samples are already trimmed).
+    """
+    import av
+
+    try:
+        container = av.open(str(path))
+    except Exception as exc:
+        raise MediaError(f"cannot decode: {one_line(exc)}{sniff_hint(path)}") from None
+    with container:
+        if not container.streams.audio:
+            what = "a video without an audio track" if container.streams.video else "no audio stream"
+            raise MediaError(f"{what}{sniff_hint(path) if not container.streams.video else ''}")
+        stream = container.streams.audio[0]
+        sr = stream.codec_context.sample_rate or stream.rate
+        estimate = round(float(stream.duration * stream.time_base) * sr) if stream.duration else 0
+        audio = np.empty(max(estimate + 4096, 1 << 16), dtype=np.float32)
+        n = 0
+        # Packed float32 whatever the codec's sample format (exact for 16-bit PCM).
+        to_float = av.AudioResampler(format="flt")
+        try:
+            for frame in container.decode(stream):
+                for out in to_float.resample(frame):
+                    block = out.to_ndarray().reshape(-1, out.layout.nb_channels)
+                    audio, n = _append_mono(audio, n, block)
+            for out in to_float.resample(None):
+                audio, n = _append_mono(audio, n, out.to_ndarray().reshape(-1, out.layout.nb_channels))
+        except Exception as exc:
+            if n == 0:
+                raise MediaError(f"decoding failed: {one_line(exc)}") from None
+            raise MediaError(f"decoding failed after {n / sr:.2f} s of audio: {one_line(exc)} "
+                             "(the file is damaged or truncated)") from None
+    if n == 0:
+        raise MediaError("empty audio (0 samples decoded)")
+    # The encoder pads the last frame (AAC: to 1024 samples); the container's duration
+    # says where the signal ends. Trim to it when the excess is no more than that padding.
+    frame = stream.codec_context.frame_size or 0
+    if estimate and frame and 0 < n - estimate <= 2 * frame:
+        n = estimate
+    return audio[:n].copy() if n < audio.shape[0] // 2 else audio[:n], int(sr)
+
+
+def probe_streams(path: str | os.PathLike) -> tuple[bool, bool]:
+    """(has an audio stream, has a video stream), from the container header only."""
+    import av
+
+    check_not_empty(path)
+    try:
+        with av.open(str(path)) as container:
+            return bool(container.streams.audio), bool(container.streams.video)
+    except Exception as exc:
+        raise MediaError(f"cannot open: {one_line(exc)}{sniff_hint(path)}") from None
+
+
+def check_not_empty(path: str | os.PathLike) -> None:
+    """MediaError for a regular file of 0 bytes (a pipe is read as it comes)."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise MediaError(f"cannot read: {exc.strerror}") from None
+    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+        raise MediaError("empty file (0 bytes)")
+
+
+# First bytes -> what the file really is, for messages about files whose extension lies.
+_MAGIC = (
+    (b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
+    (b"BM", "a BMP image"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
+    (b"fLaC", "FLAC audio"), (b"OggS", "an Ogg file"), (b"ID3", "MP3 audio"),
+    (b"\x1aE\xdf\xa3", "a Matroska/WebM file"), (b"%PDF", "a PDF document"), (b"PK\x03\x04", "a zip archive"),
+)
+
+
+def sniff_hint(path: str | os.PathLike) -> str:
+    """'; the file holds a JPEG image (its extension says .wav)' when the content contradicts the name."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return ""
+    what = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+    if what is None and head[:4] == b"RIFF":
+        what = {b"WAVE": "WAV audio", b"WEBP": "a WebP image", b"AVI ": "an AVI video"}.get(head[8:12])
+    if what is None and head[4:8] == b"ftyp":
+        what = "an MP4/M4A file"
+    if what is None:
+        if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+            what = "text"
+        else:
+            return ""
+    ext = os.path.splitext(str(path))[1].lower() or "(none)"
+    return f"; the file holds {what} (its extension says {ext})"
 
 
 def resample(audio: np.ndarray, sr_in: int, sr_out: int, method: str = "soxr_hq") -> np.ndarray:
@@ -131,52 +260,6 @@ def load(path: str | os.PathLike) -> Decoded:
     return Decoded(audio, sr)
 
 
-def discover(
-    audio_dir: str | os.PathLike,
-    extensions: tuple[str, ...] = AUDIO_EXTENSIONS,
-    recursive: bool = False,
-) -> list[Path]:
-    """Audio files under `audio_dir` as paths relative to it, sorted.
-
-    Hidden files and folders (leading '.') and other extensions are ignored;
-    with `recursive`, symlinked folders are followed once (loops are cut).
-    """
-    root = Path(audio_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"audio folder {root} does not exist (set --audio_dir)")
-    exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
-    found: list[Path] = []
-    seen_dirs: set[tuple[int, int]] = set()
-
-    def walk(d: Path) -> None:
-        try:
-            st = d.stat()
-        except OSError:
-            return
-        if (st.st_dev, st.st_ino) in seen_dirs:
-            return  # symlink loop or a folder reached twice
-        seen_dirs.add((st.st_dev, st.st_ino))
-        try:
-            entries = sorted(os.scandir(d), key=lambda e: e.name)
-        except OSError:
-            return
-        for e in entries:
-            if e.name.startswith("."):
-                continue
-            try:
-                is_dir = e.is_dir()
-            except OSError:
-                continue
-            if is_dir:
-                if recursive:
-                    walk(Path(e.path))
-            elif e.name.lower().endswith(exts):
-                found.append(Path(e.path).relative_to(root))
-
-    walk(root)
-    return sorted(found, key=lambda p: p.as_posix())
-
-
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     msg = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {msg[-1] if msg else ''}".strip()

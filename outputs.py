@@ -10,9 +10,12 @@ Layout under `output_base`:
 
 Every array is written to a hidden temporary file in its final folder, fsynced,
 then renamed: an output path holds a complete array or nothing. A `.lock` file
-beside an output marks it as being computed by a live process, so concurrent
-drivers never compute the same output twice (the lock holds "host:pid"; a
-dead owner's lock on this host is taken over).
+beside an output is a lease on it: a live process is computing it, so
+concurrent drivers never compute the same output twice. The lock holds
+"host:pid"; its holder touches it every few seconds (heartbeat). A lock whose
+owner is a dead process on this host, or whose heartbeat stopped more than
+`lease_seconds` ago (a driver on another host that died, e.g. at a SLURM time
+limit), is taken over.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import errno
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -32,6 +36,7 @@ import numpy as np
 HOST = socket.gethostname()
 _TMP_TAG = ".tmp-"
 _LOCK_SUFFIX = ".lock"
+LEASE_SECONDS = 300.0  # a lock not touched for this long is free to take over
 
 
 # -- where outputs go ---------------------------------------------------------
@@ -65,14 +70,15 @@ def inside(base: Path, rel: Path) -> Path:
 
 
 # -- atomic writes --------------------------------------------------------------
-def _tmp_path(path: Path) -> Path:
+def tmp_path(path: Path) -> Path:
+    """A hidden temporary name beside `path`, naming this host and pid (so clean_stale knows its owner)."""
     return path.with_name(f".{path.name}{_TMP_TAG}{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` via temp file + fsync + rename; no partial file on failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
+    tmp = tmp_path(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -141,35 +147,41 @@ def _owner_dead(text: str) -> bool:
 class OutputLock:
     """Exclusive claim on one output, held by this process (a lock file made by atomic hard link).
 
-    A lock left by a dead process on this host is taken over; one held by a
-    live process (or a process on another host) is respected.
+    A lock left by a dead process on this host, or one whose heartbeat is older
+    than `lease_seconds`, is taken over; any other is respected. `owner` is the
+    holder's "host:pid" after a failed `acquire()`.
     """
 
-    def __init__(self, output: Path) -> None:
+    def __init__(self, output: Path, lease_seconds: float = LEASE_SECONDS) -> None:
         self.path = output.with_name(f".{output.name}{_LOCK_SUFFIX}")
+        self.lease_seconds = lease_seconds
         self.held = False
+        self.owner: str | None = None
 
     def acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Write the owner into a temp file, then hard-link it into place: the link is
         # atomic and fails if the lock exists, so a lock file never lacks its owner
         # (an empty lock left by a kill would otherwise look held forever).
-        tmp = _tmp_path(self.path)
+        tmp = tmp_path(self.path)
         tmp.write_text(f"{HOST}:{os.getpid()}")
         try:
-            for _ in range(2):
+            for _ in range(3):
                 try:
                     os.link(tmp, self.path)
                 except FileExistsError:
                     try:
                         owner = self.path.read_text().strip()
+                        age = time.time() - self.path.stat().st_mtime
                     except FileNotFoundError:
                         continue  # released meanwhile: try again
-                    if _owner_dead(owner):
+                    if _owner_dead(owner) or age > self.lease_seconds:
                         self._break(owner)
                         continue
+                    self.owner = owner
                     return False
                 self.held = True
+                self.owner = f"{HOST}:{os.getpid()}"
                 return True
             return False
         finally:
@@ -187,6 +199,14 @@ class OutputLock:
         except FileNotFoundError:
             pass
 
+    def touch(self) -> None:
+        """Renew the lease (the heartbeat)."""
+        if self.held:
+            try:
+                os.utime(self.path)
+            except FileNotFoundError:
+                pass
+
     def release(self) -> None:
         if self.held:
             try:
@@ -194,6 +214,56 @@ class OutputLock:
             except FileNotFoundError:
                 pass
             self.held = False
+
+
+class Leases:
+    """Every lock this process holds, renewed by one heartbeat thread every lease/5 seconds.
+
+    `close()` releases them all and refuses new ones, so an interrupted run leaves
+    no lock behind whichever thread held it.
+    """
+
+    def __init__(self, lease_seconds: float = LEASE_SECONDS) -> None:
+        self.lease_seconds = lease_seconds
+        self._held: set[OutputLock] = set()
+        self._mutex = threading.Lock()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self, output: Path) -> OutputLock:
+        """A lock on `output`; `.held` says whether this process got it (`.owner` who has it)."""
+        lock = OutputLock(output, self.lease_seconds)
+        with self._mutex:
+            if self._closed.is_set():
+                return lock
+            if lock.acquire():
+                self._held.add(lock)
+                self._start()
+        return lock
+
+    def release(self, lock: OutputLock) -> None:
+        with self._mutex:
+            lock.release()
+            self._held.discard(lock)
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._beat, daemon=True, name="lease-heartbeat")
+            self._thread.start()
+
+    def _beat(self) -> None:
+        interval = max(0.5, self.lease_seconds / 5)
+        while not self._closed.wait(interval):
+            with self._mutex:
+                for lock in self._held:
+                    lock.touch()
+
+    def close(self) -> None:
+        with self._mutex:
+            self._closed.set()
+            for lock in self._held:
+                lock.release()
+            self._held.clear()
 
 
 def clean_stale(folder: Path) -> int:

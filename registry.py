@@ -1,8 +1,10 @@
-"""Plugin registry: every `Extractor` subclass in `extractors/` under its `name`.
+"""Plugin registry: every `Extractor` in `extractors/`, under its `name`.
 
-Adding a model is one new module in `extractors/`; nothing here changes.
-Modules are imported on first use; a plugin whose module fails to import is
-reported with the import error when asked for, and the others still work.
+Adding a model is one new module `extractors/<name>.py` defining one Extractor
+subclass whose `name` is the module's name; nothing here changes. Modules are
+imported only when their model is asked for, so a run (or a config error) pays
+only for the models it uses; a module that fails to import is reported with
+its error when asked for, and the others still work.
 """
 
 from __future__ import annotations
@@ -13,51 +15,41 @@ import pkgutil
 import extractors
 from extractors.base import ConfigError, Extractor
 
-_PLUGINS: dict[str, type[Extractor]] | None = None
-_BROKEN: dict[str, str] = {}  # module name -> import error
-
-
-def _scan() -> dict[str, type[Extractor]]:
-    global _PLUGINS
-    if _PLUGINS is None:
-        found: dict[str, type[Extractor]] = {}
-        for mod in pkgutil.iter_modules(extractors.__path__):
-            if mod.name.startswith("_") or mod.name == "base":
-                continue
-            try:
-                module = importlib.import_module(f"extractors.{mod.name}")
-            except Exception as exc:  # keep the others usable
-                _BROKEN[mod.name] = f"{type(exc).__name__}: {exc}"
-                continue
-            for obj in vars(module).values():
-                if (
-                    isinstance(obj, type)
-                    and issubclass(obj, Extractor)
-                    and obj is not Extractor
-                    and obj.__module__ == module.__name__
-                    and getattr(obj, "name", None)
-                ):
-                    if obj.name in found:
-                        raise RuntimeError(f"two plugins named {obj.name!r}: {found[obj.name]} and {obj}")
-                    found[obj.name] = obj
-        _PLUGINS = dict(sorted(found.items()))
-    return _PLUGINS
+_PLUGINS: dict[str, type[Extractor]] = {}
 
 
 def available() -> list[str]:
-    """Names of all registered plugins, sorted."""
-    return list(_scan())
+    """Names of all plugins, sorted (from the module names: nothing is imported)."""
+    return sorted(m.name for m in pkgutil.iter_modules(extractors.__path__)
+                  if not m.name.startswith("_") and m.name != "base")
 
 
 def get(name: str) -> type[Extractor]:
     """The plugin class registered as `name`; ConfigError listing known names otherwise."""
-    plugins = _scan()
-    if name in plugins:
-        return plugins[name]
-    hint = ""
-    if name in _BROKEN:
-        hint = f" (its module failed to import: {_BROKEN[name]})"
-    raise ConfigError(f"unknown model {name!r}{hint}; available: {', '.join(plugins) or '(none)'}")
+    if name in _PLUGINS:
+        return _PLUGINS[name]
+    known = available()
+    if name not in known:
+        import difflib
+
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown model {name!r}{hint}; available: {', '.join(known) or '(none)'}")
+    try:
+        module = importlib.import_module(f"extractors.{name}")
+    except Exception as exc:
+        raise ConfigError(f"model {name!r} cannot be used: its module failed to import "
+                          f"({type(exc).__name__}: {exc}); check the installation (pip install -r "
+                          "requirements.txt)") from None
+    found = [obj for obj in vars(module).values()
+             if isinstance(obj, type) and issubclass(obj, Extractor) and obj is not Extractor
+             and obj.__module__ == module.__name__ and getattr(obj, "name", None)]
+    match = [cls for cls in found if cls.name == name]
+    if len(match) != 1:
+        raise RuntimeError(f"extractors/{name}.py must define exactly one Extractor named {name!r}; "
+                           f"found {[c.name for c in found]}")
+    _PLUGINS[name] = match[0]
+    return match[0]
 
 
 def create(name: str, **kwargs) -> Extractor:

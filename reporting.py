@@ -1,13 +1,58 @@
-"""Timing and outcome report: per model counts, audio seconds, wall seconds, where time went.
+"""The run's report: how every (file, model) ended, per-model counts and timings, where time went.
 
-`RunStats` is filled by the run loop; `render()` gives the console table and
-`to_json()` what `run_report.json` holds.
+Every stage of the run loop ends a (file, model) pair as one `Outcome`;
+`RunStats.add` counts it. `render()` gives the console table, `to_json()` what
+`run_report.json` holds.
+
+Counting rule (the same in the table, the JSON and failures.json):
+- ok: outputs written by this run; skipped: already complete when the run
+  planned; no input: files the model takes by kind that hold nothing for it
+  (a video without an audio track), noted in the manifest;
+- failed: files this model did not process because of an error, each listed in
+  failures.json; a model that cannot load fails every file it had to do, and
+  failures.json lists that load error once, with the number of files;
+- claimed: outputs another driver was computing (or finished) meanwhile.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+
+@dataclass
+class Outcome:
+    """How one (file, model) ended: status "ok" | "failed" | "skipped" | "claimed", with timings."""
+
+    source: str
+    model: str
+    status: str
+    stage: str = ""
+    exception: str = ""
+    cause: str = ""
+    details: str = ""
+    notes: list[str] = field(default_factory=list)
+    owner: str = ""  # claimed: who holds the output
+    shape: tuple | None = None
+    media_seconds: float = 0.0
+    resample_seconds: float = 0.0
+    inference_seconds: float = 0.0
+    write_seconds: float = 0.0
+
+    def fail(self, exc: BaseException | str, stage: str, cause: str | None = None) -> None:
+        """Mark failed; the cause is the message's first line, the rest goes to `details`."""
+        self.status, self.stage = "failed", stage
+        if isinstance(exc, BaseException):
+            self.exception = type(exc).__name__
+            lines = str(exc).strip().splitlines() or [self.exception]
+        else:
+            self.exception, lines = "Error", (str(exc).strip().splitlines() or ["error"])
+        self.cause = cause or lines[0]
+        self.details = "\n".join(lines[1:]).strip()
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v not in ("", None, [], 0.0)}
 
 
 @dataclass
@@ -15,7 +60,9 @@ class ModelStats:
     ok: int = 0
     failed: int = 0
     skipped: int = 0  # already complete when the run planned its work
+    no_input: int = 0  # files of a kind it takes but without anything for it (a silent video)
     claimed_elsewhere: int = 0  # held or finished by another driver running at the same time
+    not_loaded: str = ""  # the load error, when the model could not load
     audio_seconds: float = 0.0
     resample_seconds: float = 0.0
     inference_seconds: float = 0.0
@@ -28,34 +75,81 @@ class ModelStats:
 
     @property
     def realtime_factor(self) -> float | None:
-        """Audio seconds processed per wall second (higher is faster)."""
-        return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else None
+        """Media seconds processed per wall second (higher is faster)."""
+        return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 and self.audio_seconds else None
 
 
 @dataclass
 class RunStats:
     models: dict[str, ModelStats] = field(default_factory=dict)
     files_total: int = 0
+    files_by_kind: dict[str, int] = field(default_factory=lambda: {"audio": 0, "video": 0, "image": 0})
     files_decoded: int = 0
     decode_seconds: float = 0.0
     audio_seconds_decoded: float = 0.0
     wall_seconds: float = 0.0
     waited_for_input_seconds: float = 0.0  # main loop idle, waiting for the decoder
     failures: list[dict[str, Any]] = field(default_factory=list)
+    notes: int = 0  # notes written to the manifest (e.g. "input shorter than one window, padded")
+    note_examples: list[str] = field(default_factory=list)
+    claimed_by: Counter = field(default_factory=Counter)
     interrupted: str | None = None
 
     def model(self, name: str) -> ModelStats:
         return self.models.setdefault(name, ModelStats())
 
-    def add_failure(self, file: str, model: str, exc: BaseException | str, when: str, cause: str | None = None) -> None:
-        """Record one failure; `cause` overrides the exception's own last message line."""
-        if isinstance(exc, BaseException):
-            exception = type(exc).__name__
-            lines = str(exc).strip().splitlines()
-            cause = cause or (lines[-1] if lines else exception)
+    def count_kind(self, kind: str) -> None:
+        self.files_by_kind[kind] = self.files_by_kind.get(kind, 0) + 1
+
+    def count_decoded(self, media) -> None:
+        if media.decoded_audio:
+            self.files_decoded += 1
+            self.audio_seconds_decoded += media.duration_seconds
+
+    def model_not_loaded(self, name: str, exc: BaseException) -> None:
+        """Record a load failure once; `add` counts the files it costs."""
+        out = Outcome("(all files)", name, "failed")
+        out.fail(exc, "load")
+        self.model(name).not_loaded = f"{out.exception}: {out.cause}"
+        self.failures.append({**self._failure(out), "files": 0})
+
+    @staticmethod
+    def _failure(o: Outcome) -> dict[str, Any]:
+        f = {"file": o.source, "model": o.model, "stage": o.stage, "exception": o.exception, "cause": o.cause}
+        if o.details:
+            f["details"] = o.details
+        return f
+
+    def add(self, o: Outcome) -> None:
+        m = self.model(o.model)
+        if o.status == "ok":
+            m.ok += 1
+            m.audio_seconds += o.media_seconds
+        elif o.status == "skipped":
+            m.no_input += 1
+        elif o.status == "claimed":
+            m.claimed_elsewhere += 1
+            if o.owner != "(finished)":
+                self.claimed_by[o.owner] += 1
         else:
-            exception, cause = "Error", cause or exc
-        self.failures.append({"file": file, "model": model, "stage": when, "exception": exception, "cause": cause})
+            m.failed += 1
+            load = next((f for f in self.failures if f["model"] == o.model and f["stage"] == "load"), None)
+            if o.stage == "load" and load is not None:
+                load["files"] += 1
+            else:
+                self.failures.append(self._failure(o))
+        if o.status in ("ok", "failed") and o.notes:
+            self.notes += len(o.notes)
+            for note in o.notes:
+                if note not in self.note_examples and len(self.note_examples) < 3:
+                    self.note_examples.append(note)
+        m.resample_seconds += o.resample_seconds
+        m.inference_seconds += o.inference_seconds
+        m.write_seconds += o.write_seconds
+
+    @property
+    def file_failures(self) -> list[dict[str, Any]]:
+        return [f for f in self.failures if f["stage"] != "load"]
 
     def to_json(self) -> dict[str, Any]:
         models = {}
@@ -66,18 +160,21 @@ class RunStats:
             models[name] = d
         return {
             "files_total": self.files_total,
+            "files_by_kind": self.files_by_kind,
             "files_decoded": self.files_decoded,
             "audio_seconds_decoded": round(self.audio_seconds_decoded, 3),
             "wall_seconds": round(self.wall_seconds, 4),
             "decode_seconds": round(self.decode_seconds, 4),
             "waited_for_input_seconds": round(self.waited_for_input_seconds, 4),
             "interrupted": self.interrupted,
+            "notes": self.notes,
+            "claimed_by": dict(self.claimed_by),
             "models": models,
             "failures": self.failures,
         }
 
     def render(self) -> str:
-        head = f"{'model':<16}{'ok':>6}{'failed':>8}{'skipped':>9}{'audio s':>10}{'wall s':>9}{'x RT':>8}" \
+        head = f"{'model':<16}{'ok':>6}{'failed':>8}{'skipped':>9}{'media s':>10}{'wall s':>9}{'x RT':>8}" \
                f"{'resample':>10}{'infer':>9}{'write':>8}"
         rows = [head, "-" * len(head)]
         for name, m in self.models.items():
@@ -87,20 +184,36 @@ class RunStats:
                 f"{rtf:>8}{m.resample_seconds:>10.2f}{m.inference_seconds:>9.2f}{m.write_seconds:>8.2f}"
             )
         rows.append("-" * len(head))
+        kinds = ", ".join(f"{n} {k}" for k, n in self.files_by_kind.items() if n)
         rows.append(
-            f"files: {self.files_total}, decoded: {self.files_decoded} ({self.audio_seconds_decoded:.1f} s of audio) "
-            f"in {self.decode_seconds:.2f} s (overlapped with inference); run wall time {self.wall_seconds:.2f} s; "
-            f"waiting for input {self.waited_for_input_seconds:.2f} s"
+            f"files: {self.files_total}{f' ({kinds})' if kinds else ''}, decoded: {self.files_decoded} "
+            f"({self.audio_seconds_decoded:.1f} s of audio) in {self.decode_seconds:.2f} s (overlapped with "
+            f"inference); run wall time {self.wall_seconds:.2f} s; waiting for input "
+            f"{self.waited_for_input_seconds:.2f} s"
         )
-        if self.failures:
-            rows.append(f"{len(self.failures)} failure(s):")
-            for f in self.failures[:20]:
-                rows.append(f"  {f['model']}: {f['file']}: {f['exception']}: {f['cause']}")
-            if len(self.failures) > 20:
-                rows.append(f"  ... {len(self.failures) - 20} more in failures.json")
-        claimed = sum(m.claimed_elsewhere for m in self.models.values())
-        if claimed:
-            rows.append(f"{claimed} output(s) were being computed by another driver (see its report)")
+        for name, m in self.models.items():
+            if m.not_loaded:
+                rows.append(f"{name}: not loaded ({m.not_loaded.split(':')[0]}: the reason is printed above and "
+                            f"kept in failures.json), {m.failed} file(s) not processed")
+            if m.no_input:
+                rows.append(f"{name}: {m.no_input} file(s) hold nothing for it (noted in manifest.jsonl)")
+        failures = self.file_failures
+        if failures:
+            rows.append(f"{len(failures)} file failure(s):")
+            for f in failures[:20]:
+                rows.append(f"  {f['model']}: {f['file']}: {f['exception']}: {_cut(f['cause'])}")
+            if len(failures) > 20:
+                rows.append(f"  ... {len(failures) - 20} more in failures.json")
+        if self.notes:
+            rows.append(f"{self.notes} note(s) in manifest.jsonl, e.g. {self.note_examples[0]!r}")
+        if self.claimed_by:
+            who = ", ".join(f"{owner} x{n}" for owner, n in self.claimed_by.most_common(5))
+            rows.append(f"{sum(self.claimed_by.values())} output(s) held by another driver ({who}): "
+                        "rerun after it ends, or after its lease expires, to finish them")
         if self.interrupted:
             rows.append(f"interrupted by {self.interrupted}: rerun the same command to finish the rest")
         return "\n".join(rows)
+
+
+def _cut(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

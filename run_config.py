@@ -2,7 +2,7 @@
 
 A config file (all keys optional):
 
-    audio_dir: audio_files
+    audio_dir: audio_files  # the input folder (input_dir is the same key)
     output_base: output/embeddings
     extensions: [.wav, .flac, .mp3]
     recursive: false
@@ -11,6 +11,8 @@ A config file (all keys optional):
     batch_size: null        # default for every model; per model below wins
     prefetch: 2
     verbose: false
+    progress_every: 60      # seconds between progress lines when stderr is not a terminal
+    lease_seconds: 300      # a lock whose heartbeat is older than this is taken over
     models:                 # a list of names, or a mapping name -> settings
       crepe: {capacity: full, step_size: 10, viterbi: true}
       openl3_env:           # a second configuration of one plugin, in its own folder
@@ -20,23 +22,27 @@ A config file (all keys optional):
         batch_size: 32
 
 Per-model keys `extractor`, `weights`, `batch_size`, `device` are handled here;
-every other key is a plugin parameter, validated by the plugin.
+every other key is a plugin parameter, validated by the plugin. Every mistake
+in a file is reported at once (with "did you mean" for near misses), before any
+work starts.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import audio_io
+import media
 import registry
 from extractors.base import ConfigError
 
 TOP_KEYS = {
     "audio_dir": str,
+    "input_dir": str,  # the same as audio_dir
     "output_base": str,
     "extensions": list,
     "recursive": bool,
@@ -46,10 +52,13 @@ TOP_KEYS = {
     "batch_size": (int, type(None)),
     "prefetch": int,
     "verbose": bool,
+    "progress_every": (int, float),
+    "lease_seconds": (int, float),
     "models": (list, dict),
 }
 # Top-level settings copied onto RunConfig as they are (flags override them by the same name).
-SETTINGS = tuple(k for k in TOP_KEYS if k not in ("models", "skip_existing"))
+SETTINGS = tuple(k for k in TOP_KEYS if k not in ("models", "skip_existing", "input_dir"))
+MODEL_KEYS = ("extractor", "weights", "batch_size", "device")
 _ALIAS = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
@@ -68,14 +77,39 @@ class ModelConfig:
 class RunConfig:
     audio_dir: str = "audio_files"
     output_base: str = "output/embeddings"
-    extensions: list[str] = field(default_factory=lambda: list(audio_io.AUDIO_EXTENSIONS))
+    extensions: list[str] = field(default_factory=lambda: list(media.ALL_EXTENSIONS))
     recursive: bool = False
     overwrite: bool = False
     device: str = "auto"
     batch_size: int | None = None
     prefetch: int = 2
     verbose: bool = False
+    progress_every: float = 60.0
+    lease_seconds: float = 300.0
     models: list[ModelConfig] = field(default_factory=list)
+
+
+class _Errors:
+    """Collects every configuration mistake; `raise_all()` reports them together."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, msg: str) -> None:
+        if msg not in self.lines:
+            self.lines.append(msg)
+
+    def raise_all(self) -> None:
+        if len(self.lines) == 1:
+            raise ConfigError(self.lines[0])
+        if self.lines:
+            raise ConfigError(f"{len(self.lines)} problems:\n  " + "\n  ".join(self.lines))
+
+
+def did_you_mean(word: str, known) -> str:
+    """' (did you mean 'n_mels'?)' for a near miss, else ''."""
+    close = difflib.get_close_matches(str(word), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -102,93 +136,150 @@ def _type_name(t) -> str:
     return " or ".join("null" if x is type(None) else x.__name__ for x in ts)
 
 
-def parse_models(value: Any, where: str) -> list[ModelConfig]:
+def parse_models(value: Any, where: str, errors: _Errors | None = None) -> list[ModelConfig]:
+    """ModelConfigs from a list of names or a mapping name -> settings; mistakes go to `errors`."""
+    own = errors is None
+    errors = errors or _Errors()
     if isinstance(value, list):
-        value = {name: {} for name in value}
+        bad = [v for v in value if not isinstance(v, str)]
+        if bad:
+            errors.add(f"{where}: models must be names, got {bad!r}")
+        value = {name: {} for name in value if isinstance(name, str)}
     out = []
     for alias, settings in value.items():
+        here = f"{where}.models.{alias}" if where != "--models" else f"--models {alias}"
         if not isinstance(alias, str) or not _ALIAS.match(alias):
-            raise ConfigError(f"{where}: model name {alias!r} must be letters, digits, '_', '-', '.'")
+            errors.add(f"{where}: model name {alias!r} must be letters, digits, '_', '-', '.'")
+            continue
+        if settings is not None and not isinstance(settings, dict):
+            errors.add(f"{here}: expected a mapping of parameters (e.g. {{n_mels: 64}}), got {settings!r}")
+            continue
         settings = dict(settings or {})
-        if not isinstance(settings, dict):
-            raise ConfigError(f"{where}.models.{alias}: expected a mapping of parameters")
         extractor = settings.pop("extractor", alias)
-        cls = registry.get(extractor)  # unknown names list the known ones
+        try:
+            cls = registry.get(extractor)
+        except ConfigError as exc:
+            errors.add(f"{here}: {exc}{did_you_mean(extractor, registry.available())}")
+            continue
         mc = ModelConfig(alias, extractor)
         mc.weights = settings.pop("weights", None)
         mc.batch_size = settings.pop("batch_size", None)
         mc.device = settings.pop("device", None)
         if mc.weights is not None and not isinstance(mc.weights, str):
-            raise ConfigError(f"{where}.models.{alias}.weights: expected a path string")
+            errors.add(f"{here}.weights: expected a path string")
         if mc.batch_size is not None and (not isinstance(mc.batch_size, int) or mc.batch_size < 1):
-            raise ConfigError(f"{where}.models.{alias}.batch_size: expected a positive integer")
+            errors.add(f"{here}.batch_size: expected a positive integer")
         if mc.device is not None and not _DEVICE.match(str(mc.device)):
-            raise ConfigError(f"{where}.models.{alias}.device: expected auto, cpu, cuda or cuda:N")
-        try:
-            mc.params = cls.validate_params(settings)
-        except ConfigError as exc:
-            raise ConfigError(f"{where}.models.{alias}: {exc}") from None
+            errors.add(f"{here}.device: expected auto, cpu, cuda or cuda:N")
+        mc.params = _validate_params(cls, settings, here, errors)
         out.append(mc)
+    if own:
+        errors.raise_all()
     return out
 
 
+def _validate_params(cls, settings: dict, here: str, errors: _Errors) -> dict[str, Any]:
+    """The plugin's own validation, one parameter at a time so every mistake is reported."""
+    good = {}
+    for key, value in settings.items():
+        if key not in cls.params:
+            errors.add(f"{here}: {cls.name}: unknown parameter {key!r}"
+                       f"{did_you_mean(key, [*cls.params, *MODEL_KEYS])}; known: {', '.join(sorted(cls.params))}")
+            continue
+        try:
+            good[key] = cls.params[key].validate(cls.name, key, value)
+        except ConfigError as exc:
+            errors.add(f"{here}: {exc}")
+    try:
+        return cls.validate_params(good)
+    except ConfigError as exc:
+        errors.add(f"{here}: {exc}")
+        return good
+
+
 def build(file_data: dict[str, Any], where: str, overrides: dict[str, Any]) -> RunConfig:
-    """Merge file settings and command-line overrides (None = not given) into a RunConfig."""
-    unknown = sorted(set(file_data) - set(TOP_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)} at the top level; known: {', '.join(sorted(TOP_KEYS))}"
-        )
-    for key, types in TOP_KEYS.items():
-        if key in file_data and not isinstance(file_data[key], types):
-            raise ConfigError(f"{where}: {key} must be {_type_name(types)}, got {file_data[key]!r}")
+    """Merge file settings and command-line overrides (None = not given) into a RunConfig.
+
+    Every mistake is collected and raised together as one ConfigError.
+    """
+    errors = _Errors()
+    file_data = dict(file_data)
+    if "input_dir" in file_data:
+        if "audio_dir" in file_data:
+            errors.add(f"{where}: give audio_dir or input_dir, not both")
+        file_data["audio_dir"] = file_data.pop("input_dir")
+    for key in sorted(set(file_data) - set(TOP_KEYS)):
+        errors.add(f"{where}: unknown key {key!r} at the top level{did_you_mean(key, TOP_KEYS)}; "
+                   f"known: {', '.join(sorted(TOP_KEYS))}")
     cfg = RunConfig()
+    for key, types in TOP_KEYS.items():
+        if key not in file_data:
+            continue
+        value, allowed = file_data[key], types if isinstance(types, tuple) else (types,)
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            errors.add(f"{where}: {key} must be {_type_name(types)}, got {value!r}")
+            file_data.pop(key)
     for key in SETTINGS:
         if key in file_data:
             setattr(cfg, key, file_data[key])
         if overrides.get(key) is not None:
             setattr(cfg, key, overrides[key])
-    if not _DEVICE.match(cfg.device):
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    if not _DEVICE.match(str(cfg.device)):
+        errors.add(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     if cfg.prefetch < 1:
-        raise ConfigError("prefetch must be >= 1")
+        errors.add("prefetch must be >= 1")
+    if cfg.lease_seconds < 10:
+        errors.add("lease_seconds must be >= 10 (the heartbeat renews a lease every lease/5 seconds)")
+    if cfg.progress_every < 0:
+        errors.add("progress_every must be >= 0 (0: no progress lines)")
 
-    file_models = parse_models(file_data["models"], where) if "models" in file_data else None
+    file_models = parse_models(file_data["models"], where, errors) if "models" in file_data else None
     wanted = overrides.get("models")
     if wanted:
         by_alias = {m.alias: m for m in file_models or []}
-        cfg.models = [by_alias[n] if n in by_alias else parse_models([n], "--models")[0] for n in wanted]
+        cfg.models = []
+        for name in wanted:
+            cfg.models += [by_alias[name]] if name in by_alias else parse_models([name], "--models", errors)
     elif file_models is not None:
         cfg.models = file_models
     else:
-        cfg.models = parse_models(registry.available(), "default models")
+        cfg.models = parse_models(registry.available(), "default models", errors)
     aliases = [m.alias for m in cfg.models]
     if len(set(aliases)) != len(aliases):
-        raise ConfigError(f"a model is listed twice: {aliases}")
+        errors.add(f"a model is listed twice: {aliases}")
     for setting in overrides.get("set") or []:
-        _apply_set(cfg, setting)
+        _apply_set(cfg, setting, errors)
+    errors.raise_all()
     return cfg
 
 
-def _apply_set(cfg: RunConfig, setting: str) -> None:
+def _apply_set(cfg: RunConfig, setting: str, errors: _Errors) -> None:
     """--set model.param=value (value parsed as YAML)."""
     import yaml
 
     m = re.match(r"^([^.=]+)\.([^=]+)=(.*)$", setting)
     if not m:
-        raise ConfigError(f"--set {setting!r}: expected MODEL.PARAM=VALUE, e.g. crepe.capacity=tiny")
+        errors.add(f"--set {setting!r}: expected MODEL.PARAM=VALUE, e.g. crepe.capacity=tiny")
+        return
     alias, key, raw = m.groups()
     target = next((mc for mc in cfg.models if mc.alias == alias), None)
     if target is None:
-        raise ConfigError(f"--set {setting!r}: model {alias!r} is not in this run ({[mc.alias for mc in cfg.models]})")
-    value = yaml.safe_load(raw)
-    if key in ("weights", "batch_size", "device"):
-        setattr(target, key, value)
+        names = [mc.alias for mc in cfg.models]
+        errors.add(f"--set {setting!r}: model {alias!r} is not in this run ({names}){did_you_mean(alias, names)}")
         return
     try:
-        target.params = registry.get(target.extractor).validate_params({**target.params, key: value})
-    except ConfigError as exc:
-        raise ConfigError(f"--set {setting!r}: {exc}") from None
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    if key in MODEL_KEYS[1:]:
+        setattr(target, key, value)
+        return
+    sub = _Errors()
+    params = _validate_params(registry.get(target.extractor), {**target.params, key: value}, f"--set {setting!r}", sub)
+    for line in sub.lines:
+        errors.add(line)
+    if not sub.lines:
+        target.params = params
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -199,3 +290,21 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
         raise ConfigError(f"--shard {text!r}: expected INDEX/COUNT with 0 <= INDEX < COUNT, e.g. 0/8")
     return int(m.group(1)), int(m.group(2))
+
+
+def jobs_from_args(args) -> tuple[RunConfig, list]:
+    """The run's config (YAML + flags) and its model jobs; ConfigError lists every mistake."""
+    import pipeline
+    from extractors.base import torch_device
+
+    data, where = ({}, "command line")
+    if args.config:
+        data, where = load_yaml(args.config), args.config
+    overrides = {k: getattr(args, k, None) for k in (*SETTINGS, "models", "set")}
+    cfg = build(data, where, overrides)
+    jobs = []
+    for m in cfg.models:
+        ex = registry.create(m.extractor, device=torch_device(m.device or cfg.device), weights_path=m.weights,
+                             batch_size=m.batch_size or cfg.batch_size, **m.params)
+        jobs.append(pipeline.ModelJob(m.alias, ex))
+    return cfg, jobs

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""Extract audio features for every file in a folder, per model, as .npy arrays.
+"""Extract features for every file in a folder (audio, video, images), per model, as .npy arrays.
 
     python run_extraction.py --models openl3 mert
     python run_extraction.py --config configs/default.yaml
-    python run_extraction.py --audio_dir /data/audio --output_base /data/feats --shard 3/8
+    python run_extraction.py --audio_dir /data/media --output_base /data/feats --shard 3/8
 
 Rerunning the same command resumes: finished outputs are kept, the rest is computed.
 Exit status: 0 all done, 1 some file or model failed (see failures.json), 2 configuration error,
@@ -20,7 +20,8 @@ from pathlib import Path
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config file (flags given here override it)")
-    p.add_argument("--audio_dir", help="folder of audio files (default: audio_files)")
+    p.add_argument("--audio_dir", "--input_dir", dest="audio_dir",
+                   help="folder of input files: audio, video, images (default: audio_files)")
     p.add_argument("--output_base", help="output folder (default: output/embeddings)")
     p.add_argument("--models", nargs="+", help="models (or config names) to run (default: all registered)")
     p.add_argument("--skip_existing", action="store_true",
@@ -31,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, help="batch size for every model (per-model config wins)")
     p.add_argument("--recursive", action="store_true", default=None,
                    help="descend into sub-folders; outputs mirror the input tree")
-    p.add_argument("--extensions", nargs="+", help="audio file extensions to take (default: all soundfile reads)")
+    p.add_argument("--extensions", nargs="+", help="file extensions to take (default: every one the decoders read)")
     p.add_argument("--prefetch", type=int, help="decoded files buffered ahead of the models (default 2)")
     p.add_argument("--shard", help="INDEX/COUNT: process only this stable share of the files (SLURM arrays)")
     p.add_argument("--set", action="append", metavar="MODEL.PARAM=VALUE",
@@ -39,7 +40,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--download_only", action="store_true",
                    help="fetch every weight the configured models need, then exit (for offline clusters)")
     p.add_argument("--list_models", action="store_true", help="list models and their parameters, then exit")
-    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--lease_seconds", type=float,
+                   help="a lock whose heartbeat is older than this is taken over (default 300)")
+    p.add_argument("--progress_every", type=float,
+                   help="seconds between progress lines when stderr is not a terminal (default 60; 0: none)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar or progress lines")
     return p.parse_args(argv)
 
 
@@ -47,8 +52,13 @@ def list_models() -> None:
     import registry
 
     for name in registry.available():
-        cls = registry.get(name)
-        print(f"{name}  ({cls.sample_rate} Hz; weights: {cls.weights_license})")
+        try:
+            cls = registry.get(name)
+        except Exception as exc:  # a plugin that cannot import is listed with why
+            print(f"{name}  (cannot import: {exc})")
+            continue
+        takes = f"{cls.sample_rate} Hz audio" if cls.modality == "audio" else cls.modality
+        print(f"{name}  ({takes}; weights: {cls.weights_license})")
         for key, spec in cls.params.items():
             allowed = f" {list(spec.choices)}" if spec.choices else (f" ({spec.allowed})" if spec.allowed else "")
             print(f"    {key} = {spec.default!r}{allowed}  {spec.help}")
@@ -59,32 +69,43 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_models:
         list_models()
         return 0
-    import pipeline
-    import registry
+    # Ctrl-C or SIGTERM at any moment (imports and model loading included) ends cleanly.
+    import signal
+
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(143)
+
+    previous = signal.signal(signal.SIGTERM, interrupted)
+    try:
+        return _main(args)
+    except KeyboardInterrupt:
+        print("interrupted before the run started; nothing was written: rerun the same command", file=sys.stderr)
+        return 130
+    except SystemExit as exc:
+        if exc.code == 143:
+            print("terminated before the run started; nothing was written: rerun the same command",
+                  file=sys.stderr)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: argparse.Namespace) -> int:
+    import signal
+
     import run_config
-    from extractors.base import ConfigError, torch_device
+    from extractors.base import ConfigError
 
     try:
-        data, where = ({}, "command line")
-        if args.config:
-            data, where = run_config.load_yaml(args.config), args.config
-        overrides = {k: getattr(args, k) for k in (*run_config.SETTINGS, "models", "set")}
-        cfg = run_config.build(data, where, overrides)
+        cfg, jobs = run_config.jobs_from_args(args)
         shard = run_config.parse_shard(args.shard)
-        device = torch_device(cfg.device)
-        jobs = [
-            pipeline.ModelJob(
-                m.alias,
-                registry.create(m.extractor, device=torch_device(m.device or device), weights_path=m.weights,
-                                batch_size=m.batch_size or cfg.batch_size, **m.params),
-            )
-            for m in cfg.models
-        ]
         output_base = Path(cfg.output_base)
         if not args.download_only:
+            import pipeline
+
             pipeline.check_previous_params(jobs, output_base, cfg.overwrite)
             if not Path(cfg.audio_dir).is_dir():
-                raise ConfigError(f"audio folder {cfg.audio_dir!r} does not exist; pass --audio_dir")
+                raise ConfigError(f"input folder {cfg.audio_dir!r} does not exist; pass --audio_dir")
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -100,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{job.alias}] {exc}", file=sys.stderr)
         return 1 if failed else 0
 
-    _set_threads()
+    import pipeline
+
     options = pipeline.RunOptions(
         audio_dir=Path(cfg.audio_dir),
         output_base=output_base,
@@ -111,24 +133,23 @@ def main(argv: list[str] | None = None) -> int:
         prefetch=cfg.prefetch,
         shard=shard,
         progress=not args.no_progress and sys.stderr.isatty(),
+        progress_every=0.0 if args.no_progress else cfg.progress_every,
+        lease_seconds=cfg.lease_seconds,
     )
-    runner = pipeline.Runner(jobs, options)
+    runner = pipeline.Runner(jobs, options, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     stats = runner.run()
-    report_path, failures_path = runner.write_reports()
+    # the run is over (finished or stopped): a signal now must not cut the report short
+    held = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        report_path, failures_path = runner.write_reports()
+    finally:
+        for s, handler in held.items():
+            signal.signal(s, handler)
     print(stats.render())
     print(f"report: {report_path}" + (f"; failures: {failures_path}" if stats.failures else ""))
     if stats.interrupted:
         return 130 if stats.interrupted == "SIGINT" else 143
     return 1 if stats.failures else 0
-
-
-def _set_threads() -> None:
-    """One intra-op thread per core; the decoder thread overlaps with it."""
-    import os
-
-    import torch
-
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 if __name__ == "__main__":

@@ -211,15 +211,15 @@ def _open_for_reading(args: argparse.Namespace):
 
 
 def _query_files(paths: list[str]) -> tuple[list[tuple[str, Path]], list[str]]:
-    """(shown name, path) of each query: files as given, folders walked (recursive, audio files only);
+    """(shown name, path) of each query: files as given, folders walked (recursive, media files only);
     and the paths that do not exist."""
-    import audio_io
+    import media
 
     out, missing = [], []
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            for rel in audio_io.discover(path, recursive=True):
+            for rel in media.discover(path, recursive=True).files:
                 out.append(((path / rel).as_posix(), path / rel))
         elif path.exists():
             out.append((p, path))

@@ -13,7 +13,9 @@ A miss raises `WeightsError` naming every place looked at and how to supply the 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -40,7 +42,54 @@ def offline() -> bool:
     return any(os.environ.get(v, "") not in ("", "0") for v in ("EMBEDKIT_OFFLINE", "HF_HUB_OFFLINE"))
 
 
+_DIGESTS: dict[str, str] = {}  # "path|size|mtime_ns" -> sha256, this process
+_DIGEST_FILE = "sha256-cache.json"
+_PERSIST_BYTES = 1 << 20  # remember digests of files at least this big across runs
+
+
 def sha256sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a weight file, computed once per (path, size, mtime).
+
+    Gigabyte checkpoints are not hashed again at every start: digests are kept in
+    `<cache>/sha256-cache.json`; a Hugging Face cache blob is named by its sha256 already.
+    """
+    p = Path(path).resolve()
+    st = p.stat()
+    key = f"{p}|{st.st_size}|{st.st_mtime_ns}"
+    if key in _DIGESTS:
+        return _DIGESTS[key]
+    if p.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", p.name):
+        return p.name  # the hub names LFS blobs by their sha256 and checks it on download
+    known = _read_digests() if st.st_size >= _PERSIST_BYTES else {}
+    if key in known:
+        _DIGESTS[key] = known[key]
+        return known[key]
+    _DIGESTS[key] = digest = _hash_file(p, chunk)
+    if st.st_size >= _PERSIST_BYTES:
+        _remember_digest(key, digest)
+    return digest
+
+
+def _read_digests() -> dict[str, str]:
+    try:
+        return json.loads((cache_root() / _DIGEST_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember_digest(key: str, digest: str) -> None:
+    """Add one digest to the cache file (atomically; a lost race only costs a recomputation)."""
+    import outputs
+
+    known = _read_digests()
+    known[key] = digest
+    try:
+        outputs.atomic_write_json(cache_root() / _DIGEST_FILE, known)
+    except OSError:
+        pass  # a read-only cache: digests are recomputed next time
+
+
+def _hash_file(path: Path, chunk: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
@@ -49,16 +98,30 @@ def sha256sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def verify(path: Path, expected: str | None) -> None:
-    """Raise WeightsError if `path` does not have the expected sha256 (when one is known)."""
+    """Raise WeightsError if `path` does not have the expected sha256 (when one is known).
+
+    expected: the full hex digest, or its first hex digits (torch hub file names such as
+    `resnet18-f37072fd.pth` carry the first 8; torch itself checks them only on download).
+    """
     if expected is None:
         return
+    expected = expected.lower()
     got = sha256sum(path)
-    if got != expected:
+    if not (got == expected if len(expected) == 64 else got.startswith(expected)):
+        what = "expected" if len(expected) == 64 else "expected it to start with"
         raise WeightsError(
-            f"checksum mismatch for {path}: sha256 {got}, expected {expected}. "
+            f"checksum mismatch for {path}: sha256 {got}, {what} {expected}. "
             "The file is corrupt or not the official one; delete it and fetch again "
             "(python run_extraction.py --download_only ...)."
         )
+
+
+def torch_hub_checkpoints() -> Path:
+    """torch hub's checkpoint folder, where torchvision caches its downloads:
+    $TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints, or under $XDG_CACHE_HOME)."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
 
 
 def save_stream(src: BinaryIO, dest: Path, sha256: str | None = None, on_block=None) -> Path:
@@ -132,10 +195,77 @@ def resolve(
     elif wf.url:
         looked.append(f"{wf.url} (not downloaded: offline mode)")
     how = wf.how_to_get or (f"download {wf.url}" if wf.url else "")
-    raise WeightsError(
-        f"{model}: weight file {wf.filename!r} not found. Looked in: "
-        + "; ".join(looked)
-        + f". To supply it: {how + '; ' if how else ''}put it at {cached} "
-        f"(or set ${CACHE_ENV}), or set `weights: /path/to/{wf.filename}` for "
-        f"{model} in your config."
+    raise missing(model, wf.filename, looked, f"{how + '; ' if how else ''}put it at {cached} (or set ${CACHE_ENV})")
+
+
+def missing(model: str, filename: str, looked: Iterable[str], how: str) -> WeightsError:
+    """The error for weights found nowhere: one short line with the fix, then the details.
+
+    The console shows the first line; failures.json keeps the rest.
+    """
+    return WeightsError(
+        f"{model}: weights not found ({filename}). Fix: run `python run_extraction.py --download_only "
+        f"--models {model}` where there is internet, or set `weights: /path/to/{filename}` for {model}.\n"
+        f"looked in: {'; '.join(looked)}\n"
+        f"how to get it: {how}"
     )
+
+
+# -- torch checkpoints (torch hub conventions) ---------------------------------------------
+_HUB_HASH = re.compile(r"-([0-9a-f]{8,64})\.(?:pth|pt)$")
+
+
+def hub_hash_prefix(filename: str) -> str | None:
+    """The sha256 prefix a torch hub file name carries (`resnet18-f37072fd.pth` -> "f37072fd"), else None."""
+    m = _HUB_HASH.search(filename)
+    return m.group(1) if m else None
+
+
+def read_torch_state_dict(path: str | os.PathLike, model: str, how: str) -> dict:
+    """A state dict from a checkpoint file, loaded with torch.load(weights_only=True) on the CPU.
+
+    Takes a plain state dict, or a checkpoint holding one under "state_dict" or "model"; a
+    "module." prefix (DataParallel) is removed. `how` says which file to use instead.
+    """
+    from collections.abc import Mapping
+
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{model}: cannot read {path} with torch.load(weights_only=True) ({reason}). {how}") \
+            from None
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{model}: {path} holds a {type(obj).__name__}, not a state dict of tensors. {how}")
+    state = {str(k): v for k, v in obj.items()}
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_strict(net, state, model: str, label: str, how: str):
+    """`net` with `state` loaded strictly, in eval mode; WeightsError listing what does not match.
+
+    BatchNorm counters (num_batches_tracked) may be absent; anything else must match exactly.
+    """
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
+              for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        for what, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes)):
+            if items:
+                more = f" ... ({len(items)} in all)" if len(items) > 8 else ""
+                parts.append(f"{what}: " + ", ".join(items[:8]) + more)
+        raise WeightsError(f"{model}: {label} does not match its network; " + "; ".join(parts) + f". {how}")
+    net.load_state_dict(state, strict=True)
+    return net.eval()

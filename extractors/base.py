@@ -7,14 +7,27 @@ reports. A plugin is one module in `extractors/` defining one subclass of
 
 Contract, in the spirit of the HEAR 2021 API:
 
-- class attributes: `name`, `sample_rate` (Hz the plugin needs), `resampler`
-  (how to get there, see `audio_io.RESAMPLERS`), `params` (name -> `Param`),
-  `weights_license`;
-- `output_spec()` -> `OutputSpec` (axis names, hop, dtype) for the current params;
+- class attributes: `name`, `modality` (the input it takes: "audio", "image" or
+  "video"), `params` (name -> `Param`), `weights_license`; audio plugins add
+  `sample_rate` (Hz the plugin needs) and `resampler` (how to get there, see
+  `audio_io.RESAMPLERS`);
+- `output_spec(kind)` -> `OutputSpec` (axis names, hop, dtype) for the current
+  params and the kind of file ("audio", "video", "image");
 - `load()` loads the network once per process (cached across instances);
-- `extract(audio, sr)` on mono float32 at `sample_rate` -> `Features`;
+- the input, by modality:
+  - audio: `extract(audio, sr)` on mono float32 at `sample_rate` -> `Features`;
+    runs on audio files and on the sound track of videos;
+  - image: `extract_image(rgb)` on (H, W, 3) uint8 -> `Features`; runs on
+    images, and on video frames where `takes_video_frames()` says so, through
+    `frame_consumer(info)`;
+  - video: `frame_consumer(info)` only;
+  a frame consumer gets every decoded chunk of the video (`media.FrameChunk`:
+  frames with presentation times; it selects and converts what it needs) through
+  `add(chunk)` and returns the file's `Features` from `finish()`;
 - `weight_files()` / `fetch_weights()` for `--download_only`;
 - `provenance()` -> dict for the metadata.
+
+A plugin imports nothing from the run loop; `media` types are only passed in.
 
 `weights_path="random"` asks a plugin with a network for architecture-identical
 seeded random weights (benchmarks and shape tests only, never a correctness
@@ -26,7 +39,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Protocol
 
 import numpy as np
 
@@ -37,6 +50,13 @@ class ConfigError(ValueError):
 
 class WeightsError(RuntimeError):
     """Weights could not be found or verified; the message says how to supply them."""
+
+
+class SkipFile(ValueError):
+    """A plugin's documented choice to make nothing of this file (e.g. a video shorter than one clip).
+
+    The run records it as skipped with the message as a note, not as a failure.
+    """
 
 
 @dataclass(frozen=True)
@@ -86,6 +106,9 @@ class OutputSpec:
     columns: names of the last axis' entries where they have meaning
     (e.g. CREPE's ("f0_hz", "confidence")).
     extras: names of optional second outputs written beside the main one.
+    timestamps_file: the time axis is irregular (video frames): each file's
+    timestamps (T,) float64 seconds are written beside the array, in the
+    `<model>.timestamps/` folder, instead of a formula.
     """
 
     axes: tuple[str, ...]
@@ -95,12 +118,26 @@ class OutputSpec:
     columns: tuple[str, ...] | None = None
     timestamp_note: str = ""
     extras: tuple[str, ...] = ()
+    timestamps_file: bool = False
+
+    @property
+    def extra_outputs(self) -> tuple[str, ...]:
+        """Every second output written beside the main one (extras, then timestamps)."""
+        return self.extras + (("timestamps",) if self.timestamps_file else ())
 
     @property
     def frames_per_second(self) -> float | None:
         return None if not self.hop_seconds else 1.0 / self.hop_seconds
 
     def to_json(self) -> dict:
+        if self.timestamps_file:
+            ts = "file: <model>.timestamps/<relative dir>/<stem>.npy, (T,) float64 seconds"
+        elif self.timestamp_note:
+            ts = self.timestamp_note
+        elif self.hop_seconds and "time" in self.axes:
+            ts = f"t[i] = {self.first_frame_seconds} + i * {self.hop_seconds} s"
+        else:
+            ts = None
         return {
             "axes": list(self.axes),
             "dtype": self.dtype,
@@ -108,14 +145,8 @@ class OutputSpec:
             "frames_per_second": self.frames_per_second,
             "first_frame_seconds": self.first_frame_seconds,
             "columns": list(self.columns) if self.columns else None,
-            "timestamps": (
-                f"t[i] = {self.first_frame_seconds} + i * {self.hop_seconds} s"
-                if self.hop_seconds and "time" in self.axes
-                else None
-            )
-            if not self.timestamp_note
-            else self.timestamp_note,
-            "extras": list(self.extras),
+            "timestamps": ts,
+            "extras": list(self.extra_outputs),
         }
 
 
@@ -147,6 +178,16 @@ class WeightFile:
     how_to_get: str = ""
 
 
+class FrameConsumer(Protocol):
+    """Takes one video's frames chunk by chunk, gives the file's Features at the end."""
+
+    def add(self, chunk: Any) -> None:
+        """One `media.FrameChunk` (frames in order, with presentation times)."""
+
+    def finish(self) -> Features:
+        """The file's Features (timestamps in seconds where there is a time axis)."""
+
+
 # Process-wide cache of loaded networks: one load per process however many
 # extractor instances or files.
 _MODEL_CACHE: dict[tuple, Any] = {}
@@ -157,7 +198,8 @@ class Extractor(ABC):
     """Base class of every model plugin (see the module docstring)."""
 
     name: ClassVar[str]
-    sample_rate: ClassVar[int]
+    modality: ClassVar[str] = "audio"  # "audio" | "image" | "video"
+    sample_rate: ClassVar[int | None] = None  # audio plugins: the rate they need
     resampler: ClassVar[str] = "soxr_hq"
     params: ClassVar[dict[str, Param]] = {}
     weights_license: ClassVar[str] = "no weights"
@@ -233,10 +275,27 @@ class Extractor(ABC):
         """Make the weights available locally (download into the cache if needed)."""
         self._load()
 
+    # -- which files -------------------------------------------------------
+    def takes(self, kind: str) -> bool:
+        """Whether this configuration runs on files of `kind` ("audio", "video", "image").
+
+        Audio plugins take audio files and videos' sound tracks; image plugins take
+        images, and video frames where `takes_video_frames()`; video plugins take videos.
+        """
+        if self.modality == "audio":
+            return kind in ("audio", "video")
+        if self.modality == "image":
+            return kind == "image" or (kind == "video" and self.takes_video_frames())
+        return kind == "video"
+
+    def takes_video_frames(self) -> bool:
+        """Image plugins: whether videos' frames are embedded too (override)."""
+        return False
+
     # -- extraction -------------------------------------------------------
     @abstractmethod
-    def output_spec(self) -> OutputSpec:
-        """Axis names, hop and dtype of the output under the current params."""
+    def output_spec(self, kind: str = "audio") -> OutputSpec:
+        """Axis names, hop and dtype of the output for files of `kind` under the current params."""
 
     def extract(self, audio: np.ndarray, sr: int) -> Features:
         """Features of one mono float32 signal at `self.sample_rate` Hz."""
@@ -252,9 +311,17 @@ class Extractor(ABC):
             audio = audio.astype(np.float32)
         return self._extract(audio)
 
-    @abstractmethod
     def _extract(self, audio: np.ndarray) -> Features:
-        """Features of a mono float32 signal already at `sample_rate`."""
+        """Audio plugins: features of a mono float32 signal already at `sample_rate`."""
+        raise NotImplementedError(f"{self.name} takes {self.modality}, not audio")
+
+    def extract_image(self, rgb: np.ndarray) -> Features:
+        """Image plugins: features of one (H, W, 3) uint8 RGB image."""
+        raise NotImplementedError(f"{self.name} takes {self.modality}, not images")
+
+    def frame_consumer(self, info: Any) -> FrameConsumer:
+        """Video and image plugins: a consumer for one video's frames (`info`: media.VideoInfo)."""
+        raise NotImplementedError(f"{self.name} takes {self.modality}, not video frames")
 
     def provenance(self) -> dict[str, Any]:
         """Parameters, weights source and library versions; extend in plugins.
@@ -265,10 +332,70 @@ class Extractor(ABC):
         return {"params": dict(self.config), "weights_license": self.weights_license}
 
 
+# -- torch, imported when a network is built ------------------------------------------------
+# Importing torch costs seconds; listing models, checking a config or a melspec run need none
+# of it. Plugins name torch through `lazy_import` and base their networks on `TorchModule`.
+class lazy_import:
+    """A module imported on first attribute access: `torch = lazy_import("torch")` costs nothing
+    until `torch.zeros(...)` runs. (Module-level code must not touch it: that would import it.)"""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._module = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr in ("_name", "_module"):  # not set yet (copy/pickle probing a bare instance)
+            raise AttributeError(attr)
+        if self._module is None:
+            import importlib
+
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attr)
+
+    def __repr__(self) -> str:
+        return f"<lazy module {self._name!r}{'' if self._module is None else ' (imported)'}>"
+
+
+class _TorchModuleMeta(type):
+    """Builds each network class on torch.nn.Module the first time one is instantiated."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if "_is_torch_class" in cls.__dict__:  # already the nn.Module class
+            return super().__call__(*args, **kwargs)
+        real = cls.__dict__.get("_torch_class")
+        if real is None:
+            import torch
+
+            # (cls, nn.Module): cls's methods first, nn.Module's machinery behind them; an
+            # instance is an instance of cls too, and super().__init__() reaches nn.Module's.
+            real = _TorchModuleMeta(cls.__name__, (cls, torch.nn.Module), {
+                "_is_torch_class": True, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                "__doc__": cls.__doc__})
+            type.__setattr__(cls, "_torch_class", real)
+        return real(*args, **kwargs)
+
+
+class TorchModule(metaclass=_TorchModuleMeta):
+    """Base class of the plugins' networks, written as torch.nn.Module subclasses are.
+
+    `class Net(TorchModule)` reads and behaves as `class Net(nn.Module)`: instances are
+    nn.Module instances (and Net instances); torch is imported when the first one is built.
+    """
+
+
 def torch_device(device: str) -> str:
-    """Resolve 'auto' to 'cuda' when available, else 'cpu'."""
+    """Resolve 'auto' to 'cuda' when available, else 'cpu'.
+
+    Without an NVIDIA driver node there is no CUDA: answer without importing torch
+    (seconds at start-up for runs whose models don't use it).
+    """
     if device != "auto":
         return device
+    import os
+    import sys
+
+    if "torch" not in sys.modules and not os.path.exists("/dev/nvidiactl"):
+        return "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"

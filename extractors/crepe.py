@@ -412,7 +412,7 @@ class Crepe(Extractor):
     def hop(self) -> int:
         return hop_samples(self.config["step_size"])
 
-    def output_spec(self) -> OutputSpec:
+    def output_spec(self, kind: str = "audio") -> OutputSpec:
         step = self.hop / SAMPLE_RATE
         first = 0.0 if self.config["center"] else FRAME / 2 / SAMPLE_RATE
         return OutputSpec(

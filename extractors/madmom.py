@@ -68,7 +68,7 @@ class MadmomBeats(Extractor):
 
         return RNNBeatProcessor(), DBNBeatTrackingProcessor(fps=FPS)
 
-    def output_spec(self) -> OutputSpec:
+    def output_spec(self, kind: str = "audio") -> OutputSpec:
         return OutputSpec(
             axes=("time",),
             hop_seconds=1.0 / FPS,

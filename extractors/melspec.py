@@ -25,13 +25,48 @@ def _positive_int(x: Any) -> bool:
     return isinstance(x, int) and x > 0
 
 
-def mel_filterbank(n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
-    """(n_mels, n_fft // 2 + 1) Slaney-style mel filterbank (librosa's default)."""
-    import librosa
+# Slaney's mel scale (Auditory Toolbox): linear below 1 kHz, logarithmic above.
+_HZ_PER_MEL = 200.0 / 3
+_BREAK_HZ = 1000.0
+_BREAK_MEL = _BREAK_HZ / _HZ_PER_MEL
+_LOG_STEP = np.log(6.4) / 27.0  # mels per log-Hz step above the break
 
-    return librosa.filters.mel(
-        sr=SAMPLE_RATE, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=False, norm="slaney"
-    ).astype(np.float64)
+
+def hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
+    hz = np.atleast_1d(np.asarray(hz, dtype=np.float64))
+    mel = hz / _HZ_PER_MEL
+    high = hz >= _BREAK_HZ
+    mel[high] = _BREAK_MEL + np.log(hz[high] / _BREAK_HZ) / _LOG_STEP
+    return mel
+
+
+def mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    hz = _HZ_PER_MEL * mel
+    high = mel >= _BREAK_MEL
+    hz[high] = _BREAK_HZ * np.exp(_LOG_STEP * (mel[high] - _BREAK_MEL))
+    return hz
+
+
+def mel_filterbank(n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """(n_mels, n_fft // 2 + 1) Slaney-style mel filterbank: triangles between consecutive mel
+    edges, each scaled to unit area (2 / width in Hz). Built in float32, as librosa builds its
+    default one (the tests check they are equal), then widened to float64.
+
+    Plain numpy: importing librosa (and scipy.signal behind it) cost seconds at every start.
+    """
+    bins_hz = np.fft.rfftfreq(n_fft, 1.0 / SAMPLE_RATE)
+    lo, hi = hz_to_mel(fmin)[0], hz_to_mel(fmax)[0]
+    edges = mel_to_hz(np.linspace(lo, hi, n_mels + 2))
+    widths = np.diff(edges)
+    distance = np.subtract.outer(edges, bins_hz)  # edge minus bin frequency
+    fbank = np.zeros((n_mels, bins_hz.shape[0]), dtype=np.float32)
+    for i in range(n_mels):
+        rising = -distance[i] / widths[i]
+        falling = distance[i + 2] / widths[i + 1]
+        fbank[i] = np.maximum(0, np.minimum(rising, falling))
+    fbank *= (2.0 / (edges[2 : n_mels + 2] - edges[:n_mels]))[:, np.newaxis]
+    return fbank.astype(np.float64)
 
 
 def mel_power(audio: np.ndarray, n_fft: int, hop: int, fbank: np.ndarray) -> np.ndarray:
@@ -83,7 +118,7 @@ class MelSpectrogram(Extractor):
         c = self.config
         return mel_filterbank(c["n_fft"], c["n_mels"], c["fmin"], c["fmax"])
 
-    def output_spec(self) -> OutputSpec:
+    def output_spec(self, kind: str = "audio") -> OutputSpec:
         if self.config["pooling"] == "mean":
             return OutputSpec(axes=("dim",))
         return OutputSpec(axes=("time", "mel"), hop_seconds=self.config["hop_length"] / SAMPLE_RATE)
@@ -103,8 +138,7 @@ class MelSpectrogram(Extractor):
         return Features(mel_db.astype(np.float32), timestamps)
 
     def provenance(self) -> dict[str, Any]:
-        import librosa
-
         out = super().provenance()
-        out["versions"] = {"numpy": np.__version__, "librosa (filterbank)": librosa.__version__}
+        out["versions"] = {"numpy": np.__version__}
+        out["filterbank"] = "Slaney mel, unit-area triangles (equal to librosa.filters.mel's default)"
         return out

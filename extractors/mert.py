@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from extractors.base import (
     ConfigError,
@@ -56,8 +55,11 @@ from extractors.base import (
     Param,
     WeightFile,
     WeightsError,
+    lazy_import,
     torch_device,
 )
+
+torch = lazy_import("torch")
 
 SAMPLE_RATE = 24000
 HOP_SAMPLES = 320  # product of the conv strides (5 * 2**6): 75 frames per second
@@ -307,7 +309,7 @@ def hub_checkpoint(repo_id: str, revision: str | None = None) -> Checkpoint:
     """
     from huggingface_hub import snapshot_download
 
-    from weights import offline
+    from weights import missing, offline
 
     cache = hub_cache_dir()
     is_offline = offline()
@@ -326,10 +328,8 @@ def hub_checkpoint(repo_id: str, revision: str | None = None) -> Checkpoint:
         else:
             first = (str(exc).strip().splitlines() or [""])[0]
             reason = f"not in the cache and the hub download failed: {type(exc).__name__}: {first}"
-        raise WeightsError(
-            f"mert: {repo_id} (revision {rev}) not found. Looked in the Hugging Face cache {where} "
-            f"({reason}). To supply it: {_how_to_supply(repo_id)}."
-        ) from None
+        raise missing("mert", f"{repo_id} revision {rev}", [f"the Hugging Face cache {where} ({reason})"],
+                      _how_to_supply(repo_id)) from None
     weights = _weight_file(folder)
     missing = [n for n in (CONFIG_FILE, PREPROCESSOR_FILE) if not (folder / n).is_file()]
     if weights is None:
@@ -728,7 +728,7 @@ class Mert(Extractor):
             raise ConfigError(f"mert: layers {layers} name the same layer twice")
         return out
 
-    def output_spec(self) -> OutputSpec:
+    def output_spec(self, kind: str = "audio") -> OutputSpec:
         stacked = self._stacked()
         if self.config["pooling"] == "mean":
             return OutputSpec(axes=("layer", "dim") if stacked else ("dim",))

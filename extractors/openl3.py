@@ -84,6 +84,9 @@ POOL_SIZES = {
 }
 
 OFFICIAL_URL = "https://github.com/marl/openl3/raw/models/openl3_audio_{repr}_{content}-v0_4_0.h5.gz"
+# The image networks (extractors/openl3_image.py) come from the same place, one per audio network.
+OFFICIAL_IMAGE_URL = "https://github.com/marl/openl3/raw/models/openl3_image_{repr}_{content}-v0_4_0.h5.gz"
+MODALITIES = ("audio", "image")
 TORCHOPENL3_URL = (
     "https://github.com/torchopenl3/torchopenl3-models/raw/master/"
     "torchopenl3_{repr}_{content}_{size}.pth.tar"
@@ -352,7 +355,7 @@ def _decode(names: Any) -> list[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
-def read_keras_h5(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, ...]]:
+def read_keras_h5(path: str | os.PathLike, in_channels: int = 1) -> dict[str, tuple[np.ndarray, ...]]:
     """Canonical state from a Keras weights-only HDF5 file (openl3's layout).
 
     Keras loads such a file by layer order, not by name: the root attribute
@@ -361,6 +364,8 @@ def read_keras_h5(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, ...]]:
     an empty kapre spectrogram layer) are skipped, as are the spectrogram
     layers of pre-0.4 files. Expects 16 weighted layers alternating
     BatchNorm (4 tensors) and Conv2D (2 tensors), starting with BatchNorm.
+    `in_channels`: 1 for the audio networks, 3 for the image network (same
+    layout otherwise; "bn{i}" is the BatchNorm that follows conv{i} in the file).
     """
     import h5py
 
@@ -379,8 +384,8 @@ def read_keras_h5(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, ...]]:
     kinds = [len(t) for _, t in layers]
     if kinds != [4, 2] * 8:
         raise WeightsError(
-            f"{path}: expected 16 weighted layers alternating BatchNorm and Conv2D (openl3's audio "
-            f"network), found {[name for name, _ in layers]}"
+            f"{path}: expected 16 weighted layers alternating BatchNorm and Conv2D (openl3's "
+            f"{_NETWORK_NAMES.get(in_channels, 'audio')} network), found {[name for name, _ in layers]}"
         )
     state: dict[str, tuple[np.ndarray, ...]] = {}
     for i in range(8):
@@ -388,7 +393,7 @@ def read_keras_h5(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, ...]]:
         kernel, bias = layers[2 * i + 1][1]
         state["bn_in" if i == 0 else f"bn{i - 1}"] = bn
         state[f"conv{i}"] = (np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)), bias)  # HWIO -> OIHW
-    _check_state(state, str(path))
+    _check_state(state, str(path), in_channels)
     return state
 
 
@@ -423,9 +428,12 @@ def read_torchopenl3(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, ...
     return state
 
 
-def _check_state(state: dict[str, tuple[np.ndarray, ...]], where: str) -> None:
-    c_in = (1,) + CHANNELS[:-1]
-    want = {"bn_in": (1,)}
+_NETWORK_NAMES = {1: "audio", 3: "image"}
+
+
+def _check_state(state: dict[str, tuple[np.ndarray, ...]], where: str, in_channels: int = 1) -> None:
+    c_in = (in_channels,) + CHANNELS[:-1]
+    want = {"bn_in": (in_channels,)}
     for i, (a, b) in enumerate(zip(c_in, CHANNELS)):
         want[f"conv{i}"] = (b, a, 3, 3)
         if i < 7:
@@ -433,7 +441,10 @@ def _check_state(state: dict[str, tuple[np.ndarray, ...]], where: str) -> None:
     for key, shape in want.items():
         got = tuple(state[key][0].shape)
         if got != shape:
-            raise WeightsError(f"{where}: {key} has shape {got}, expected {shape}; not an OpenL3 audio model")
+            raise WeightsError(
+                f"{where}: {key} has shape {got}, expected {shape}; not an OpenL3 "
+                f"{_NETWORK_NAMES.get(in_channels, 'audio')} model"
+            )
 
 
 def random_state(seed: int = 0) -> dict[str, tuple[np.ndarray, ...]]:
@@ -492,8 +503,15 @@ def build_network(state: dict[str, tuple[np.ndarray, ...]]) -> OpenL3AudioNet:
 # ---------------------------------------------------------------------------
 # Finding the weight files
 # ---------------------------------------------------------------------------
-def official_filename(input_repr: str, content_type: str) -> str:
-    return f"openl3_audio_{input_repr}_{content_type}.h5"
+def official_filename(input_repr: str, content_type: str, modality: str = "audio") -> str:
+    """openl3's name of a weight file: openl3_<audio|image>_<input_repr>_<content_type>.h5."""
+    return f"openl3_{modality}_{input_repr}_{content_type}.h5"
+
+
+def official_url(input_repr: str, content_type: str, modality: str = "audio") -> str:
+    """Where openl3's setup.py downloads the gzipped weight file from."""
+    template = OFFICIAL_URL if modality == "audio" else OFFICIAL_IMAGE_URL
+    return template.format(repr=input_repr, content=content_type)
 
 
 def torchopenl3_filenames(input_repr: str, content_type: str) -> list[str]:
@@ -529,16 +547,25 @@ def _weight_format(path: Path) -> str:
 
 
 _NAME_PATTERN = re.compile(r"(linear|mel128|mel256)_(music|env)")
+_MODALITY_PATTERN = re.compile(r"openl3_(audio|image)_")
 
 
-def _check_name(path: Path, input_repr: str, content_type: str) -> None:
+def _check_name(path: Path, input_repr: str, content_type: str, modality: str = "audio") -> None:
     """Refuse a file whose name says it is another configuration (all have the same shapes)."""
+    who = "openl3" if modality == "audio" else "openl3_image"
+    m = _MODALITY_PATTERN.search(path.name)
+    if m and m.group(1) != modality:
+        raise WeightsError(
+            f"{who}: {path} holds {m.group(1)} network weights; point `weights:` at "
+            f"{official_filename(input_repr, content_type, modality)} (or a folder holding it)"
+        )
     m = _NAME_PATTERN.search(path.name)
     if m and (m.group(1), m.group(2)) != (input_repr, content_type):
         raise WeightsError(
-            f"openl3: {path} holds the {m.group(1)}/{m.group(2)} weights but this configuration is "
+            f"{who}: {path} holds the {m.group(1)}/{m.group(2)} weights but this configuration is "
             f"input_repr={input_repr}, content_type={content_type}; point `weights:` at "
-            f"{official_filename(input_repr, content_type)} (or set input_repr/content_type to match)"
+            f"{official_filename(input_repr, content_type, modality)} "
+            "(or set input_repr/content_type to match)"
         )
 
 
@@ -547,32 +574,37 @@ def find_weights(
     content_type: str,
     local_path: str | os.PathLike | None = None,
     allow_download: bool = True,
+    modality: str = "audio",
 ) -> Path:
     """Path of the weights for (input_repr, content_type), found or downloaded.
 
-    Order: `local_path` (a file, or a folder holding the official `.h5` or a
-    torchopenl3 `.pth.tar`); the cache `$EMBEDKIT_CACHE/openl3/` (both names);
-    an installed openl3 package; torch hub's checkpoint folder (torchopenl3
-    downloads); a download of the official gzipped file into the cache.
+    Order: `local_path` (a file, or a folder holding the official `.h5` or, for
+    audio, a torchopenl3 `.pth.tar`); the cache `$EMBEDKIT_CACHE/openl3/` (audio
+    and image files side by side, as in openl3's package folder); an installed
+    openl3 package; torch hub's checkpoint folder (torchopenl3 downloads, audio
+    only); a download of the official gzipped file into the cache.
+    `modality`: "audio" or "image" (`openl3_image_<repr>_<content>.h5`).
     Raises WeightsError naming every place looked at.
     """
     import weights
 
-    h5 = official_filename(input_repr, content_type)
-    names = [h5] + torchopenl3_filenames(input_repr, content_type)
+    who = "openl3" if modality == "audio" else "openl3_image"
+    h5 = official_filename(input_repr, content_type, modality)
+    # torchopenl3 converted only the audio networks.
+    names = [h5] + (torchopenl3_filenames(input_repr, content_type) if modality == "audio" else [])
     if local_path is not None:
         p = Path(local_path).expanduser()
         if p.is_file():
-            _check_name(p, input_repr, content_type)
+            _check_name(p, input_repr, content_type, modality)
             return p
         if p.is_dir():
             for name in names:
                 if (p / name).is_file():
                     return p / name
+        also = " or a torchopenl3 .pth.tar" if modality == "audio" else ""
         raise WeightsError(
-            f"openl3: weights path {p} is neither a weight file nor a folder holding one of "
-            f"{', '.join(names)}. Point `weights:` for openl3 at {h5} (official openl3 0.4 file) "
-            "or a torchopenl3 .pth.tar."
+            f"{who}: weights path {p} is neither a weight file nor a folder holding one of "
+            f"{', '.join(names)}. Point `weights:` for {who} at {h5} (official openl3 0.4 file){also}."
         )
     cache = weights.model_cache_dir("openl3")
     places = [cache / n for n in names]
@@ -582,7 +614,7 @@ def find_weights(
         if cand.is_file():
             return cand
     looked = [str(p) for p in places]
-    url = OFFICIAL_URL.format(repr=input_repr, content=content_type)
+    url = official_url(input_repr, content_type, modality)
     if allow_download and not weights.offline():
         try:
             return _download_official(url, cache / h5)
@@ -592,13 +624,16 @@ def find_weights(
             looked.append(f"{url} (download failed: {type(exc).__name__}: {exc})")
     else:
         looked.append(f"{url} (not downloaded: offline mode)")
-    raise WeightsError(
-        f"openl3: weight file {h5!r} not found. Looked in: {'; '.join(looked)}. To supply it: "
+    torch_hint = (
+        f"; or use torchopenl3's {names[1]} (from "
+        f"{TORCHOPENL3_URL.format(repr=input_repr, content=content_type, size=6144)})"
+        if modality == "audio" else ""
+    )
+    raise weights.missing(
+        who, h5, looked,
         f"download {url} and gunzip it to {cache / h5} (or set ${weights.CACHE_ENV}); or copy "
-        f"{h5} from an installed openl3 package (pip install openl3 puts it in site-packages/openl3/); "
-        f"or use torchopenl3's {names[1]} (from "
-        f"{TORCHOPENL3_URL.format(repr=input_repr, content=content_type, size=6144)}); "
-        "or set `weights: /path/to/file-or-folder` for openl3 in your config."
+        f"{h5} from an installed openl3 package (pip install openl3 puts it in site-packages/openl3/)"
+        f"{torch_hint}",
     )
 
 
@@ -648,7 +683,7 @@ def load_network(
             "weights": str(path),
             "format": _weight_format(path),
             "weights_sha256": weights.sha256sum(path),
-            "official_url": OFFICIAL_URL.format(repr=input_repr, content=content_type),
+            "official_url": official_url(input_repr, content_type),
         }
     device = torch_device(device)
     net = build_network(state).to(device)
@@ -759,13 +794,13 @@ class OpenL3(Extractor):
         return [
             WeightFile(
                 official_filename(c["input_repr"], c["content_type"]),
-                url=OFFICIAL_URL.format(repr=c["input_repr"], content=c["content_type"]),
+                url=official_url(c["input_repr"], c["content_type"]),
                 how_to_get="the URL serves it gzipped (unpacked automatically); "
                 "or copy it from an installed openl3 package",
             )
         ]
 
-    def output_spec(self) -> OutputSpec:
+    def output_spec(self, kind: str = "audio") -> OutputSpec:
         hop = self.config["hop_size"]
         where = "window centres" if self.config["center"] else "window starts (openl3's convention)"
         return OutputSpec(
@@ -1041,6 +1076,105 @@ def get_output_path(filepath: str, suffix: str, output_dir: str | None = None) -
     return os.path.join(output_dir, name)
 
 
+def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """np.savez(path, **arrays) written whole or not at all (temp file, fsync, rename).
+
+    openl3 writes in place, so a killed run can leave a truncated `.npz` that
+    its next run skips as done; here a path holds a complete file or nothing.
+    """
+    import io
+    import tempfile
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def output_complete(path: str | os.PathLike, keys: Sequence[str]) -> bool:
+    """Whether `path` is a readable .npz holding `keys` (an existing output to keep)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            if z.testzip() is not None:
+                return False
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return all(f"{k}.npy" in names for k in keys)
+
+
+def _keep_existing(out_path: str, keys: Sequence[str], overwrite: bool, verbose: bool) -> bool:
+    """openl3's rule (an existing output is kept unless `overwrite`), except that a file
+    that is not a whole .npz with `keys` (e.g. left by a killed openl3 run) is redone."""
+    if overwrite or not os.path.exists(out_path):
+        return False
+    if output_complete(out_path, keys):
+        return True
+    if verbose:
+        print(f"openl3: {out_path} is incomplete, recomputing it.")
+    return False
+
+
+def _paths_of(filepath: Any) -> list[str]:
+    if isinstance(filepath, (str, os.PathLike)):
+        return [os.fspath(filepath)]
+    if isinstance(filepath, (list, tuple)):
+        return [os.fspath(p) for p in filepath]
+    raise OpenL3Error(f"filepath should be type str or list[str], but got {filepath}.")
+
+
+def _run_group(group: list, run: Any, on_error: Any) -> None:
+    """Run `run(group)`; when it fails and errors are reported, retry file by file so only
+    the bad file is reported (a group shares batches, not fate)."""
+    if on_error is None or len(group) == 1:
+        try:
+            run(group)
+        except Exception as exc:
+            if on_error is None:
+                raise
+            on_error(group[0][0], exc)
+        return
+    try:
+        run(group)
+    except Exception:
+        for item in group:
+            _run_group([item], run, on_error)
+
+
+def _read_audio(path: str) -> tuple[np.ndarray, Real]:
+    """(samples, rate) as openl3 reads them: soundfile, float64, channels kept. Formats
+    soundfile cannot read (m4a, aac, wma, ...) are decoded with FFmpeg to mono instead
+    (openl3 fails on them)."""
+    import soundfile as sf
+
+    try:
+        return sf.read(path)
+    except Exception as exc:
+        first = exc
+    try:
+        import audio_io
+
+        return audio_io.decode(path)
+    except Exception:
+        raise OpenL3Error(
+            f'Could not open file "{path}":\n{type(first).__name__}: {first}'
+        ) from None
+
+
 def process_audio_file(
     filepath: str | Sequence[str],
     output_dir: str | None = None,
@@ -1058,59 +1192,559 @@ def process_audio_file(
     *,
     weights_path: str | None = None,
     device: str = "cpu",
+    on_error: Any = None,
 ) -> None:
     """openl3.process_audio_file: writes <stem>[_<suffix>].npz with `embedding` and `timestamps`.
 
-    Existing outputs are skipped unless `overwrite`. Audio is read with
-    soundfile as float64 (multichannel averaged), as openl3 does.
+    Existing outputs are skipped unless `overwrite` (an incomplete one is
+    redone). Audio is read with soundfile as float64 (multichannel averaged),
+    as openl3 does; formats soundfile cannot read are decoded with FFmpeg.
+    Outputs are written atomically. `on_error(path, exception)`, when given, is called for
+    a file that fails and the others go on (openl3 stops at the first).
     """
-    import soundfile as sf
-
-    if isinstance(filepath, str):
-        paths = [filepath]
-    elif isinstance(filepath, (list, tuple)):
-        paths = list(filepath)
-    else:
-        raise OpenL3Error(f"filepath should be type str or list[str], but got {filepath}.")
+    paths = _paths_of(filepath)
     suffix = suffix or ""
     frontend, input_repr = _check_api_args(frontend, input_repr, model)
     if model is None:
         model = load_audio_embedding_model(
             input_repr, content_type, embedding_size, frontend, weights_path=weights_path, device=device
         )
-    group: list[tuple[str, np.ndarray, Real]] = []  # files whose windows share batches
+    group: list[tuple[str, str, np.ndarray, Real]] = []  # files whose windows share batches
     n_group = 0
     hop_len = hop_samples(hop_size) if isinstance(hop_size, Real) and hop_size > 0 else 0
 
-    def run_group() -> None:
+    def run(items: list) -> None:
         embs, tss = get_audio_embedding(
-            [a for _, a, _ in group], [r for _, _, r in group], model=model, center=center,
+            [a for _, _, a, _ in items], [r for _, _, _, r in items], model=model, center=center,
             hop_size=hop_size, batch_size=batch_size, frontend=frontend, verbose=verbose,
         )
-        for (out_path, _, _), emb, ts in zip(group, embs, tss):
-            np.savez(out_path, embedding=emb, timestamps=ts)
+        for (_, out_path, _, _), emb, ts in zip(items, embs, tss):
+            save_npz_atomic(out_path, embedding=emb, timestamps=ts)
             if verbose:
                 print(f"openl3: Saved {out_path}")
-        group.clear()
 
     for k, path in enumerate(paths):
-        if not os.path.exists(path):
-            raise OpenL3Error(f'File "{path}" could not be found.')
-        if verbose:
-            print(f"openl3: Processing {path} ({k + 1}/{len(paths)})")
-        out_path = get_output_path(path, suffix + ".npz", output_dir=output_dir)
-        if os.path.exists(out_path) and not overwrite:
-            print(f"openl3: {out_path} exists and overwriting not enabled, skipping.")
-            continue
         try:
-            audio, sr = sf.read(path)
+            if not os.path.exists(path):
+                raise OpenL3Error(f'File "{path}" could not be found.')
+            if verbose:
+                print(f"openl3: Processing {path} ({k + 1}/{len(paths)})")
+            out_path = get_output_path(path, suffix + ".npz", output_dir=output_dir)
+            if _keep_existing(out_path, ("embedding", "timestamps"), overwrite, verbose):
+                print(f"openl3: {out_path} exists and overwriting not enabled, skipping.")
+                continue
+            audio, sr = _read_audio(path)
+            if audio.size == 0:
+                raise OpenL3Error(f'Got empty audio in "{path}"')
         except Exception as exc:
-            raise OpenL3Error(f'Could not open file "{path}":\n{type(exc).__name__}: {exc}') from None
-        group.append((out_path, audio, sr))
+            if on_error is None:
+                raise
+            on_error(path, exc)
+            continue
+        group.append((path, out_path, audio, sr))
         if hop_len:
             n_group += num_windows(max(1, int(np.ceil(audio.shape[0] * TARGET_SR / sr))), hop_len, center)
         if n_group >= batch_size:
-            run_group()
-            n_group = 0
+            _run_group(group, run, on_error)
+            group, n_group = [], 0
     if group:
-        run_group()
+        _run_group(group, run, on_error)
+
+
+# ---------------------------------------------------------------------------
+# openl3-compatible API: images and videos (the network is in extractors/openl3_image.py)
+# ---------------------------------------------------------------------------
+IMAGE_EMBEDDING_SIZES = (8192, 512)
+
+
+@dataclass
+class ImageEmbeddingModel:
+    """What `load_image_embedding_model` returns; stands in for openl3's Keras image model.
+
+    `predict(x)` takes preprocessed images (N, 224, 224, 3) float32, as openl3's model.
+    """
+
+    input_repr: str
+    content_type: str
+    embedding_size: int
+    loaded: Any  # openl3_image.LoadedImageModel
+
+    input_shape = (None, 224, 224, 3)
+
+    def predict(self, x: np.ndarray, batch_size: int = 32, verbose: Any = 0) -> np.ndarray:
+        from extractors import openl3_image
+
+        return openl3_image.embed_batches(self.loaded, np.asarray(x, np.float32), self.embedding_size,
+                                          batch_size, "float32")
+
+
+def load_image_embedding_model(
+    input_repr: str,
+    content_type: str,
+    embedding_size: int,
+    *,
+    weights_path: str | None = None,
+    device: str = "cpu",
+) -> ImageEmbeddingModel:
+    """openl3.models.load_image_embedding_model: the image network paired with the
+    (input_repr, content_type) audio network, pooled to `embedding_size` (8192 or 512).
+
+    Extra keywords: `weights_path` (an `openl3_image_*.h5` file, a folder holding
+    it, or "random"), `device`.
+    """
+    from extractors import openl3_image
+
+    if str(input_repr) not in INPUT_REPRS:
+        raise OpenL3Error(f'Invalid input representation "{input_repr}". Must be one of {INPUT_REPRS}')
+    if str(content_type) not in CONTENT_TYPES:
+        raise OpenL3Error(f'Invalid content type "{content_type}"')
+    if embedding_size not in IMAGE_EMBEDDING_SIZES:
+        raise OpenL3Error(f'Invalid embedding size "{embedding_size}"')
+    loaded = openl3_image.load_image_network(input_repr, content_type, device, weights_path)
+    return ImageEmbeddingModel(input_repr, content_type, embedding_size, loaded)
+
+
+def get_image_embedding(
+    image: np.ndarray | list[np.ndarray],
+    frame_rate: Real | list[Real] | None = None,
+    model: ImageEmbeddingModel | None = None,
+    input_repr: str = "mel256",
+    content_type: str = "music",
+    embedding_size: int = 8192,
+    batch_size: int = 32,
+    verbose: bool = True,
+    *,
+    weights_path: str | None = None,
+    device: str = "cpu",
+) -> Any:
+    """openl3.get_image_embedding: embedding (N, D) of each image / frame, and with
+    `frame_rate` the timestamps arange(N) / frame_rate; lists in, lists out.
+
+    (H, W, 3) and (N, H, W, 3) arrays are preprocessed as openl3 does, one array
+    at a time (see openl3_image.preprocess_image_batch: a sequence's frames
+    share one scaling), then embedded `batch_size` at a time.
+    """
+    from extractors import openl3_image
+
+    if model is not None and not isinstance(model, ImageEmbeddingModel):
+        raise OpenL3Error(f"Invalid model provided; got {type(model)}; use load_image_embedding_model()")
+    if str(input_repr) not in INPUT_REPRS:
+        raise OpenL3Error(f'Invalid input representation "{input_repr}"')
+    if str(content_type) not in CONTENT_TYPES:
+        raise OpenL3Error(f'Invalid content type "{content_type}"')
+    if embedding_size not in IMAGE_EMBEDDING_SIZES:
+        raise OpenL3Error(f'Invalid embedding size "{embedding_size}"')
+    if verbose not in (0, 1):
+        raise OpenL3Error(f"Invalid verbosity level {verbose}")
+    if model is None:
+        model = load_image_embedding_model(input_repr, content_type, embedding_size,
+                                           weights_path=weights_path, device=device)
+    if isinstance(image, np.ndarray):
+        image_list, list_input = [image], False
+    elif isinstance(image, list):
+        image_list, list_input = image, True
+    else:
+        raise OpenL3Error(f"image must be type list[np.ndarray] or np.ndarray. Got {type(image)}")
+    if frame_rate is None or isinstance(frame_rate, Real):
+        rate_list = [frame_rate] * len(image_list)
+    elif isinstance(frame_rate, list):
+        rate_list = frame_rate
+    else:
+        raise OpenL3Error(
+            f"frame rate must be type list[numbers.Real] or numbers.Real. Got {type(frame_rate)}"
+        )
+    if len(image_list) != len(rate_list):
+        raise OpenL3Error(
+            f"Mismatch between number of image inputs ({len(image_list)}) and number of "
+            f"frame rates ({len(rate_list)})"
+        )
+    batches, counts = [], []
+    for img, rate in zip(image_list, rate_list):
+        if rate is not None and (not isinstance(rate, Real) or rate <= 0):
+            raise OpenL3Error(f"Invalid frame rate {rate}")
+        x = openl3_image.preprocess_image_batch(img)
+        batches.append(x)
+        counts.append(x.shape[0])
+    allemb = model.predict(np.concatenate(batches), batch_size=batch_size)
+    emb_list, ts_list, i = [], [], 0
+    for n, rate in zip(counts, rate_list):
+        emb_list.append(allemb[i : i + n])
+        if frame_rate is not None:
+            ts_list.append(np.arange(n) / float(rate))
+        i += n
+    if frame_rate is not None:
+        return (emb_list, ts_list) if list_input else (emb_list[0], ts_list[0])
+    return emb_list if list_input else emb_list[0]
+
+
+def read_image_like_openl3(path: str | os.PathLike) -> np.ndarray:
+    """The array openl3's process_image_file embeds: `skimage.io.imread` (imageio's
+    Pillow plugin) with the alpha channel dropped.
+
+    As there: no EXIF orientation, palette images expanded to RGB(A), the
+    stored samples otherwise (grayscale stays 2-D, and openl3 then refuses it;
+    16-bit grayscale stays uint16; CMYK keeps four planes of which openl3
+    embeds the first three as if they were R, G, B: a warning says so).
+    Differences: a GIF gives its first frame (imageio stacks every frame and
+    openl3 then fails).
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.seek(0)
+            img.load()
+            mode = img.mode
+            if mode == "P":
+                img = img.convert(img.palette.mode if img.palette is not None else "RGB")
+            elif mode == "I" and img.format == "PNG":
+                img = img.convert("I;16")  # imageio reads 16-bit PNGs as uint16
+            arr = np.asarray(img)
+    except Exception as exc:
+        raise OpenL3Error(f'Could not open file "{path}":\n{type(exc).__name__}: {exc}') from None
+    if mode == "CMYK":
+        warnings.warn(
+            f"{path} is a CMYK image: openl3 embeds its C, M and Y planes as if they were R, G and B "
+            "(kept here for identical numbers); run_extraction.py's openl3_image converts it to RGB",
+            OpenL3Warning, stacklevel=2,
+        )
+    if arr.ndim == 3 and arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    return arr
+
+
+def _explain_image(path: str, exc: OpenL3Error, arr: np.ndarray) -> OpenL3Error:
+    hint = ""
+    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (1, 2)):
+        hint = (" (a grayscale image: openl3 embeds only 3-channel RGB; convert it, or use "
+                "run_extraction.py's openl3_image, which converts it)")
+    elif "at least as large" in str(exc):
+        hint = " (openl3's image network needs 224 px on each side)"
+    return OpenL3Error(f'{exc}{hint}: "{path}"')
+
+
+def process_image_file(
+    filepath: str | Sequence[str],
+    output_dir: str | None = None,
+    suffix: str | None = None,
+    model: ImageEmbeddingModel | None = None,
+    input_repr: str = "mel256",
+    content_type: str = "music",
+    embedding_size: int = 8192,
+    batch_size: int = 32,
+    overwrite: bool = False,
+    verbose: bool = True,
+    *,
+    weights_path: str | None = None,
+    device: str = "cpu",
+    on_error: Any = None,
+) -> None:
+    """openl3.process_image_file: writes <stem>[_<suffix>].npz with `embedding` (1, D) float32.
+
+    Images are read as openl3 reads them (`read_image_like_openl3`) and
+    embedded `batch_size` files at a time; outputs are written atomically;
+    existing ones are skipped unless `overwrite`. `on_error(path, exception)`,
+    when given, is called for a file that fails and the others go on.
+    """
+    from extractors import openl3_image
+
+    paths = _paths_of(filepath)
+    if model is None:
+        model = load_image_embedding_model(input_repr, content_type, embedding_size,
+                                           weights_path=weights_path, device=device)
+    suffix = suffix or ""
+    group: list[tuple[str, str, np.ndarray]] = []
+
+    def run(items: list) -> None:
+        x = np.concatenate([it[2] for it in items])
+        embs = model.predict(x, batch_size=batch_size)
+        for i, (_, out_path, _) in enumerate(items):
+            save_npz_atomic(out_path, embedding=embs[i : i + 1])
+            if verbose:
+                print(f"openl3: Saved {out_path}")
+
+    for k, path in enumerate(paths):
+        try:
+            if not os.path.exists(path):
+                raise OpenL3Error(f'File "{path}" could not be found.')
+            if verbose:
+                print(f"openl3: Processing {path} ({k + 1}/{len(paths)})")
+            out_path = get_output_path(path, suffix + ".npz", output_dir=output_dir)
+            if _keep_existing(out_path, ("embedding",), overwrite, verbose):
+                print(f"openl3: {out_path} exists, skipping.")
+                continue
+            arr = read_image_like_openl3(path)
+            try:
+                x = openl3_image.preprocess_image_batch(arr[np.newaxis, ...])
+            except OpenL3Error as exc:
+                raise _explain_image(path, exc, arr) from None
+        except Exception as exc:
+            if on_error is None:
+                raise
+            on_error(path, exc)
+            continue
+        group.append((path, out_path, x))
+        if len(group) >= batch_size:
+            _run_group(group, run, on_error)
+            group = []
+    if group:
+        _run_group(group, run, on_error)
+
+
+# -- process_video_file: moviepy's decode, reproduced with PyAV --------------------------
+def _ffmpeg_fps(rate: float) -> float:
+    """The frame rate as ffmpeg prints it ("%3.2f" etc.) and moviepy parses it back,
+    with moviepy's x*1000/1001 correction (29.97 -> 30000/1001)."""
+    v = int(np.rint(np.float32(rate) * np.float32(100)))  # lrintf(d * 100)
+    if not v:
+        fps = float(f"{rate:1.4f}")
+    elif v % 100:
+        fps = float(f"{rate:3.2f}")
+    elif v % (100 * 1000):
+        fps = float(f"{rate:1.0f}")
+    else:
+        fps = float(f"{rate / 1000:1.0f}") * 1000
+    for x in (23, 24, 25, 30, 50):
+        if fps != x and abs(fps - x * 1000.0 / 1001.0) < 0.01:
+            fps = x * 1000.0 / 1001.0
+    return fps
+
+
+def _ffmpeg_duration(duration_us: int | None) -> float:
+    """The container duration as ffmpeg prints it (HH:MM:SS.cc, rounded to 10 ms) and
+    moviepy's convert_to_seconds reads it back."""
+    if duration_us is None:
+        raise OpenL3Error("the container does not state its duration (moviepy, hence openl3, needs it)")
+    d = int(duration_us) + 5000
+    secs, us = divmod(d, 1_000_000)
+    mins, secs = divmod(secs, 60)
+    hours, mins = divmod(mins, 60)
+    parts = [float(hours), float(mins), float(f"{secs:02d}.{(100 * us) // 1_000_000:02d}")]
+    return sum(mult * part for mult, part in zip((1, 60, 3600), reversed(parts)))
+
+
+def moviepy_audio_length(duration: float, sr: int = TARGET_SR) -> int:
+    """Samples in moviepy's `clip.audio.to_soundarray(fps=sr)` for a clip of `duration` s."""
+    if duration > 50000 / sr:  # to_soundarray's buffersize: read in chunks of int(sr * duration) total
+        return int(sr * duration)
+    return len(np.arange(0, duration, 1.0 / sr))
+
+
+@dataclass
+class DecodedVideo:
+    """What process_video_file embeds of one file."""
+
+    fps: float  # moviepy's clip.fps
+    duration: float  # moviepy's clip.duration (s)
+    n_frames: int  # frames embedded: int(duration * fps)
+    frames_decoded: int
+    image_embedding: np.ndarray | None  # (n_frames, D)
+    audio_mono: np.ndarray | None  # what openl3 averages to mono at 48 kHz
+
+
+def decode_video_like_openl3(
+    path: str | os.PathLike,
+    embedder: Any | None,
+    want_audio: bool,
+    mono_dtype: Any = np.float32,
+) -> DecodedVideo:
+    """One pass over a video, as openl3's process_video_file sees it through moviepy.
+
+    Frames: ffmpeg's 256x256 bicubic rgb24 frames (media.VideoScaler),
+    the first int(duration * fps) of them in decoding order (moviepy's grid
+    t = k / fps on a constant-rate file; the last frame repeated if the file
+    has fewer, as moviepy does), streamed into `embedder`
+    (openl3_image.VideoEmbedder) so the video never sits in memory.
+    Audio: swresample to 48 kHz stereo s16 (ffmpeg `-ar 48000 -ac 2`), cut or
+    zero-padded to moviepy's length, averaged to mono; exact in float32
+    ((L + R) / 65536).
+    """
+    import av
+
+    import media
+
+    from extractors import openl3_image
+
+    try:
+        container = av.open(os.fspath(path))
+    except Exception as exc:
+        raise OpenL3Error(f'Could not open file "{path}":\n{type(exc).__name__}: {exc}') from None
+    with container:
+        if not container.streams.video:
+            raise OpenL3Error(f'"{path}" has no video stream')
+        vstream = container.streams.video[0]
+        astream = container.streams.audio[0] if container.streams.audio else None
+        if want_audio and astream is None:
+            raise OpenL3Error(
+                f'"{path}" has no audio stream; openl3\'s process_video_file needs one '
+                "(embed its frames alone with get_image_embedding, or run_extraction.py's openl3_image)"
+            )
+        rate = vstream.average_rate or vstream.guessed_rate or vstream.base_rate
+        if not rate:
+            raise OpenL3Error(f'"{path}": the video stream states no frame rate')
+        fps = _ffmpeg_fps(float(rate))
+        duration = _ffmpeg_duration(container.duration)
+        n_frames = int(duration * fps)
+        scaler = media.VideoScaler(openl3_image.VIDEO_SIZE, "bicubic")  # upright, as ffmpeg's autorotate
+        vstream.thread_type = "AUTO"  # FFmpeg's frame threads
+        streams = ([vstream] if embedder is not None else []) + ([astream] if want_audio else [])
+        resampler = av.AudioResampler(format="s16", layout="stereo", rate=TARGET_SR) if want_audio else None
+        n_audio = moviepy_audio_length(duration) if want_audio else 0
+        mono = np.zeros(n_audio, mono_dtype) if want_audio else None
+        filled = 0
+        decoded = 0
+        last = None
+
+        def take(frames: list) -> None:
+            nonlocal decoded, last
+            if decoded >= n_frames:  # past moviepy's grid: not embedded
+                decoded += len(frames)
+                return
+            rgb = scaler(frames)
+            embedder.add(rgb[: n_frames - decoded])
+            decoded += len(rgb)
+            last = rgb[-1:]
+
+        def resampled(frame: Any) -> None:
+            nonlocal filled
+            for out in resampler.resample(frame):
+                pcm = out.to_ndarray().reshape(-1, 2)  # packed s16 stereo
+                k = min(len(pcm), n_audio - filled)
+                if k > 0:
+                    # openl3 averages moviepy's k / 32768 samples: (L + R) / 65536, exact in float32
+                    mono[filled : filled + k] = (pcm[:k, 0].astype(np.int32) + pcm[:k, 1]) / np.float64(65536)
+                    filled += k
+
+        try:
+            for packet in container.demux(*streams):
+                for frame in packet.decode():
+                    if packet.stream is vstream:
+                        take([frame])
+                    else:
+                        resampled(frame)
+            if resampler is not None:
+                resampled(None)
+        except OpenL3Error:
+            raise
+        except Exception as exc:
+            raise OpenL3Error(
+                f'"{path}": decoding failed after {decoded} video frame(s) ({type(exc).__name__}: {exc}); '
+                "the file is truncated or corrupt"
+            ) from None
+    if embedder is not None:
+        if decoded == 0:
+            raise OpenL3Error(f'"{path}": no video frame could be decoded')
+        if n_frames == 0:
+            raise OpenL3Error(f'"{path}": shorter than one frame (duration {duration} s at {fps} fps)')
+        if decoded < n_frames:
+            warnings.warn(
+                f'"{path}": {decoded} frame(s) decoded but moviepy\'s grid int(duration * fps) = '
+                f"{n_frames}; the last frame is repeated, as openl3 (moviepy) does",
+                OpenL3Warning, stacklevel=2,
+            )
+            for _ in range(n_frames - decoded):
+                embedder.add(last)
+    emb = embedder.finish() if embedder is not None else None
+    return DecodedVideo(fps, duration, n_frames, decoded, emb, mono)
+
+
+def process_video_file(
+    filepath: str | Sequence[str],
+    output_dir: str | None = None,
+    suffix: str | None = None,
+    audio_model: AudioEmbeddingModel | None = None,
+    image_model: ImageEmbeddingModel | None = None,
+    input_repr: str | None = None,
+    content_type: str = "music",
+    audio_embedding_size: int = 6144,
+    audio_center: bool = True,
+    audio_hop_size: float = 0.1,
+    image_embedding_size: int = 8192,
+    audio_batch_size: int = 32,
+    image_batch_size: int = 32,
+    audio_frontend: str = "kapre",
+    overwrite: bool = False,
+    verbose: bool = True,
+    *,
+    weights_path: str | None = None,
+    device: str = "cpu",
+    on_error: Any = None,
+) -> None:
+    """openl3.process_video_file: writes <stem>_audio[_<suffix>].npz and <stem>_image[_<suffix>].npz,
+    each with `embedding` and `timestamps` (float64), not aligned with each other.
+
+    The sound track: 48 kHz stereo as moviepy decodes it, averaged, embedded
+    like get_audio_embedding (timestamps arange(T) * hop). Every frame of the
+    video (moviepy's int(duration * fps) frames, 256x256 bicubic, centre crop,
+    divided by the video's largest pixel value), timestamps arange(N) /
+    int(fps) as openl3 writes them. One decode per file; frames are streamed,
+    so memory stays bounded on long videos. A file is written whole or not at
+    all; existing outputs are skipped unless `overwrite`. `weights_path`: a
+    folder holding both weight files, or "random". `on_error(path, exception)`,
+    when given, is called for a file that fails and the others go on.
+    """
+    from extractors import openl3_image
+
+    paths = _paths_of(filepath)
+    audio_frontend, input_repr = _check_api_args(audio_frontend, input_repr, audio_model)
+    if audio_model is None:
+        audio_model = load_audio_embedding_model(input_repr, content_type, audio_embedding_size,
+                                                 audio_frontend, weights_path=weights_path, device=device)
+    if image_model is None:
+        image_model = load_image_embedding_model(input_repr, content_type, image_embedding_size,
+                                                 weights_path=weights_path, device=device)
+    audio_suffix, image_suffix = "audio", "image"
+    if suffix:
+        audio_suffix += "_" + suffix
+        image_suffix += "_" + suffix
+    for k, path in enumerate(paths):
+        try:
+            if not os.path.exists(path):
+                raise OpenL3Error(f'File "{path}" could not be found.')
+            if verbose:
+                print(f"openl3: Processing {path} ({k + 1}/{len(paths)})")
+            audio_out = get_output_path(path, audio_suffix + ".npz", output_dir=output_dir)
+            image_out = get_output_path(path, image_suffix + ".npz", output_dir=output_dir)
+            skip_audio = _keep_existing(audio_out, ("embedding", "timestamps"), overwrite, verbose)
+            skip_image = _keep_existing(image_out, ("embedding", "timestamps"), overwrite, verbose)
+            if skip_audio and skip_image:
+                print(f"openl3: {audio_out} and {image_out} exist, skipping.")
+                continue
+            if skip_audio:
+                print(f"openl3: {audio_out} exists, skipping audio embedding extraction.")
+            if skip_image:
+                print(f"openl3: {image_out} exists, skipping image embedding extraction.")
+            embedder = None
+            if not skip_image:
+                embedder = openl3_image.VideoEmbedder(image_model.loaded, image_model.embedding_size,
+                                                      image_batch_size, "float32")
+            try:
+                video = decode_video_like_openl3(
+                    path, embedder, not skip_audio,
+                    np.float64 if audio_frontend == "librosa" else np.float32,
+                )
+            finally:
+                if embedder is not None:
+                    embedder.close()
+            results = []
+            if not skip_audio:
+                emb, ts = get_audio_embedding(
+                    video.audio_mono, TARGET_SR, model=audio_model, center=audio_center,
+                    hop_size=audio_hop_size, batch_size=audio_batch_size, frontend=audio_frontend,
+                    verbose=verbose,
+                )
+                results.append((audio_out, emb, ts))
+            if not skip_image:
+                if int(video.fps) <= 0:
+                    raise OpenL3Error(f"Invalid frame rate {int(video.fps)} (openl3 uses int(fps))")
+                ts = np.arange(video.image_embedding.shape[0]) / float(int(video.fps))
+                results.append((image_out, video.image_embedding, ts))
+        except Exception as exc:
+            if on_error is None:
+                raise
+            on_error(path, exc)
+            continue
+        for out_path, emb, ts in results:
+            save_npz_atomic(out_path, embedding=emb, timestamps=ts)
+            if verbose:
+                print(f"openl3: Saved {out_path}")

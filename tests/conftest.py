@@ -56,6 +56,22 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
     )
 
 
+def hold(path: Path) -> Path:
+    """A FIFO named like an input file: a run that reaches it waits there until `release(path, ...)`.
+
+    Lets a test stop a run while it is provably still going, however fast the machine.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    return path
+
+
+def release(path: Path, audio: np.ndarray, sr: int) -> None:
+    """Replace the FIFO made by `hold` with a real audio file."""
+    path.unlink()
+    write_wav(path, audio, sr)
+
+
 def pytest_addoption(parser):
     parser.addoption("--stress", action="store_true", default=False,
                      help="heavier reliability variants: more kill moments, longer corpus, a 2-hour file")
@@ -65,6 +81,75 @@ def pytest_addoption(parser):
 def stress(request) -> bool:
     return bool(request.config.getoption("--stress"))
 
+
+# -- media made with PyAV (FFmpeg's own encoders) -------------------------------------------
+def encode_audio(path: Path, audio: np.ndarray, sr: int, codec: str, fmt: str = "fltp") -> Path:
+    """Mono `audio` (float32, or int16 for s16 formats) into a container chosen by `path`'s extension,
+    with `codec` (aac, alac, libopus, flac)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        stream = c.add_stream(codec, rate=sr)
+        stream.layout = "mono"
+        stream.format = fmt
+        _mux_audio(c, stream, audio, sr, fmt)
+    return path
+
+
+def _mux_audio(c, stream, audio: np.ndarray, sr: int, fmt: str) -> None:
+    import av
+
+    step = stream.codec_context.frame_size or 1024
+    for i in range(0, len(audio), step):
+        block = audio[i:i + step][None, :]
+        if fmt.startswith("s16") and block.dtype != np.int16:
+            block = np.round(block * 32767).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(block, format=fmt, layout="mono")
+        frame.sample_rate, frame.pts = sr, i
+        for packet in stream.encode(frame):
+            c.mux(packet)
+    for packet in stream.encode():
+        c.mux(packet)
+
+
+def encode_video(path: Path, frames: np.ndarray, fps: int = 25, audio: np.ndarray | None = None, sr: int = 44100,
+                 codec: str = "libx264", pts_ms: list[int] | None = None) -> Path:
+    """(N, H, W, 3) uint8 frames (+ optional mono AAC sound) into `path` (mp4, mkv, webm by extension).
+
+    `pts_ms` gives each frame's presentation time in milliseconds (variable frame rate).
+    """
+    import av
+    from fractions import Fraction
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream(codec, rate=fps)
+        vs.width, vs.height = frames.shape[2], frames.shape[1]
+        vs.pix_fmt = "yuv420p"
+        if pts_ms is not None:
+            vs.codec_context.time_base = Fraction(1, 1000)
+        a = None
+        if audio is not None:
+            webm = path.suffix == ".webm"
+            a = c.add_stream("libopus" if webm else "aac", rate=48000 if webm else sr)
+            a.layout, a.format = "mono", ("flt" if webm else "fltp")
+        for i, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            if pts_ms is not None:
+                frame.pts, frame.time_base = pts_ms[i], Fraction(1, 1000)
+            for packet in vs.encode(frame):
+                c.mux(packet)
+        for packet in vs.encode():
+            c.mux(packet)
+        if a is not None:
+            _mux_audio(c, a, audio, a.codec_context.sample_rate, a.format.name)
+    return path
+
+
+def color_frames(n: int, h: int = 48, w: int = 64) -> np.ndarray:
+    """Frame i is a flat gray of level 20 + 8 i (what survives H.264 and yuv420p well)."""
+    return np.stack([np.full((h, w, 3), min(255, 20 + 8 * i), np.uint8) for i in range(n)])
 
 def need_tool(ok: bool, what: str) -> None:
     """Skip when a system tool or package is missing locally; in CI (.ci/run installs it) fail instead."""

@@ -1,6 +1,5 @@
 """Decoding, mono mixing, resampling and discovery."""
 
-import os
 
 import numpy as np
 import pytest
@@ -34,8 +33,8 @@ def test_six_channels_and_8k(tmp_path):
 
 
 @pytest.mark.parametrize("content, needle", [
-    (b"", "decode"),
-    (b"this is not audio at all" * 10, "decode"),
+    (b"", r"empty file \(0 bytes\)"),
+    (b"this is not audio at all" * 10, "cannot decode.*holds text"),
 ])
 def test_bad_files_raise_audio_error(tmp_path, content, needle):
     p = tmp_path / "bad.wav"
@@ -77,26 +76,3 @@ def test_decoded_resamples_once_per_rate_and_method():
     assert set(d.resample_seconds) == {(16000, "soxr_hq"), (16000, "kaiser_best")}
 
 
-def test_discovery_skips_hidden_and_non_audio(tmp_path):
-    for name in ["b.wav", "a.FLAC", ".hidden.wav", "notes.txt", "c.mp3", "sub/d.wav", ".git/e.wav"]:
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(b"x")
-    flat = [p.as_posix() for p in audio_io.discover(tmp_path)]
-    assert flat == ["a.FLAC", "b.wav", "c.mp3"]
-    deep = [p.as_posix() for p in audio_io.discover(tmp_path, recursive=True)]
-    assert deep == ["a.FLAC", "b.wav", "c.mp3", "sub/d.wav"]
-    only_wav = [p.as_posix() for p in audio_io.discover(tmp_path, extensions=("wav",), recursive=True)]
-    assert only_wav == ["b.wav", "sub/d.wav"]
-
-
-def test_discovery_survives_symlink_loop(tmp_path):
-    (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "x.wav").write_bytes(b"x")
-    os.symlink(tmp_path, tmp_path / "a" / "loop")
-    found = [p.as_posix() for p in audio_io.discover(tmp_path, recursive=True)]
-    assert found == ["a/x.wav"]
-
-
-def test_missing_folder_says_which():
-    with pytest.raises(FileNotFoundError, match="--audio_dir"):
-        audio_io.discover("/nonexistent/folder")

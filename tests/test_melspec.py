@@ -62,3 +62,13 @@ def test_invalid_combinations_are_config_errors():
         registry.create("melspec", fmin=5000.0, fmax=4000.0)
     with pytest.raises(ConfigError, match="n_mels"):
         registry.create("melspec", n_mels=300, n_fft=256)
+
+
+@pytest.mark.parametrize("n_fft, n_mels, fmin, fmax", [(400, 64, 0.0, 8000.0), (1024, 128, 0.0, 8000.0),
+                                                        (512, 40, 125.0, 7500.0), (2048, 96, 30.0, 4000.0)])
+def test_filterbank_equals_librosas_bit_for_bit(n_fft, n_mels, fmin, fmax):
+    """Our numpy filterbank is librosa's default (Slaney scale, slaney norm), value for value."""
+    from extractors.melspec import mel_filterbank
+
+    ref = librosa.filters.mel(sr=SR, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=False, norm="slaney")
+    np.testing.assert_array_equal(mel_filterbank(n_fft, n_mels, fmin, fmax), ref.astype(np.float64))

@@ -432,7 +432,7 @@ def test_plugin_load_error_and_provenance(tmp_path, monkeypatch):
     monkeypatch.setattr(ol3, "_openl3_package_dirs", lambda: [])
     monkeypatch.setattr(ol3, "_torch_hub_dir", lambda: tmp_path / "hub")
     ex = registry.create("openl3", input_repr="linear", content_type="env")
-    with pytest.raises(WeightsError, match=r"openl3_audio_linear_env\.h5.*To supply it"):
+    with pytest.raises(WeightsError, match=r"openl3_audio_linear_env\.h5.*--download_only"):
         ex.load()
     path = tmp_path / "openl3_audio_linear_env.h5"
     _write_keras_h5(path, _seeded_state())

@@ -87,3 +87,32 @@ def test_clean_stale_removes_only_dead_owners(tmp_path):
     (tmp_path / ".z.npy.lock").write_text(f"{outputs.HOST}:{pid}")
     assert outputs.clean_stale(tmp_path) == 2
     assert sorted(os.listdir(tmp_path)) == [live.name]
+
+
+def test_weight_digests_are_computed_once_per_file_version(tmp_path, monkeypatch):
+    """A gigabyte checkpoint is not hashed at every start: (path, size, mtime) -> sha256 is remembered."""
+    import hashlib
+
+    import weights
+
+    monkeypatch.setenv("EMBEDKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(weights, "_DIGESTS", {})
+    path = tmp_path / "model.bin"
+    data = np.random.default_rng(0).bytes(2 << 20)
+    path.write_bytes(data)
+    st = path.stat()
+    assert weights.sha256sum(path) == hashlib.sha256(data).hexdigest()
+    # same size and mtime, other bytes: the remembered digest is used (the file is not read again),
+    # also by a new process (the in-memory table cleared)
+    path.write_bytes(data[::-1])
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    monkeypatch.setattr(weights, "_DIGESTS", {})
+    assert weights.sha256sum(path) == hashlib.sha256(data).hexdigest()
+    # a new version of the file (mtime moves) is hashed again
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert weights.sha256sum(path) == hashlib.sha256(data[::-1]).hexdigest()
+    # a Hugging Face cache blob is named by its sha256
+    blob = tmp_path / "blobs" / ("ab" * 32)
+    blob.parent.mkdir()
+    blob.write_bytes(b"x")
+    assert weights.sha256sum(blob) == "ab" * 32
