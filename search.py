@@ -160,6 +160,14 @@ class ModelFolder:
     def config(self) -> dict:
         return config_of(self.meta)
 
+    def axes_for(self, source: str | os.PathLike) -> list[str]:
+        """The axes of one source's array: an image model's videos have their own (`per_kind`)."""
+        import media
+
+        kind = media.kind_of(source)
+        per_kind = (self.meta.get("per_kind") or {}).get(kind) or {}
+        return list(per_kind.get("axes") or self.meta.get("axes") or [])
+
     def info(self, level: str = "file", window_seconds: float = 0.0) -> CollectionInfo:
         """The collection this folder makes at `level`; ConfigError when its arrays can't be vectors."""
         self.check_level(level, window_seconds)
@@ -1357,7 +1365,6 @@ def build_index(
     t0 = time.perf_counter()
     rep = IndexReport()
     info = index.info
-    axes = list(folder.meta.get("axes") or [])
     found = folder.outputs()
     known = index.files()
     gone = [out for out in known if out not in found]
@@ -1378,7 +1385,7 @@ def build_index(
             f"{folder.path} holds no outputs: run `python run_extraction.py --models {folder.alias} "
             f"--output_base {folder.output_base}` first"
         )
-    _check_dims(todo, axes, index.store.dim, folder)
+    _check_dims(todo, index.store.dim, folder)
     if gone:
         index.store.remove(gone)
         rep.removed = len(gone)
@@ -1407,7 +1414,7 @@ def build_index(
             data = np.load(entry.path, mmap_mode="r", allow_pickle=False)
             vecs, starts, ends = vectors_from_array(
                 data,
-                axes,
+                folder.axes_for(entry.source),
                 info.level,
                 info.window_seconds,
                 spans=lambda n, e=entry: folder.timestamps_for(e, n),
@@ -1448,7 +1455,7 @@ def build_index(
     return rep
 
 
-def _check_dims(todo: list[OutputEntry], axes: list[str], index_dim: int | None, folder: ModelFolder) -> None:
+def _check_dims(todo: list[OutputEntry], index_dim: int | None, folder: ModelFolder) -> None:
     """Vector length of every output to add, from the .npy headers; mixed lengths are a ConfigError."""
     dims: dict[int, list[str]] = {}
     for entry in todo:
@@ -1463,7 +1470,7 @@ def _check_dims(todo: list[OutputEntry], axes: list[str], index_dim: int | None,
                 shape, _, _ = read(f)
         except (OSError, ValueError):
             continue  # reported when loaded
-        if len(shape) != len(axes):
+        if len(shape) != len(folder.axes_for(entry.source)):
             continue  # reported when loaded
         dims.setdefault(int(shape[-1]), []).append(entry.output)
     if index_dim is not None and dims and set(dims) != {index_dim}:
@@ -1536,9 +1543,12 @@ class QueryEmbedder:
             raise SearchError(
                 f"cannot embed {path}: {type(exc).__name__}: {lines[-1] if lines else ''}"
             ) from exc
+        import media
+
         data = np.asarray(feats.data)
-        axes = list(self.meta.get("axes") or self.extractor.output_spec().axes)
-        hop = self.meta.get("hop_seconds") or self.extractor.output_spec().hop_seconds
+        spec = self.extractor.output_spec(media.kind_of(path) or "audio")  # an image model's video: (T, D)
+        axes = list(spec.axes)
+        hop = self.meta.get("hop_seconds") or spec.hop_seconds
         first = float(self.meta.get("first_frame_seconds") or 0.0)
 
         def spans(n: int) -> np.ndarray:
