@@ -9,8 +9,9 @@
 
 Each stage is one function here; an executor drives them. The local executor
 (`Runner`) claims and decodes the next files in a prefetch thread into a bounded
-queue while the main thread extracts and stores; `process_item` runs the stages
-for one file in one call (what another executor, e.g. a Ray actor, calls).
+queue, extracts in the main thread and stores in a writer thread a few results
+behind; `process_item` runs the stages for one file in one call (for other
+executors).
 Errors are values: every (file, model) of a run ends as one `Outcome`, and the
 loop moves on.
 """
@@ -201,17 +202,16 @@ def decode(root: Path, item: Item, jobs: list[ModelJob]) -> media.Media:
                 raise audio_io.MediaError("no audio or video stream in this file (empty or damaged)")
         if item.kind == "image" and live:
             m.image()
-        elif any(j.extractor.modality == "audio" for j in live) and m.has_audio:
-            for job in live:
-                if job.extractor.modality == "audio":
-                    try:
-                        m.audio(job.extractor.sample_rate, job.extractor.resample_method)
-                    except audio_io.MediaError:
-                        raise
-                    except Exception:
-                        pass  # a resampling failure fails only that model, in extract
     except Exception as exc:
         m.error = exc
+        return m
+    if m.has_audio:
+        for job in live:
+            if job.extractor.modality == "audio":
+                try:
+                    m.audio(job.extractor.sample_rate, job.extractor.resample_method)
+                except Exception:
+                    pass  # raised again in extract, for the models that need the sound only
     return m
 
 
@@ -563,6 +563,8 @@ class Runner:
         self.listing: media.Listing | None = None
         self._stop = threading.Event()
         self._leases = outputs.Leases(options.lease_seconds)
+        self._writer = _Writer()
+        self._stats_lock = threading.Lock()  # the writer thread counts outcomes too
 
     # -- before any file ----------------------------------------------------------------
     def prepare(self) -> list[Item]:
@@ -652,6 +654,7 @@ class Runner:
             self.stats.interrupted = "SIGINT" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
         finally:
             self._stop.set()
+            self._writer.close()  # what was computed is written (a few arrays at most)
             if producer is not None:  # interrupted: don't wait for a long decode (its locks go below)
                 producer.join(timeout=2 if self.stats.interrupted else 10)
             _drain(q)
@@ -662,34 +665,45 @@ class Runner:
         return self.stats
 
     def _process(self, work: _Work) -> None:
-        stats = self.stats
-        item = work.item
-        for outcome in work.outcomes:
-            stats.add(outcome)
+        """Extract here; store in the writer thread, so writing overlaps the next extraction."""
+        item, m = work.item, work.media
         try:
-            if work.media is None:
-                return
-            m = work.media
-            stats.decode_seconds += work.decode_seconds - sum(m.resample_seconds.values())
-            if self.opt.verbose:
-                what = f"{m.duration_seconds / 60:.1f} min of audio" if m.decoded_audio else item.kind
-                self._progress.say(f"{item.source.as_posix()}: started ({what}; "
-                                   f"{', '.join(j.alias for j in work.jobs)})")
-            for res in extract(item, work.jobs, m, self._progress.say, self._stop):
-                outcome = store(self.opt.output_base, item, res, m, self.run_id)
-                stats.add(outcome)
-                if outcome.status == "failed" and outcome.stage != "load":  # load errors were said once
-                    self._progress.say(f"FAILED {outcome.model} {outcome.source}: {outcome.exception}: "
-                                       f"{_short(outcome.cause)}")
-                elif self.opt.verbose and outcome.status == "ok":
-                    self._progress.say(f"{outcome.model:<12} {outcome.source}: shape {outcome.shape} "
-                                       f"in {outcome.inference_seconds:.2f} s")
-                elif self.opt.verbose:
-                    self._progress.say(f"{outcome.model:<12} {outcome.source}: skipped ({outcome.notes[0]})")
-            stats.count_decoded(m)
-        finally:
-            self._release(work)
-            self._progress.file_done()
+            if m is not None:
+                if self.opt.verbose:
+                    what = f"{m.duration_seconds / 60:.1f} min of audio" if m.decoded_audio else item.kind
+                    self._progress.say(f"{item.source.as_posix()}: started ({what}; "
+                                       f"{', '.join(j.alias for j in work.jobs)})")
+                for res in extract(item, work.jobs, m, self._progress.say, self._stop):
+                    self._writer.submit(lambda res=res: self._store(item, res, m))
+        finally:  # after this file's results are stored: count it, free its leases
+            self._writer.submit(lambda: self._file_done(work))
+
+    def _store(self, item: Item, res: Result, m: media.Media) -> None:
+        try:
+            outcome = store(self.opt.output_base, item, res, m, self.run_id)
+        except Exception as exc:  # a bug, not a disk error (those are outcomes already)
+            outcome = Outcome(item.source.as_posix(), res.job.alias, "failed")
+            outcome.fail(exc, "write")
+        with self._stats_lock:
+            self.stats.add(outcome)
+        if outcome.status == "failed" and outcome.stage != "load":  # load errors were said once
+            self._progress.say(f"FAILED {outcome.model} {outcome.source}: {outcome.exception}: "
+                               f"{_short(outcome.cause)}")
+        elif self.opt.verbose and outcome.status == "ok":
+            self._progress.say(f"{outcome.model:<12} {outcome.source}: shape {outcome.shape} "
+                               f"in {outcome.inference_seconds:.2f} s")
+        elif self.opt.verbose:
+            self._progress.say(f"{outcome.model:<12} {outcome.source}: skipped ({outcome.notes[0]})")
+
+    def _file_done(self, work: _Work) -> None:
+        with self._stats_lock:
+            for outcome in work.outcomes:
+                self.stats.add(outcome)
+            if work.media is not None:
+                self.stats.decode_seconds += work.decode_seconds - sum(work.media.resample_seconds.values())
+                self.stats.count_decoded(work.media)
+        self._release(work)
+        self._progress.file_done()
 
     # -- outputs of the run -------------------------------------------------------------------
     def _report_head(self) -> dict:
@@ -709,6 +723,34 @@ class Runner:
         outputs.atomic_write_json(report_path, report)
         outputs.atomic_write_json(failures_path, {"run": self.run_id, "failures": self.stats.failures})
         return report_path, failures_path
+
+
+class _Writer:
+    """One thread that runs the store stage in order, at most `slots` results behind the models.
+
+    Writing and fsync then overlap the next file's extraction; the bound keeps memory
+    to a few arrays. `close()` finishes what was handed over.
+    """
+
+    def __init__(self, slots: int = 4) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
+        self._slots = threading.BoundedSemaphore(slots)
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        self._slots.acquire()
+
+        def task() -> None:
+            try:
+                fn()
+            finally:
+                self._slots.release()
+
+        self._pool.submit(task)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
 
 class _Progress:

@@ -209,3 +209,63 @@ def missing(model: str, filename: str, looked: Iterable[str], how: str) -> Weigh
         f"looked in: {'; '.join(looked)}\n"
         f"how to get it: {how}"
     )
+
+
+# -- torch checkpoints (torch hub conventions) ---------------------------------------------
+_HUB_HASH = re.compile(r"-([0-9a-f]{8,64})\.(?:pth|pt)$")
+
+
+def hub_hash_prefix(filename: str) -> str | None:
+    """The sha256 prefix a torch hub file name carries (`resnet18-f37072fd.pth` -> "f37072fd"), else None."""
+    m = _HUB_HASH.search(filename)
+    return m.group(1) if m else None
+
+
+def read_torch_state_dict(path: str | os.PathLike, model: str, how: str) -> dict:
+    """A state dict from a checkpoint file, loaded with torch.load(weights_only=True) on the CPU.
+
+    Takes a plain state dict, or a checkpoint holding one under "state_dict" or "model"; a
+    "module." prefix (DataParallel) is removed. `how` says which file to use instead.
+    """
+    from collections.abc import Mapping
+
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{model}: cannot read {path} with torch.load(weights_only=True) ({reason}). {how}") \
+            from None
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{model}: {path} holds a {type(obj).__name__}, not a state dict of tensors. {how}")
+    state = {str(k): v for k, v in obj.items()}
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_strict(net, state, model: str, label: str, how: str):
+    """`net` with `state` loaded strictly, in eval mode; WeightsError listing what does not match.
+
+    BatchNorm counters (num_batches_tracked) may be absent; anything else must match exactly.
+    """
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
+              for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        for what, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes)):
+            if items:
+                more = f" ... ({len(items)} in all)" if len(items) > 8 else ""
+                parts.append(f"{what}: " + ", ".join(items[:8]) + more)
+        raise WeightsError(f"{model}: {label} does not match its network; " + "; ".join(parts) + f". {how}")
+    net.load_state_dict(state, strict=True)
+    return net.eval()

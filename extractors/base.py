@@ -332,6 +332,57 @@ class Extractor(ABC):
         return {"params": dict(self.config), "weights_license": self.weights_license}
 
 
+# -- torch, imported when a network is built ------------------------------------------------
+# Importing torch costs seconds; listing models, checking a config or a melspec run need none
+# of it. Plugins name torch through `lazy_import` and base their networks on `TorchModule`.
+class lazy_import:
+    """A module imported on first attribute access: `torch = lazy_import("torch")` costs nothing
+    until `torch.zeros(...)` runs. (Module-level code must not touch it: that would import it.)"""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._module = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr in ("_name", "_module"):  # not set yet (copy/pickle probing a bare instance)
+            raise AttributeError(attr)
+        if self._module is None:
+            import importlib
+
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attr)
+
+    def __repr__(self) -> str:
+        return f"<lazy module {self._name!r}{'' if self._module is None else ' (imported)'}>"
+
+
+class _TorchModuleMeta(type):
+    """Builds each network class on torch.nn.Module the first time one is instantiated."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if "_is_torch_class" in cls.__dict__:  # already the nn.Module class
+            return super().__call__(*args, **kwargs)
+        real = cls.__dict__.get("_torch_class")
+        if real is None:
+            import torch
+
+            # (cls, nn.Module): cls's methods first, nn.Module's machinery behind them; an
+            # instance is an instance of cls too, and super().__init__() reaches nn.Module's.
+            real = _TorchModuleMeta(cls.__name__, (cls, torch.nn.Module), {
+                "_is_torch_class": True, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                "__doc__": cls.__doc__})
+            type.__setattr__(cls, "_torch_class", real)
+        return real(*args, **kwargs)
+
+
+class TorchModule(metaclass=_TorchModuleMeta):
+    """Base class of the plugins' networks, written as torch.nn.Module subclasses are.
+
+    `class Net(TorchModule)` reads and behaves as `class Net(nn.Module)`: instances are
+    nn.Module instances (and Net instances); torch is imported when the first one is built.
+    """
+
+
 def torch_device(device: str) -> str:
     """Resolve 'auto' to 'cuda' when available, else 'cpu'.
 

@@ -40,8 +40,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import torch
-from torch import nn
 
 import weights
 from extractors.base import (
@@ -49,10 +47,15 @@ from extractors.base import (
     Features,
     OutputSpec,
     Param,
+    TorchModule,
     WeightFile,
     WeightsError,
+    lazy_import,
     torch_device,
 )
+
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
 
 SAMPLE_RATE = 22050
 CLIP_SAMPLES = 3**10  # 59049: the input length that the 3**10 total stride maps to one vector
@@ -75,7 +78,7 @@ _INERT_MODULE_ROOTS = ("pytorch_lightning", "lightning", "lightning_fabric", "ar
 
 
 # --------------------------------------------------------------------------- network
-class SampleCNN(nn.Module):
+class SampleCNN(TorchModule):
     """CLMR's SampleCNN encoder without its `fc` head: (B, 59049) waveform -> (B, 512)."""
 
     def __init__(self) -> None:

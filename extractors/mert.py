@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from extractors.base import (
     ConfigError,
@@ -56,8 +55,11 @@ from extractors.base import (
     Param,
     WeightFile,
     WeightsError,
+    lazy_import,
     torch_device,
 )
+
+torch = lazy_import("torch")
 
 SAMPLE_RATE = 24000
 HOP_SAMPLES = 320  # product of the conv strides (5 * 2**6): 75 frames per second

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -40,16 +40,13 @@ first 8 hex digits of its sha256 (in the name); they are checked wherever the fi
 
 from __future__ import annotations
 
-import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 import weights
 from extractors._frames import FrameGrid, Pick, pick_rgb
@@ -60,10 +57,14 @@ from extractors.base import (
     OutputSpec,
     Param,
     SkipFile,
+    TorchModule,
     WeightFile,
-    WeightsError,
+    lazy_import,
     torch_device,
 )
+
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
 
 EMBEDDING_DIM = 512
 CLIP_FPS = 15  # frames per second of the clip grid
@@ -85,8 +86,6 @@ WEIGHTS_SHA256_PREFIX = "b3b3357e"  # all torchvision publishes (the file name);
 GMACS_PER_CLIP = 40.697
 RANDOM_SEED = 0
 
-_HUB_HASH = re.compile(r"-([0-9a-f]{8,64})\.(?:pth|pt)$")
-
 
 class ShortVideoWarning(UserWarning):
     """A video shorter than one clip was padded by repeating its last frame."""
@@ -103,7 +102,7 @@ def _conv_bn(c_in: int, c_out: int, stride: int, relu: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(TorchModule):
     """conv1 (3x3x3, BN, ReLU) -> conv2 (3x3x3, BN) + shortcut -> ReLU (torchvision's video BasicBlock)."""
 
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
@@ -123,7 +122,7 @@ class BasicBlock(nn.Module):
         return self.relu(out + shortcut)
 
 
-class R3D18Net(nn.Module):
+class R3D18Net(TorchModule):
     """torchvision's r3d_18: (B, 3, T, H, W) normalised RGB clips -> (B, 512) pooled features.
 
     num_classes: size of the `fc` classifier kept for loading checkpoints strictly (not
@@ -177,66 +176,21 @@ def random_state(net: nn.Module, seed: int = RANDOM_SEED) -> dict[str, torch.Ten
 
 
 # --------------------------------------------------------------------------- checkpoints
-def hub_hash_prefix(filename: str) -> str | None:
-    """The sha256 prefix a torch hub file name carries (`r3d_18-b3b3357e.pth` -> "b3b3357e"), else None."""
-    m = _HUB_HASH.search(filename)
-    return m.group(1) if m else None
+def _how_to_get() -> str:
+    return (f"Use {WEIGHTS_FILE} from {WEIGHTS_URL}, or a state dict of torchvision.models.video.r3d_18 saved with "
+            "torch.save(model.state_dict(), path) (keys like 'layer1.0.conv1.0.weight').")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a checkpoint file, loaded with torch.load(weights_only=True) on the CPU.
-
-    Takes torchvision's files (a plain state dict), and checkpoints that hold one under
-    "state_dict" or "model"; a "module." prefix (DataParallel) is removed.
-    """
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(
-            f"r3d18: cannot read {path} with torch.load(weights_only=True) ({reason}). "
-            f"Use {WEIGHTS_FILE} from {WEIGHTS_URL}, or a state dict saved with "
-            "torch.save(model.state_dict(), path) from torchvision's r3d_18."
-        ) from None
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(
-            f"r3d18: {path} holds a {type(obj).__name__}, not a state dict of tensors. "
-            f"Use {WEIGHTS_FILE} from {WEIGHTS_URL} or torch.save(model.state_dict(), path)."
-        )
-    state = {str(k): v for k, v in obj.items()}
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
+    """A state dict from a checkpoint file (torch.load(weights_only=True), CPU; see weights.read_torch_state_dict)."""
+    return weights.read_torch_state_dict(path, "r3d18", _how_to_get())
 
 
 def build_network(state: Mapping[str, torch.Tensor], label: str = "state dict") -> R3D18Net:
-    """R3D18Net with `state` loaded strictly (fc sized from the checkpoint, or absent)."""
+    """R3D18Net with `state` loaded strictly (fc sized from the checkpoint, or absent), in eval mode."""
     fc = state.get("fc.weight")
     net = R3D18Net(num_classes=int(fc.shape[0]) if fc is not None and fc.ndim == 2 else None)
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
-              for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        for what, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                            ("wrong shapes", shapes)):
-            if items:
-                more = f" ... ({len(items)} in all)" if len(items) > 8 else ""
-                parts.append(f"{what}: " + ", ".join(items[:8]) + more)
-        raise WeightsError(
-            f"r3d18: {label} is not a torchvision r3d_18 state dict; " + "; ".join(parts) + ". "
-            f"Use {WEIGHTS_FILE} ({WEIGHTS_URL}) or a state dict of torchvision.models.video.r3d_18 "
-            "(keys like 'layer1.0.conv1.0.weight')."
-        )
-    net.load_state_dict(state, strict=True)
-    return net.eval()
+    return weights.load_strict(net, state, "r3d18", label, _how_to_get())
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -384,7 +338,7 @@ class R3D18(Extractor):
             p = Path(self.weights_path).expanduser()
             if p.is_file() and p.name != WEIGHTS_FILE:
                 # Another file (e.g. fine-tuned): checked against the hash its name carries, if any.
-                own = WeightFile(p.name, sha256=hub_hash_prefix(p.name))
+                own = WeightFile(p.name, sha256=weights.hub_hash_prefix(p.name))
                 return weights.resolve(self.name, own, local_path=p)
             return weights.resolve(self.name, self.weight_files()[0], local_path=p)
         hub = weights.torch_hub_checkpoints() / WEIGHTS_FILE

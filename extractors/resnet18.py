@@ -39,15 +39,12 @@ its sha256 is checked wherever it is found (torchvision checks nothing for a cac
 
 from __future__ import annotations
 
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 import weights
 from extractors._frames import FrameGrid, Pick, pick_rgb
@@ -57,10 +54,14 @@ from extractors.base import (
     Features,
     OutputSpec,
     Param,
+    TorchModule,
     WeightFile,
-    WeightsError,
+    lazy_import,
     torch_device,
 )
+
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
 
 EMBEDDING_DIM = 512
 RESIZE_SHORT = 256  # shorter side after the resize, pixels
@@ -83,12 +84,9 @@ WEIGHTS_SHA256 = "f37072fd47e89c5e827621c5baffa7500819f7896bbacec160b1a16c560e07
 GMACS_PER_IMAGE = 1.814
 RANDOM_SEED = 0
 
-# torch hub names a file `<name>-<first hex digits of its sha256>.<ext>`
-_HUB_HASH = re.compile(r"-([0-9a-f]{8,64})\.(?:pth|pt)$")
-
 
 # --------------------------------------------------------------------------- network
-class BasicBlock(nn.Module):
+class BasicBlock(TorchModule):
     """Two 3x3 convolutions with BatchNorm and a residual shortcut (torchvision's BasicBlock)."""
 
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
@@ -111,7 +109,7 @@ class BasicBlock(nn.Module):
         return self.relu(out + shortcut)
 
 
-class ResNet18Net(nn.Module):
+class ResNet18Net(TorchModule):
     """torchvision's resnet18: (B, 3, H, W) normalised RGB -> (B, 512) pooled features.
 
     num_classes: size of the `fc` classifier kept for loading checkpoints strictly (it is
@@ -164,67 +162,21 @@ def random_state(net: nn.Module, seed: int = RANDOM_SEED) -> dict[str, torch.Ten
 
 
 # --------------------------------------------------------------------------- checkpoints
-def hub_hash_prefix(filename: str) -> str | None:
-    """The sha256 prefix a torch hub file name carries (`resnet18-f37072fd.pth` -> "f37072fd"), else None."""
-    m = _HUB_HASH.search(filename)
-    return m.group(1) if m else None
+def _how_to_get() -> str:
+    return (f"Use {WEIGHTS_FILE} from {WEIGHTS_URL}, or a state dict of torchvision.models.resnet18 saved with "
+            "torch.save(model.state_dict(), path) (keys like 'layer1.0.conv1.weight').")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a checkpoint file, loaded with torch.load(weights_only=True) on the CPU.
-
-    Takes torchvision's files (a plain state dict), and checkpoints that hold one under
-    "state_dict" or "model"; a "module." prefix (DataParallel) is removed.
-    """
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(
-            f"resnet18: cannot read {path} with torch.load(weights_only=True) ({reason}). "
-            f"Use {WEIGHTS_FILE} from {WEIGHTS_URL}, or a state dict saved with "
-            "torch.save(model.state_dict(), path) from torchvision's resnet18."
-        ) from None
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(
-            f"resnet18: {path} holds a {type(obj).__name__}, not a state dict of tensors. "
-            f"Use {WEIGHTS_FILE} from {WEIGHTS_URL} or torch.save(model.state_dict(), path)."
-        )
-    state = {str(k): v for k, v in obj.items()}
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
+    """A state dict from a checkpoint file (torch.load(weights_only=True), CPU; see weights.read_torch_state_dict)."""
+    return weights.read_torch_state_dict(path, "resnet18", _how_to_get())
 
 
 def build_network(state: Mapping[str, torch.Tensor], label: str = "state dict") -> ResNet18Net:
-    """ResNet18Net with `state` loaded strictly (fc sized from the checkpoint, or absent)."""
+    """ResNet18Net with `state` loaded strictly (fc sized from the checkpoint, or absent), in eval mode."""
     fc = state.get("fc.weight")
     net = ResNet18Net(num_classes=int(fc.shape[0]) if fc is not None and fc.ndim == 2 else None)
-    expected = net.state_dict()
-    # BatchNorm counters are optional (torch fills them in); anything else must match exactly.
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
-              for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        for what, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                            ("wrong shapes", shapes)):
-            if items:
-                more = f" ... ({len(items)} in all)" if len(items) > 8 else ""
-                parts.append(f"{what}: " + ", ".join(items[:8]) + more)
-        raise WeightsError(
-            f"resnet18: {label} is not a torchvision resnet18 state dict; " + "; ".join(parts) + ". "
-            f"Use {WEIGHTS_FILE} ({WEIGHTS_URL}) or a state dict of torchvision.models.resnet18 "
-            "(keys like 'layer1.0.conv1.weight')."
-        )
-    net.load_state_dict(state, strict=True)
-    return net.eval()
+    return weights.load_strict(net, state, "resnet18", label, _how_to_get())
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -373,7 +325,7 @@ class ResNet18(Extractor):
             p = Path(self.weights_path).expanduser()
             if p.is_file() and p.name != WEIGHTS_FILE:
                 # Another file (e.g. fine-tuned): checked against the hash its name carries, if any.
-                own = WeightFile(p.name, sha256=hub_hash_prefix(p.name))
+                own = WeightFile(p.name, sha256=weights.hub_hash_prefix(p.name))
                 return weights.resolve(self.name, own, local_path=p)
             return weights.resolve(self.name, self.weight_files()[0], local_path=p)
         hub = weights.torch_hub_checkpoints() / WEIGHTS_FILE

@@ -150,3 +150,39 @@ def encode_video(path: Path, frames: np.ndarray, fps: int = 25, audio: np.ndarra
 def color_frames(n: int, h: int = 48, w: int = 64) -> np.ndarray:
     """Frame i is a flat gray of level 20 + 8 i (what survives H.264 and yuv420p well)."""
     return np.stack([np.full((h, w, 3), min(255, 20 + 8 * i), np.uint8) for i in range(n)])
+
+def need_tool(ok: bool, what: str) -> None:
+    """Skip when a system tool or package is missing locally; in CI (.ci/run installs it) fail instead."""
+    if ok:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is missing in CI: .ci/run must install it")
+    pytest.skip(f"{what} is not installed (CI installs it)")
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """A real PostgreSQL 16 + pgvector server from the pgserver wheel, once per test session.
+
+    Unix socket only (no TCP port). As root, pgserver runs the server as an unprivileged
+    'pgserver' OS user it creates. Yields the server handle; its get_uri() is a trust login.
+    """
+    import logging
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # platformdirs: XDG_RUNTIME_DIR unset, falls back to /tmp
+            warnings.simplefilter("ignore")
+            import pgserver
+    except ImportError:
+        need_tool(False, "the pgserver package (requirements.txt)")
+
+    logging.getLogger("pgserver").setLevel(logging.ERROR)
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def pg_uri(pg_server) -> str:
+    return pg_server.get_uri()

@@ -47,5 +47,8 @@ def test_installed_command_runs_the_job(installed, tmp_path):
     got = {p.name: np.load(p) for p in (out / "melspec").glob("*.npy")}
     assert sorted(got) == ["beat_120bpm.npy", "chord_stereo.npy", "sweep_110_880.npy"]
     assert all(a.shape[1] == 64 for a in got.values())
+    ol3 = subprocess.run([str(installed / "bin" / "embedkit-openl3"), "--help"], capture_output=True, text=True,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(installed)}, timeout=120)
+    assert ol3.returncode == 0 and "audio" in ol3.stdout and "--input-repr" in ol3.stdout
     bad = embedkit(installed, "extrct", cwd=tmp_path)
     assert bad.returncode == 2 and "did you mean 'extract'" in bad.stderr

@@ -268,3 +268,19 @@ def test_interrupt_at_any_moment_is_clean(tmp_path, moment):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     if proc.returncode == 130:
         assert "rerun" in out + err
+
+
+def test_a_run_imports_only_what_its_models_need(tmp_path):
+    """Start-up costs only what runs: a melspec/madmom run imports no torch, librosa or transformers."""
+    audio = tmp_path / "audio"
+    make_corpus(audio, 1, seconds=1.0)
+    code = (
+        "import sys, run_extraction;"
+        f"rc = run_extraction.main(['--no_progress', '--audio_dir', {str(audio)!r}, '--output_base', "
+        f"{str(tmp_path / 'out')!r}, '--models', 'melspec', 'madmom']);"
+        "print('HEAVY', sorted(m for m in ('torch', 'librosa', 'transformers', 'scipy.signal') if m in sys.modules));"
+        "sys.exit(rc)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "HEAVY []" in res.stdout, res.stdout

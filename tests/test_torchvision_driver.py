@@ -93,3 +93,24 @@ def test_resized_recompressed_copies_rank_first(run):
     assert res.returncode == 0, res.stdout + res.stderr
     assert nearest_originals(out, "resnet18", "img", IMAGES) == list(range(IMAGES))
     assert nearest_originals(out, "r3d18", "vid", VIDEOS) == list(range(VIDEOS))
+
+
+def test_search_finds_each_copys_original(run, corpus):
+    """The same through run_search.py: index the run's outputs, then `query --like <copy>` ranks the
+    copy's original first (the copy itself is excluded as the query)."""
+    out, res = run
+    assert res.returncode == 0, res.stdout + res.stderr
+    for model, prefix, n in (("resnet18", "img", IMAGES), ("r3d18", "vid", VIDEOS)):
+        idx = subprocess.run([sys.executable, str(ROOT / "run_search.py"), "index", "--output_base", str(out),
+                              "--model", model], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert idx.returncode == 0, idx.stdout + idx.stderr
+        ext = ".jpg" if prefix == "img" else ".mp4"
+        likes = [arg for i in range(n) for arg in ("--like", f"{prefix}{i}_copy{ext}")]
+        q = subprocess.run([sys.executable, str(ROOT / "run_search.py"), "query", *likes, "--output_base", str(out),
+                            "--model", model, "--top", "1", "--json"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+        assert q.returncode == 0, q.stdout + q.stderr
+        answers = [json.loads(line) for line in q.stdout.splitlines() if line.strip()]
+        got = {a["query"]: a["results"][0]["path"] for a in answers}
+        ext0 = ".png" if prefix == "img" else ".mp4"
+        assert got == {f"{prefix}{i}_copy{ext}": f"{prefix}{i}{ext0}" for i in range(n)}, got
