@@ -655,7 +655,9 @@ class Runner:
         finally:
             self._stop.set()
             self._writer.close()  # what was computed is written (a few arrays at most)
-            if producer is not None:  # interrupted: don't wait for a long decode (its locks go below)
+            # interrupted: don't wait for a long decode (its locks go below). is_alive(): a signal can
+            # land inside producer.start(), before the thread counts as started (join would raise)
+            if producer is not None and producer.is_alive():
                 producer.join(timeout=2 if self.stats.interrupted else 10)
             _drain(q)
             self._leases.close()  # every lock this process still holds, whichever thread took it
