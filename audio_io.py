@@ -4,8 +4,9 @@
 container with an audio stream: soundfile (libsndfile) for the formats it reads,
 so their samples stay exactly what earlier releases gave, and FFmpeg through PyAV
 for everything else (AAC and ALAC in .m4a/.mp4, WebM/Opus, MKV, video sound
-tracks, ...). `Decoded.at(rate, method)` memoizes resampled versions so every
-plugin needing the same pair shares one copy.
+tracks, ...). `Decoded.at(rate, method, precision)` memoizes resampled versions so
+every plugin needing the same one shares one copy; `precision` is the arithmetic of
+resampy's filters, which plugins choose to match their reference (see `resample`).
 """
 
 from __future__ import annotations
@@ -201,36 +202,109 @@ def sniff_hint(path: str | os.PathLike) -> str:
     return f"; the file holds {what} (its extension says {ext})"
 
 
-def resample(audio: np.ndarray, sr_in: int, sr_out: int, method: str = "soxr_hq") -> np.ndarray:
-    """Resample mono audio; returns float32. Identity when the rates match."""
+# resampy's arithmetic, per call: "float32" accumulates every filter tap into a float32 sample
+# (what resampy does with float32 input, e.g. crepe's), "float64" in float64 (what it does with
+# float64 input, e.g. openl3's, which reads files with soundfile as float64).
+PRECISIONS = ("float32", "float64")
+# Output samples per float64 block (a few MB of float64 work, whatever the file's length).
+_RESAMPY_BLOCK = 1 << 16
+
+
+def resample(audio: np.ndarray, sr_in: int, sr_out: int, method: str = "soxr_hq",
+             precision: str | None = None) -> np.ndarray:
+    """Resample mono audio; returns float32. Identity when the rates match.
+
+    precision (resampy's filters only; soxr's is set by its quality): the arithmetic
+    resampy accumulates in, "float32" or "float64"; None: the input's own (float64
+    for float64 input, else float32), as resampy itself does. "float64" on float32
+    input is computed a block at a time and rounded to float32 once: bit for bit
+    resampy on the whole float64 signal, without a float64 copy of the file.
+    """
     if method not in RESAMPLERS:
         raise ValueError(f"unknown resampler {method!r}; known: {', '.join(RESAMPLERS)}")
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"unknown resampling precision {precision!r}; known: {', '.join(PRECISIONS)}")
     if sr_in == sr_out:
         return np.asarray(audio, dtype=np.float32)
     if method.startswith("soxr"):
         import soxr
 
         out = soxr.resample(audio, sr_in, sr_out, quality="HQ" if method == "soxr_hq" else "VHQ")
-    else:
-        import resampy
+        return np.asarray(out, dtype=np.float32)
+    audio = np.asarray(audio)
+    if precision is None:
+        precision = "float64" if audio.dtype == np.float64 else "float32"
+    n_out = int(np.ceil(audio.shape[0] * sr_out / sr_in))
+    # resampy refuses signals shorter than its filter; zero-extend those (what the
+    # filter assumes beyond the ends anyway) and keep the expected length.
+    min_len = int(np.ceil(sr_in / sr_out)) + 1
+    if audio.shape[0] < min_len:
+        padded = np.pad(audio, (0, min_len - audio.shape[0]))
+        return resampy_resample(padded, sr_in, sr_out, method, precision, np.float32)[:n_out]
+    return resampy_resample(audio, sr_in, sr_out, method, precision, np.float32)
 
-        n_out = int(np.ceil(audio.shape[0] * sr_out / sr_in))
-        # resampy refuses signals shorter than its filter; zero-extend those (what the
-        # filter assumes beyond the ends anyway) and keep the expected length.
-        min_len = int(np.ceil(sr_in / sr_out)) + 1
-        if audio.shape[0] < min_len:
-            out = resampy.resample(np.pad(audio, (0, min_len - audio.shape[0])), sr_in, sr_out, filter=method)
-            out = out[:n_out]
-        else:
-            out = resampy.resample(audio, sr_in, sr_out, filter=method, axis=-1)
-    return np.asarray(out, dtype=np.float32)
+
+def resampy_resample(x: np.ndarray, sr_in: float, sr_out: float, filter: str = "kaiser_best",
+                     precision: str | None = None, out_dtype: type | None = None) -> np.ndarray:
+    """resampy.resample of a 1-D signal in a chosen arithmetic, whatever ran before in the process.
+
+    resampy 0.4's kernel is a numba gufunc compiled per dtype on first use, and once its
+    float64 loop exists numpy runs float32 input through it too: the same call gives
+    float32-accumulated samples in a fresh process (what crepe and openl3 get) and
+    float64-accumulated ones after any float64 call. Here the kernel runs directly, so
+    `precision` ("float32"/"float64"; None: float64 for float64 input, else float32)
+    alone decides. The samples equal resampy.resample(x.astype(precision)) in a fresh
+    process, length int(n * sr_out / sr_in); returned as `out_dtype` (default: precision).
+    float64 on other input runs in blocks of _RESAMPY_BLOCK output samples, each with
+    the filter's full support around it, which gives the same numbers as one call.
+    """
+    from resampy.filters import get_filter
+    from resampy.interpn import _resample_loop_s  # resampy 0.4.x (pinned): the loop its gufunc runs
+
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise ValueError(f"resampy_resample takes 1-D audio, got shape {x.shape}")
+    if sr_in <= 0 or sr_out <= 0:
+        raise ValueError(f"invalid sample rates {sr_in} -> {sr_out}")
+    if precision is None:
+        precision = "float64" if x.dtype == np.float64 else "float32"
+    dtype = np.dtype(precision)
+    out_dtype = np.dtype(out_dtype or dtype)
+    # resampy.resample's set-up, step for step (the same float64 numbers)
+    ratio = float(sr_out) / sr_in
+    n_in, n_out = x.shape[0], int(x.shape[0] * float(sr_out) / float(sr_in))
+    if n_out < 1:
+        raise ValueError(f"Input signal length={n_in} is too small to resample from {sr_in}->{sr_out}")
+    win, num_table, _ = get_filter(filter)
+    if ratio < 1:
+        win = ratio * win
+    delta = np.diff(win, append=win[-1])
+    scale = min(1.0, ratio)
+    increment = 1.0 / ratio
+    if dtype == x.dtype or dtype == np.float32:
+        y = np.zeros(n_out, dtype)
+        _resample_loop_s(np.asarray(x, dtype), np.arange(n_out) * increment, win, delta, num_table, scale, y)
+        return y if y.dtype == out_dtype else y.astype(out_dtype)
+    # float64 from narrower input, block by block. Output sample t reads input samples
+    # n - support < i <= n + support around n = int(t * increment); with all of them in
+    # the block, and the block's start subtracted exactly (an integer <= t * increment),
+    # each sample is the same sum of the same terms as in one whole-signal call.
+    support = win.shape[0] // int(scale * num_table) + 1
+    out = np.empty(n_out, out_dtype)
+    for t0 in range(0, n_out, _RESAMPY_BLOCK):
+        t = np.arange(t0, min(n_out, t0 + _RESAMPY_BLOCK)) * increment
+        a, b = max(0, int(t[0]) - support), min(n_in, int(t[-1]) + support + 2)
+        y = np.zeros(t.shape[0], dtype)
+        _resample_loop_s(x[a:b].astype(dtype), t - a, win, delta, num_table, scale, y)
+        out[t0 : t0 + t.shape[0]] = y
+    return out
 
 
 @dataclass
 class Decoded:
     """One decoded file with memoized resampled versions.
 
-    timings collects seconds spent resampling per (rate, method) key.
+    resample_seconds collects seconds spent resampling per `resample_key`.
     """
 
     audio: np.ndarray
@@ -243,17 +317,22 @@ class Decoded:
     def duration_seconds(self) -> float:
         return self.audio.shape[0] / self.sample_rate
 
-    def at(self, rate: int, method: str) -> np.ndarray:
-        """The signal at `rate` Hz via `method`, computed once."""
+    def at(self, rate: int, method: str, precision: str = "float32") -> np.ndarray:
+        """The signal at `rate` Hz via `method` in `precision` (see `resample`), computed once."""
         if rate == self.sample_rate:
             return self.audio
-        key = (rate, method)
+        key = resample_key(rate, method, precision)
         with self._lock:
             if key not in self._cache:
                 t0 = time.perf_counter()
-                self._cache[key] = resample(self.audio, self.sample_rate, rate, method)
+                self._cache[key] = resample(self.audio, self.sample_rate, rate, method, precision)
                 self.resample_seconds[key] = time.perf_counter() - t0
             return self._cache[key]
+
+
+def resample_key(rate: int, method: str, precision: str = "float32") -> tuple:
+    """What identifies one resampled version: soxr's result does not depend on `precision`."""
+    return (rate, method, None if method.startswith("soxr") else precision)
 
 
 def load(path: str | os.PathLike) -> Decoded:

@@ -486,9 +486,9 @@ class Media:
                 raise
         return self._decoded
 
-    def audio(self, rate: int, method: str) -> np.ndarray:
-        """Mono float32 at `rate` Hz (resampled once per (rate, method))."""
-        return self.decoded.at(rate, method)
+    def audio(self, rate: int, method: str, precision: str = "float32") -> np.ndarray:
+        """Mono float32 at `rate` Hz (resampled once per (rate, method, precision): see `audio_io.resample`)."""
+        return self.decoded.at(rate, method, precision)
 
     @property
     def decoded_audio(self) -> bool:

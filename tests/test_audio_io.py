@@ -73,6 +73,6 @@ def test_decoded_resamples_once_per_rate_and_method():
     assert d.at(16000, "soxr_hq") is a
     assert d.at(16000, "kaiser_best") is not a
     assert d.at(44100, "soxr_hq") is d.audio
-    assert set(d.resample_seconds) == {(16000, "soxr_hq"), (16000, "kaiser_best")}
+    assert set(d.resample_seconds) == {(16000, "soxr_hq", None), (16000, "kaiser_best", "float32")}
 
 
