@@ -190,8 +190,9 @@ def decode(root: Path, item: Item, jobs: list[ModelJob]) -> media.Media:
 
     Never raises: a decode error stays in the Media and fails each model that needs it.
     """
-    m = media.Media(root / item.source, item.kind)
     live = [j for j in jobs if not j.error]
+    m = media.Media(root / item.source, item.kind, residual=any(
+        j.extractor.modality == "audio" and j.extractor.resample_precision == "float64" for j in live))
     try:
         if item.kind == "video":
             m.probe()
@@ -760,7 +761,7 @@ def extract_file(extractor: Extractor, path: str | os.PathLike) -> Features:
         raise ValueError(f"{extractor.name} does not take {kind} files ({path})")
     job = ModelJob(extractor.name, extractor)
     item = Item(Path(os.path.basename(path)), kind, {}, [job])
-    m = media.Media(path, kind)
+    m = media.Media(path, kind, residual=extractor.modality == "audio" and extractor.resample_precision == "float64")
     res = next(extract(item, [job], m, log=lambda msg: print(msg, file=sys.stderr)))
     if res.error is not None:
         raise res.error
