@@ -313,8 +313,8 @@ def resampy_resample(x: np.ndarray, sr_in: float, sr_out: float, filter: str = "
     `precision` ("float32"/"float64"; None: float64 for float64 input, else float32)
     alone decides. The samples equal resampy.resample(x.astype(precision)) in a fresh
     process, length int(n * sr_out / sr_in); returned as `out_dtype` (default: precision).
-    float64 on other input runs in blocks of _RESAMPY_BLOCK output samples, each with
-    the filter's full support around it, which gives the same numbers as one call;
+    It runs in blocks of _RESAMPY_BLOCK output samples, each with the filter's full
+    support around it, which gives the same numbers as one call in bounded memory;
     `residual` (float64 only, same length as x) is added to each block of x first.
     """
     from resampy.filters import get_filter
@@ -342,23 +342,20 @@ def resampy_resample(x: np.ndarray, sr_in: float, sr_out: float, filter: str = "
     increment = 1.0 / ratio
     if residual is not None and (dtype != np.float64 or residual.shape != x.shape):
         raise ValueError("a residual goes with float64 precision and a signal of its length")
-    if residual is None and (dtype == x.dtype or dtype == np.float32):
-        y = np.zeros(n_out, dtype)
-        _resample_loop_s(np.asarray(x, dtype), np.arange(n_out) * increment, win, delta, num_table, scale, y)
-        return y if y.dtype == out_dtype else y.astype(out_dtype)
-    # float64 from narrower input, block by block. Output sample t reads input samples
-    # n - support < i <= n + support around n = int(t * increment); with all of them in
-    # the block, and the block's start subtracted exactly (an integer <= t * increment),
-    # each sample is the same sum of the same terms as in one whole-signal call.
+    # Blocks of output samples, each computed from the input around it: output sample t
+    # reads input samples n - support < i <= n + support around n = int(t * increment).
+    # With all of them in the block, and the block's start subtracted exactly (an integer
+    # <= t * increment), each sample is the same sum of the same terms as in one call,
+    # without one call's (n_out,) float64 time array or a float64 copy of the input.
     support = win.shape[0] // int(scale * num_table) + 1
     out = np.empty(n_out, out_dtype)
     for t0 in range(0, n_out, _RESAMPY_BLOCK):
         t = np.arange(t0, min(n_out, t0 + _RESAMPY_BLOCK)) * increment
         a, b = max(0, int(t[0]) - support), min(n_in, int(t[-1]) + support + 2)
-        y = np.zeros(t.shape[0], dtype)
         xb = x[a:b].astype(dtype)
         if residual is not None:
             xb += residual[a:b]
+        y = np.zeros(t.shape[0], dtype)
         _resample_loop_s(xb, t - a, win, delta, num_table, scale, y)
         out[t0 : t0 + t.shape[0]] = y
     return out
