@@ -4,8 +4,9 @@
 container with an audio stream: soundfile (libsndfile) for the formats it reads,
 so their samples stay exactly what earlier releases gave, and FFmpeg through PyAV
 for everything else (AAC and ALAC in .m4a/.mp4, WebM/Opus, MKV, video sound
-tracks, ...). `Decoded.at(rate, method)` memoizes resampled versions so every
-plugin needing the same pair shares one copy.
+tracks, ...). `Decoded.at(rate, method, precision)` memoizes resampled versions so
+every plugin needing the same one shares one copy; `precision` is the arithmetic of
+resampy's filters, which plugins choose to match their reference (see `resample`).
 """
 
 from __future__ import annotations
@@ -50,57 +51,110 @@ def decode(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     open the file), FFmpeg for every other container. Raises MediaError for
     unreadable, empty or non-finite audio and for files without an audio stream.
     """
+    audio, sr, _ = decode_mono(path)
+    return audio, sr
+
+
+def decode_mono(path: str | os.PathLike, residual: bool = False) -> tuple[np.ndarray, int, np.ndarray | None]:
+    """(mono float32, sample rate, residual) of a file; see `decode`.
+
+    residual: also return what the float32 signal lost against the float64 channel
+    mean of the samples read as float64 (what openl3 computes from `sf.read`), as
+    float32 (audio + residual is that mean to ~1e-14), or None where nothing was lost
+    (mono and stereo 8/16-bit PCM, mono float32, ...). The float32 signal is the same
+    either way.
+    """
     check_not_empty(path)
     if os.path.splitext(str(path))[1].lower() in SOUNDFILE_EXTENSIONS:
         try:
             info = sf.info(str(path))
         except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError
             try:  # e.g. AAC in a file named .wav, or a WAV codec libsndfile lacks
-                audio, sr = _decode_pyav(path)
+                mono = _decode_pyav(path, residual)
             except MediaError:
                 raise MediaError(f"cannot decode: {one_line(exc)}{sniff_hint(path)}") from None
         else:
-            audio, sr = _decode_soundfile(path, info)
+            mono = _decode_soundfile(path, info, residual)
     else:
-        audio, sr = _decode_pyav(path)
+        mono = _decode_pyav(path, residual)
+    audio, sr, lo = mono.result()
     if audio.size == 0:
         raise MediaError("empty audio (0 samples decoded)")
     if not np.isfinite(audio).all():
         bad = int((~np.isfinite(audio)).sum())
         raise MediaError(f"audio contains {bad} NaN/Inf samples; fix or re-export the file")
-    return audio, sr
+    return audio, sr, lo
 
 
-def _decode_soundfile(path, info) -> tuple[np.ndarray, int]:
+class _Mono:
+    """Mixes (frames, channels) blocks to mono into one growing float32 buffer.
+
+    The float32 signal is the float32 channel mean of the samples as float32 (what
+    every earlier release gave). With `residual`, blocks may come as float64 (soundfile
+    gives float32 samples equal to those rounded) and the float64 mean minus that
+    signal is kept too, allocated at the first block where it is not zero.
+    """
+
+    def __init__(self, size: int, residual: bool) -> None:
+        self.audio = np.empty(max(size, 0), dtype=np.float32)
+        self.n = 0
+        self.sr = 0
+        self.want_residual = residual
+        self.residual: np.ndarray | None = None
+
+    def add(self, block: np.ndarray) -> None:
+        m, n = block.shape[0], self.n
+        if n + m > self.audio.shape[0]:
+            size = max(2 * self.audio.shape[0], n + m, 1 << 16)
+            self.audio = np.resize(self.audio, size)
+            if self.residual is not None:
+                self.residual = np.resize(self.residual, size)
+        b32 = block if block.dtype == np.float32 else block.astype(np.float32)
+        out = self.audio[n : n + m]
+        if block.shape[1] == 1:
+            out[:] = b32[:, 0]
+        else:
+            np.mean(b32, axis=1, dtype=np.float32, out=out)
+        if self.want_residual and (block.shape[1] > 1 or block.dtype != np.float32):
+            # np.mean of the float64 (frames, channels) block: openl3's downmix of sf.read's array
+            exact = block[:, 0] if block.shape[1] == 1 else np.mean(block.astype(np.float64, copy=False), axis=1)
+            lo = (exact - out).astype(np.float32)
+            if self.residual is None and lo.any():
+                self.residual = np.zeros(self.audio.shape[0], dtype=np.float32)
+            if self.residual is not None:
+                self.residual[n : n + m] = lo
+        self.n = n + m
+
+    def result(self) -> tuple[np.ndarray, int, np.ndarray | None]:
+        n = self.n
+        audio = self.audio[:n] if n < self.audio.shape[0] else self.audio
+        lo = None if self.residual is None else self.residual[:n]
+        if n < self.audio.shape[0] // 2:  # don't keep a mostly unused buffer alive
+            audio = audio.copy()
+            lo = None if lo is None else lo.copy()
+        return audio, self.sr, lo
+
+
+def _decode_soundfile(path, info, residual: bool = False) -> _Mono:
     if info.frames == 0:
         raise MediaError("empty audio (0 samples)")
     # Fill one preallocated mono buffer block by block: peak memory stays near the
     # decoded mono size (the frame count in the header can be an estimate, e.g. MP3).
-    audio = np.empty(max(info.frames, 0), dtype=np.float32)
-    n = 0
+    mono = _Mono(info.frames, residual)
     try:
         with sf.SoundFile(str(path)) as f:
-            for block in f.blocks(blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True):
-                audio, n = _append_mono(audio, n, block)
-            sr = f.samplerate
+            # float64 only when asked: it holds more than float32 only for 32-bit PCM and
+            # float64 sources, and libsndfile's float32 samples are those values rounded
+            for block in f.blocks(blocksize=_BLOCK_FRAMES, dtype="float64" if residual else "float32",
+                                  always_2d=True):
+                mono.add(block)
+            mono.sr = int(f.samplerate)
     except Exception as exc:
         raise MediaError(f"decoding failed: {one_line(exc)}") from None
-    return (audio[:n] if n < audio.shape[0] else audio), int(sr)
+    return mono
 
 
-def _append_mono(audio: np.ndarray, n: int, block: np.ndarray) -> tuple[np.ndarray, int]:
-    """Mix (frames, channels) `block` to mono into `audio` at `n`, growing it when needed."""
-    m = block.shape[0]
-    if n + m > audio.shape[0]:
-        audio = np.resize(audio, max(2 * audio.shape[0], n + m, 1 << 16))
-    if block.shape[1] == 1:
-        audio[n : n + m] = block[:, 0]
-    else:
-        np.mean(block, axis=1, dtype=np.float32, out=audio[n : n + m])
-    return audio, n + m
-
-
-def _decode_pyav(path) -> tuple[np.ndarray, int]:
+def _decode_pyav(path, residual: bool = False) -> _Mono:
     """The first audio stream of any FFmpeg-readable container, mono float32 at its own rate.
 
     Samples are what FFmpeg's decoder gives after the container's own gapless
@@ -120,30 +174,31 @@ def _decode_pyav(path) -> tuple[np.ndarray, int]:
         stream = container.streams.audio[0]
         sr = stream.codec_context.sample_rate or stream.rate
         estimate = round(float(stream.duration * stream.time_base) * sr) if stream.duration else 0
-        audio = np.empty(max(estimate + 4096, 1 << 16), dtype=np.float32)
-        n = 0
+        mono = _Mono(max(estimate + 4096, 1 << 16), residual)
+        mono.sr = int(sr)
         # Packed float32 whatever the codec's sample format (exact for 16-bit PCM).
         to_float = av.AudioResampler(format="flt")
         try:
             for frame in container.decode(stream):
                 for out in to_float.resample(frame):
                     block = out.to_ndarray().reshape(-1, out.layout.nb_channels)
-                    audio, n = _append_mono(audio, n, block)
+                    mono.add(block)
             for out in to_float.resample(None):
-                audio, n = _append_mono(audio, n, out.to_ndarray().reshape(-1, out.layout.nb_channels))
+                mono.add(out.to_ndarray().reshape(-1, out.layout.nb_channels))
         except Exception as exc:
+            n = mono.n
             if n == 0:
                 raise MediaError(f"decoding failed: {one_line(exc)}") from None
             raise MediaError(f"decoding failed after {n / sr:.2f} s of audio: {one_line(exc)} "
                              "(the file is damaged or truncated)") from None
-    if n == 0:
+    if mono.n == 0:
         raise MediaError("empty audio (0 samples decoded)")
     # The encoder pads the last frame (AAC: to 1024 samples); the container's duration
     # says where the signal ends. Trim to it when the excess is no more than that padding.
     frame = stream.codec_context.frame_size or 0
-    if estimate and frame and 0 < n - estimate <= 2 * frame:
-        n = estimate
-    return audio[:n].copy() if n < audio.shape[0] // 2 else audio[:n], int(sr)
+    if estimate and frame and 0 < mono.n - estimate <= 2 * frame:
+        mono.n = estimate
+    return mono
 
 
 def probe_streams(path: str | os.PathLike) -> tuple[bool, bool]:
@@ -200,40 +255,122 @@ def sniff_hint(path: str | os.PathLike) -> str:
     return f"; the file holds {what} (its extension says {ext})"
 
 
-def resample(audio: np.ndarray, sr_in: int, sr_out: int, method: str = "soxr_hq") -> np.ndarray:
-    """Resample mono audio; returns float32. Identity when the rates match."""
+# resampy's arithmetic, per call: "float32" accumulates every filter tap into a float32 sample
+# (what resampy does with float32 input, e.g. crepe's), "float64" in float64 (what it does with
+# float64 input, e.g. openl3's, which reads files with soundfile as float64).
+PRECISIONS = ("float32", "float64")
+# Output samples per float64 block (a few MB of float64 work, whatever the file's length).
+_RESAMPY_BLOCK = 1 << 16
+
+
+def resample(audio: np.ndarray, sr_in: int, sr_out: int, method: str = "soxr_hq",
+             precision: str | None = None, residual: np.ndarray | None = None) -> np.ndarray:
+    """Resample mono audio; returns float32. Identity when the rates match.
+
+    precision (resampy's filters only; soxr's is set by its quality): the arithmetic
+    resampy accumulates in, "float32" or "float64"; None: the input's own (float64
+    for float64 input, else float32), as resampy itself does. "float64" on float32
+    input is computed a block at a time and rounded to float32 once: bit for bit
+    resampy on the whole float64 signal, without a float64 copy of the file.
+    residual (float64 only): `decode_mono`'s, added to the float32 signal per block.
+    """
     if method not in RESAMPLERS:
         raise ValueError(f"unknown resampler {method!r}; known: {', '.join(RESAMPLERS)}")
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"unknown resampling precision {precision!r}; known: {', '.join(PRECISIONS)}")
     if sr_in == sr_out:
         return np.asarray(audio, dtype=np.float32)
     if method.startswith("soxr"):
         import soxr
 
         out = soxr.resample(audio, sr_in, sr_out, quality="HQ" if method == "soxr_hq" else "VHQ")
-    else:
-        import resampy
+        return np.asarray(out, dtype=np.float32)
+    audio = np.asarray(audio)
+    if precision is None:
+        precision = "float64" if audio.dtype == np.float64 else "float32"
+    n_out = int(np.ceil(audio.shape[0] * sr_out / sr_in))
+    # resampy refuses signals shorter than its filter; zero-extend those (what the
+    # filter assumes beyond the ends anyway) and keep the expected length.
+    min_len = int(np.ceil(sr_in / sr_out)) + 1
+    if audio.shape[0] < min_len:
+        if residual is not None and precision == "float64":
+            audio = audio.astype(np.float64) + residual
+        padded = np.pad(audio, (0, min_len - audio.shape[0]))
+        return resampy_resample(padded, sr_in, sr_out, method, precision, np.float32)[:n_out]
+    return resampy_resample(audio, sr_in, sr_out, method, precision, np.float32, residual)
 
-        n_out = int(np.ceil(audio.shape[0] * sr_out / sr_in))
-        # resampy refuses signals shorter than its filter; zero-extend those (what the
-        # filter assumes beyond the ends anyway) and keep the expected length.
-        min_len = int(np.ceil(sr_in / sr_out)) + 1
-        if audio.shape[0] < min_len:
-            out = resampy.resample(np.pad(audio, (0, min_len - audio.shape[0])), sr_in, sr_out, filter=method)
-            out = out[:n_out]
-        else:
-            out = resampy.resample(audio, sr_in, sr_out, filter=method, axis=-1)
-    return np.asarray(out, dtype=np.float32)
+
+def resampy_resample(x: np.ndarray, sr_in: float, sr_out: float, filter: str = "kaiser_best",
+                     precision: str | None = None, out_dtype: type | None = None,
+                     residual: np.ndarray | None = None) -> np.ndarray:
+    """resampy.resample of a 1-D signal in a chosen arithmetic, whatever ran before in the process.
+
+    resampy 0.4's kernel is a numba gufunc compiled per dtype on first use, and once its
+    float64 loop exists numpy runs float32 input through it too: the same call gives
+    float32-accumulated samples in a fresh process (what crepe and openl3 get) and
+    float64-accumulated ones after any float64 call. Here the kernel runs directly, so
+    `precision` ("float32"/"float64"; None: float64 for float64 input, else float32)
+    alone decides. The samples equal resampy.resample(x.astype(precision)) in a fresh
+    process, length int(n * sr_out / sr_in); returned as `out_dtype` (default: precision).
+    It runs in blocks of _RESAMPY_BLOCK output samples, each with the filter's full
+    support around it, which gives the same numbers as one call in bounded memory;
+    `residual` (float64 only, same length as x) is added to each block of x first.
+    """
+    from resampy.filters import get_filter
+    from resampy.interpn import _resample_loop_s  # resampy 0.4.x (pinned): the loop its gufunc runs
+
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise ValueError(f"resampy_resample takes 1-D audio, got shape {x.shape}")
+    if sr_in <= 0 or sr_out <= 0:
+        raise ValueError(f"invalid sample rates {sr_in} -> {sr_out}")
+    if precision is None:
+        precision = "float64" if x.dtype == np.float64 else "float32"
+    dtype = np.dtype(precision)
+    out_dtype = np.dtype(out_dtype or dtype)
+    # resampy.resample's set-up, step for step (the same float64 numbers)
+    ratio = float(sr_out) / sr_in
+    n_in, n_out = x.shape[0], int(x.shape[0] * float(sr_out) / float(sr_in))
+    if n_out < 1:
+        raise ValueError(f"Input signal length={n_in} is too small to resample from {sr_in}->{sr_out}")
+    win, num_table, _ = get_filter(filter)
+    if ratio < 1:
+        win = ratio * win
+    delta = np.diff(win, append=win[-1])
+    scale = min(1.0, ratio)
+    increment = 1.0 / ratio
+    if residual is not None and (dtype != np.float64 or residual.shape != x.shape):
+        raise ValueError("a residual goes with float64 precision and a signal of its length")
+    # Blocks of output samples, each computed from the input around it: output sample t
+    # reads input samples n - support < i <= n + support around n = int(t * increment).
+    # With all of them in the block, and the block's start subtracted exactly (an integer
+    # <= t * increment), each sample is the same sum of the same terms as in one call,
+    # without one call's (n_out,) float64 time array or a float64 copy of the input.
+    support = win.shape[0] // int(scale * num_table) + 1
+    out = np.empty(n_out, out_dtype)
+    for t0 in range(0, n_out, _RESAMPY_BLOCK):
+        t = np.arange(t0, min(n_out, t0 + _RESAMPY_BLOCK)) * increment
+        a, b = max(0, int(t[0]) - support), min(n_in, int(t[-1]) + support + 2)
+        xb = x[a:b].astype(dtype)
+        if residual is not None:
+            xb += residual[a:b]
+        y = np.zeros(t.shape[0], dtype)
+        _resample_loop_s(xb, t - a, win, delta, num_table, scale, y)
+        out[t0 : t0 + t.shape[0]] = y
+    return out
 
 
 @dataclass
 class Decoded:
     """One decoded file with memoized resampled versions.
 
-    timings collects seconds spent resampling per (rate, method) key.
+    resample_seconds collects seconds spent resampling per `resample_key`.
     """
 
     audio: np.ndarray
     sample_rate: int
+    residual: np.ndarray | None = field(default=None, repr=False)  # see decode_mono
+    has_residual: bool = False  # whether `residual` was computed (None then: nothing was lost)
     _cache: dict = field(default_factory=dict, repr=False)
     resample_seconds: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -250,22 +387,40 @@ class Decoded:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def at(self, rate: int, method: str) -> np.ndarray:
-        """The signal at `rate` Hz via `method`, computed once."""
-        if rate == self.sample_rate:
+    def at(self, rate: int, method: str, precision: str = "float32") -> np.ndarray:
+        """The signal at `rate` Hz via `method` in `precision` (see `resample`), computed once.
+
+        float64 precision uses the residual where there is one: the result is then the
+        float64 signal (as openl3 builds it from sf.read) resampled and rounded to float32.
+        """
+        lo = self.residual if precision == "float64" and not method.startswith("soxr") else None
+        if rate == self.sample_rate and lo is None:
             return self.audio
-        key = (rate, method)
+        key = resample_key(rate, method, precision)
         with self._lock:
             if key not in self._cache:
                 t0 = time.perf_counter()
-                self._cache[key] = resample(self.audio, self.sample_rate, rate, method)
+                if rate == self.sample_rate:  # the float64 signal rounded once, a block at a time
+                    out = np.empty_like(self.audio)
+                    for i in range(0, out.shape[0], _BLOCK_FRAMES):
+                        j = i + _BLOCK_FRAMES
+                        out[i:j] = self.audio[i:j].astype(np.float64) + lo[i:j]
+                    self._cache[key] = self.audio if np.array_equal(out, self.audio) else out
+                else:
+                    self._cache[key] = resample(self.audio, self.sample_rate, rate, method, precision, lo)
                 self.resample_seconds[key] = time.perf_counter() - t0
             return self._cache[key]
 
 
-def load(path: str | os.PathLike) -> Decoded:
-    audio, sr = decode(path)
-    return Decoded(audio, sr)
+def resample_key(rate: int, method: str, precision: str = "float32") -> tuple:
+    """What identifies one resampled version: soxr's result does not depend on `precision`."""
+    return (rate, method, None if method.startswith("soxr") else precision)
+
+
+def load(path: str | os.PathLike, residual: bool = False) -> Decoded:
+    """The decoded file; `residual`: with `decode_mono`'s residual (for float64 resampling)."""
+    audio, sr, lo = decode_mono(path, residual)
+    return Decoded(audio, sr, lo, residual)
 
 
 def one_line(exc: BaseException) -> str:

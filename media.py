@@ -443,8 +443,11 @@ class Media:
     known after `probe()` (or the first decode).
     """
 
-    def __init__(self, path: str | os.PathLike, kind: str | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, kind: str | None = None, residual: bool = False) -> None:
+        """residual: decode with `audio_io.decode_mono`'s residual at once (a model will
+        ask for float64 resampling; otherwise the file is read a second time then)."""
         self.path = Path(path)
+        self._want_residual = residual
         self.kind = kind or kind_of(path) or "audio"
         self.error: Exception | None = None  # set by the run loop when opening/decoding failed
         self._decoded: audio_io.Decoded | None = None
@@ -480,15 +483,24 @@ class Media:
             if self._audio_error is not None:
                 raise self._audio_error
             try:
-                self._decoded = audio_io.load(self.path)
+                self._decoded = audio_io.load(self.path, self._want_residual)
             except MediaError as exc:
                 self._audio_error = exc
                 raise
         return self._decoded
 
-    def audio(self, rate: int, method: str) -> np.ndarray:
-        """Mono float32 at `rate` Hz (resampled once per (rate, method))."""
-        return self.decoded.at(rate, method)
+    def audio(self, rate: int, method: str, precision: str = "float32") -> np.ndarray:
+        """Mono float32 at `rate` Hz (resampled once per (rate, method, precision): see `audio_io.resample`).
+
+        float64 resampling starts from the float64 signal (float32 plus residual).
+        """
+        if precision == "float64" and not method.startswith("soxr"):
+            self._want_residual = True
+            decoded = self.decoded
+            if not decoded.has_residual:  # decoded earlier without it: read the file again for it
+                _, _, decoded.residual = audio_io.decode_mono(self.path, residual=True)
+                decoded.has_residual = True
+        return self.decoded.at(rate, method, precision)
 
     @property
     def decoded_audio(self) -> bool:

@@ -193,8 +193,9 @@ def decode(root: Path, item: Item, jobs: list[ModelJob]) -> media.Media:
 
     Never raises: a decode error stays in the Media and fails each model that needs it.
     """
-    m = media.Media(root / item.source, item.kind)
     live = [j for j in jobs if not j.error]
+    m = media.Media(root / item.source, item.kind, residual=any(
+        j.extractor.modality == "audio" and j.extractor.resample_precision == "float64" for j in live))
     try:
         if item.kind == "video":
             m.probe()
@@ -209,7 +210,7 @@ def decode(root: Path, item: Item, jobs: list[ModelJob]) -> media.Media:
         for job in live:
             if job.extractor.modality == "audio":
                 try:
-                    m.audio(job.extractor.sample_rate, job.extractor.resample_method)
+                    m.audio(*job.extractor.resample_key)
                 except Exception:
                     pass  # raised again in extract, for the models that need the sound only
     return m
@@ -258,7 +259,7 @@ def _capture_notes(fn: Callable[[], Features]) -> tuple[Features, list[str]]:
 
 def _run_audio(job: ModelJob, m: media.Media, log: Callable[[str], None], jobs: list[ModelJob]) -> Result:
     ex = job.extractor
-    key = (ex.sample_rate, ex.resample_method)
+    key = ex.resample_key
     try:
         decoded = m.decoded
         audio = m.audio(*key)
@@ -275,9 +276,10 @@ def _run_audio(job: ModelJob, m: media.Media, log: Callable[[str], None], jobs: 
         res.features, res.error = None, exc
     res.seconds = time.perf_counter() - t0
     # the resampling done in the decoder, shared among the models using it
+    shared = audio_io.resample_key(*key)
     users = sum(1 for j in jobs if not j.error and j.extractor.modality == "audio"
-                and (j.extractor.sample_rate, j.extractor.resample_method) == key)
-    res.resample_seconds = decoded.resample_seconds.get(key, 0.0) / max(1, users)
+                and audio_io.resample_key(*j.extractor.resample_key) == shared)
+    res.resample_seconds = decoded.resample_seconds.get(shared, 0.0) / max(1, users)
     return res
 
 
@@ -488,6 +490,7 @@ def write_metadata(job: ModelJob, output_base: Path) -> None:
         "kinds": list(job.kinds),
         "sample_rate": ex.sample_rate,
         "resampler": ex.resample_method if ex.modality == "audio" else None,
+        "resample_precision": ex.resample_precision if ex.modality == "audio" else None,
         **job.spec(primary).to_json(),
         "extra_folders": {f.name.split(".", 1)[1]: f.name for f in job.folders()[:-1]},
         "params": ex.config,
@@ -827,7 +830,7 @@ def extract_file(extractor: Extractor, path: str | os.PathLike) -> Features:
         raise ValueError(f"{extractor.name} does not take {kind} files ({path})")
     job = ModelJob(extractor.name, extractor)
     item = Item(Path(os.path.basename(path)), kind, {}, [job])
-    m = media.Media(path, kind)
+    m = media.Media(path, kind, residual=extractor.modality == "audio" and extractor.resample_precision == "float64")
     res = next(extract(item, [job], m, log=lambda msg: print(msg, file=sys.stderr)))
     if res.error is not None:
         raise res.error

@@ -87,6 +87,8 @@ class _DecodeView:
         self.modality = ex.modality
         self.sample_rate = ex.sample_rate
         self.resample_method = ex.resample_method if ex.modality == "audio" else None
+        self.resample_precision = ex.resample_precision if ex.modality == "audio" else None
+        self.resample_key = ex.resample_key if ex.modality == "audio" else None
 
 
 def _picklable(exc: BaseException | None) -> BaseException | None:
@@ -524,12 +526,12 @@ class RayRunner(pipeline.Runner):
         flight = _Flight(item, locks, media_ref, info_ref)
         self._flights[index] = flight
         self._waiting[info_ref] = (index, None, -1)
-        keys = Counter((j.extractor.sample_rate, j.extractor.resample_method) for j in live
+        keys = Counter(audio_io.resample_key(*j.extractor.resample_key) for j in live
                        if j.extractor.modality == "audio")
         for job in live:
             pool = self._pools[job.alias]
             i = pool.pick()
-            share = keys[(job.extractor.sample_rate, job.extractor.resample_method)] \
+            share = keys[audio_io.resample_key(*job.extractor.resample_key)] \
                 if job.extractor.modality == "audio" else 1
             ref = pool.actors[i].process.remote(slim, media_ref, share)
             pool.busy[i] += 1

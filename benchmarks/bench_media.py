@@ -116,7 +116,7 @@ def overhead(folder: Path, seconds: float) -> dict:
         ex.load()
     # the models' own time on the decoded signals
     decoded = [audio_io.load(p) for p in sorted(mixed.iterdir())]
-    inputs = {n: [d.at(ex.sample_rate, ex.resample_method) for d in decoded] for n, ex in models.items()}
+    inputs = {n: [d.at(*ex.resample_key) for d in decoded] for n, ex in models.items()}
     for n, ex in models.items():
         ex.extract(inputs[n][0][: ex.sample_rate], ex.sample_rate)  # warm-up
     t0 = time.perf_counter()

@@ -100,7 +100,7 @@ def build_models(names: list[str], quick: bool, device: str) -> dict:
 
 def pure_inference(models: dict, paths: list[Path]) -> dict[str, float]:
     decoded = [audio_io.load(p) for p in paths]
-    inputs = {name: [d.at(ex.sample_rate, ex.resample_method) for d in decoded] for name, (ex, _) in models.items()}
+    inputs = {name: [d.at(*ex.resample_key) for d in decoded] for name, (ex, _) in models.items()}
     times = {}
     for name, (ex, _) in models.items():
         ex.extract(inputs[name][0][: ex.sample_rate * 2], ex.sample_rate)  # warm-up (first-call allocations)

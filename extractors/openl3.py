@@ -761,6 +761,10 @@ class OpenL3(Extractor):
     name = "openl3"
     sample_rate = TARGET_SR
     resampler = "kaiser_best"  # what openl3 uses (resampy); soxr_hq is faster, slightly different
+    # openl3 reads files with soundfile as float64 and resamples in float64: the kapre
+    # front-end's near-floor bins see float32 rounding, so float32 resampling moves
+    # embeddings by ~0.5 % (docs/openl3.md).
+    resample_precision = "float64"
     weights_license = "CC BY 4.0 (OpenL3 model weights, marl/openl3; code MIT)"
     default_batch_size = 16
     params = {
@@ -945,9 +949,10 @@ def _prepare_audio(audio: np.ndarray, sr: Real, hop_size: Real, center: Any) -> 
     if center not in (True, False):
         raise OpenL3Error(f"Invalid center value {center}")
     if sr != TARGET_SR:
-        import resampy
+        import audio_io
 
-        audio = resampy.resample(audio, sr_orig=sr, sr_new=TARGET_SR, filter="kaiser_best")
+        # resampy in the input's own arithmetic, as openl3 in a fresh process (see audio_io)
+        audio = audio_io.resampy_resample(audio, sr, TARGET_SR, "kaiser_best")
     if audio.size < WINDOW:
         warnings.warn(
             "Duration of provided audio is shorter than window size (1 second). Audio will be padded.",

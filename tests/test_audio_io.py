@@ -73,6 +73,130 @@ def test_decoded_resamples_once_per_rate_and_method():
     assert d.at(16000, "soxr_hq") is a
     assert d.at(16000, "kaiser_best") is not a
     assert d.at(44100, "soxr_hq") is d.audio
-    assert set(d.resample_seconds) == {(16000, "soxr_hq"), (16000, "kaiser_best")}
+    assert set(d.resample_seconds) == {(16000, "soxr_hq", None), (16000, "kaiser_best", "float32")}
 
 
+
+
+# -- resampling precision (what a plugin's reference resamples in) ------------------------------
+def _noisy(n: int, seed: int = 0) -> np.ndarray:
+    """Tones and noise: every sample's rounding matters (no exactly representable sums)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / 44100
+    return (0.4 * np.sin(2 * np.pi * 440 * t) + 0.1 * rng.standard_normal(n)).astype(np.float32)
+
+
+def test_resampy_arithmetic_does_not_depend_on_what_ran_before(tmp_path, monkeypatch):
+    """resampy's gufunc runs float32 input through its float64 loop once that loop exists, so
+    the same call gives other samples after any float64 call. Ours gives what resampy gives in
+    a fresh process (as in crepe's and openl3's own runs) whatever ran before, in blocks."""
+    import subprocess
+    import sys
+
+    import resampy
+
+    x = _noisy(9000)
+    np.save(tmp_path / "x.npy", x)
+    fresh = (
+        "import sys, numpy as np, resampy\n"
+        "x = np.load(sys.argv[1])\n"
+        "np.save(sys.argv[2], resampy.resample(x, 44100, 48000))  # first call: float32 loop\n"
+        "np.save(sys.argv[3], resampy.resample(x.astype(np.float64), 44100, 48000))\n"
+    )
+    subprocess.run([sys.executable, "-c", fresh, str(tmp_path / "x.npy"), str(tmp_path / "f32.npy"),
+                    str(tmp_path / "f64.npy")], check=True, timeout=300)
+    want32, want64 = np.load(tmp_path / "f32.npy"), np.load(tmp_path / "f64.npy")
+    assert want32.dtype == np.float32 and (want32 != want64.astype(np.float32)).mean() > 0.3
+
+    resampy.resample(x.astype(np.float64), 44100, 48000)  # this process has the float64 loop now
+    monkeypatch.setattr(audio_io, "_RESAMPY_BLOCK", 1009)  # several blocks against one whole call
+    np.testing.assert_array_equal(audio_io.resampy_resample(x, 44100, 48000), want32)
+    np.testing.assert_array_equal(audio_io.resample(x, 44100, 48000, "kaiser_best", "float32"), want32)
+    np.testing.assert_array_equal(audio_io.resampy_resample(x.astype(np.float64), 44100, 48000), want64)
+    np.testing.assert_array_equal(audio_io.resample(x, 44100, 48000, "kaiser_best", "float64"),
+                                  want64.astype(np.float32))
+
+
+@pytest.mark.parametrize("sr_in, sr_out", [(44100, 48000), (44100, 16000), (22050, 48000), (48000, 16000),
+                                           (16000, 44100)])
+@pytest.mark.parametrize("method", ["kaiser_best", "kaiser_fast"])
+def test_float64_resampling_in_blocks_equals_one_call(monkeypatch, sr_in, sr_out, method):
+    """Blocks with the filter's support around them give resampy's whole-signal float64 samples."""
+    import resampy
+
+    monkeypatch.setattr(audio_io, "_RESAMPY_BLOCK", 997)  # many blocks, none aligned with the ratio
+    x = _noisy(sr_in // 4 + 13, seed=sr_in + sr_out)
+    residual = (np.random.default_rng(1).standard_normal(x.shape[0]) * 1e-9).astype(np.float32)
+    whole = resampy.resample(x.astype(np.float64), sr_in, sr_out, filter=method)
+    got = audio_io.resample(x, sr_in, sr_out, method, "float64")
+    assert got.dtype == np.float32 and got.shape == whole.shape
+    np.testing.assert_array_equal(got, whole.astype(np.float32))
+    # with a residual: the float64 signal x + residual, never held whole
+    whole = resampy.resample(x.astype(np.float64) + residual, sr_in, sr_out, filter=method)
+    np.testing.assert_array_equal(audio_io.resampy_resample(x, sr_in, sr_out, method, "float64", residual=residual),
+                                  whole)
+    with pytest.raises(ValueError, match="precision"):
+        audio_io.resample(x, sr_in, sr_out, method, "float16")
+
+
+def _write(path, data, sr, fmt=None, subtype=None):
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, data, sr, format=fmt, subtype=subtype)
+    return path
+
+
+def test_decode_residual_recovers_the_float64_mix(tmp_path):
+    """openl3 reads sf.read(path) as float64 and averages the channels; float32 plus the residual
+    is that signal, and the float32 signal itself is unchanged (other models see the same)."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(2)
+    two = np.clip(0.3 * rng.standard_normal((5000, 2)), -1, 1)
+    files = {
+        "stereo_float.wav": (_write(tmp_path / "stereo_float.wav", two, 44100, subtype="FLOAT"), True),
+        "mono_double.wav": (_write(tmp_path / "mono_double.wav", two[:, 0], 44100, subtype="DOUBLE"), True),
+        "three_24bit.flac": (_write(tmp_path / "three_24bit.flac", np.c_[two, two[:, :1] * 0.7], 44100,
+                                    subtype="PCM_24"), True),
+        "stereo_mp3.mp3": (_write(tmp_path / "stereo_mp3.mp3", two, 44100, "MP3", "MPEG_LAYER_III"), True),
+        "stereo_16bit.wav": (_write(tmp_path / "stereo_16bit.wav", two, 44100, subtype="PCM_16"), False),
+        "mono_16bit.wav": (_write(tmp_path / "mono_16bit.wav", two[:, 0], 44100, subtype="PCM_16"), False),
+    }
+    for name, (path, lossy) in files.items():
+        plain, sr = audio_io.decode(path)
+        audio, sr2, residual = audio_io.decode_mono(path, residual=True)
+        np.testing.assert_array_equal(audio, plain, err_msg=name)
+        assert sr == sr2 == 44100
+        assert (residual is not None) == lossy, name  # 16-bit mono/stereo: float32 holds the mean exactly
+        x, _ = sf.read(path)
+        want = np.mean(x, axis=1) if x.ndim == 2 else x
+        both = audio.astype(np.float64) + (0 if residual is None else residual)
+        np.testing.assert_allclose(both, want, rtol=0, atol=1e-15, err_msg=name)
+        if name.startswith("stereo"):
+            np.testing.assert_array_equal(both, want, err_msg=name)  # a half-sum of float32 values: exact
+
+
+def test_media_resamples_from_the_float64_signal(tmp_path):
+    """Media.audio(..., "float64") = openl3's signal, resampled in float64 and rounded once;
+    also when the file was decoded earlier without the residual (it is read again for it)."""
+    import resampy
+    import soundfile as sf
+
+    import media
+
+    rng = np.random.default_rng(3)
+    path = _write(tmp_path / "s.wav", np.clip(0.3 * rng.standard_normal((6000, 2)), -1, 1), 22050,
+                  subtype="FLOAT")
+    x, sr = sf.read(path)
+    want = resampy.resample(np.mean(x, axis=1), sr, 48000, filter="kaiser_best").astype(np.float32)
+    hinted = media.Media(path, residual=True)
+    np.testing.assert_array_equal(hinted.audio(48000, "kaiser_best", "float64"), want)
+    late = media.Media(path)
+    f32 = late.audio(48000, "kaiser_best")  # the float32 default first
+    assert (f32 != want).mean() > 0.3
+    np.testing.assert_array_equal(late.audio(48000, "kaiser_best", "float64"), want)
+    np.testing.assert_array_equal(late.audio(48000, "kaiser_best"), f32)  # both kept, each once
+    # no resampling needed: the float64 mean rounded once
+    np.testing.assert_array_equal(media.Media(path).audio(22050, "kaiser_best", "float64"),
+                                  np.mean(x, axis=1).astype(np.float32))
