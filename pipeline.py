@@ -509,7 +509,7 @@ def load_models(jobs: list[ModelJob], output_base: Path, stats: RunStats, log: C
                 threads: int | None = None) -> None:
     """Load every model once: weight problems show before the first file; the other models go on.
 
-    torch runs `threads` intra-op threads (default: the cores this process may use). Some CPU
+    torch runs `threads` intra-op threads (default: `default_threads()`). Some CPU
     kernels (3-D convolutions) sum in an order that depends on it, so runs meant to give the same
     bytes use the same count (the Ray engine's actors use `--torch_threads`, default 1).
     """
@@ -525,8 +525,17 @@ def load_models(jobs: list[ModelJob], output_base: Path, stats: RunStats, log: C
     if "torch" in sys.modules:  # only models that use torch pay for it
         import torch
 
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(max(1, threads or cores))  # default: the cores this job may use (SLURM, taskset)
+        torch.set_num_threads(threads or default_threads())
+
+
+def default_threads() -> int:
+    """torch's intra-op threads when none are configured: OMP_NUM_THREADS where it is a positive
+    integer (cluster job scripts set it; torch itself would honour it), else the cores this
+    process may use (SLURM, taskset), not the machine's."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def load_error_text(exc: BaseException) -> str:
@@ -713,8 +722,10 @@ class Runner:
     # -- outputs of the run -------------------------------------------------------------------
     def _report_head(self) -> dict:
         """The report's first keys (another executor adds its own, e.g. the Ray engine's cluster)."""
+        torch = sys.modules.get("torch")  # None: no model of this run uses torch
         return {"run": self.run_id, "finished": outputs.now_iso(),
-                "audio_dir": str(Path(self.opt.audio_dir).resolve())}
+                "audio_dir": str(Path(self.opt.audio_dir).resolve()),
+                "torch_threads": torch.get_num_threads() if torch else None}
 
     def write_reports(self) -> tuple[Path, Path]:
         base = self.opt.output_base

@@ -16,7 +16,7 @@ A config file (all keys optional):
     engine: local           # local | ray (a Ray cluster: pip install -r requirements-ray.txt)
     ray_address: null       # engine ray: null starts a local cluster; auto; ray://host:10001
     ray_actors: null        # engine ray: actors per model (null: one per GPU, or from the CPUs)
-    torch_threads: null     # torch intra-op threads (null: local, the cores it may use; ray, 1 per actor)
+    torch_threads: null     # intra-op threads (null: $OMP_NUM_THREADS, else the cores; ray: 1 per actor)
     models:                 # a list of names, or a mapping name -> settings
       crepe: {capacity: full, step_size: 10, viterbi: true}
       openl3_env:           # a second configuration of one plugin, in its own folder

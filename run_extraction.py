@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds between progress lines when stderr is not a terminal (default 60; 0: none)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar or progress lines")
     p.add_argument("--torch_threads", type=int,
-                   help="torch intra-op threads (default: the cores the run may use; engine ray: 1 per actor)")
+                   help="torch intra-op threads (default: $OMP_NUM_THREADS, else the cores the run may use; "
+                        "engine ray: 1 per actor)")
     p.add_argument("--engine", help="local (default) | ray: run on a Ray cluster "
                    "(pip install -r requirements-ray.txt; folders on a filesystem every node sees)")
     p.add_argument("--ray_address", help="engine ray: auto (the cluster on this node) | ray://HOST:10001 "

@@ -284,3 +284,19 @@ def test_a_run_imports_only_what_its_models_need(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "HEAVY []" in res.stdout, res.stdout
+
+    report = json.loads((tmp_path / "out" / "run_report.json").read_text())
+    assert report["torch_threads"] is None  # recorded only where a model ran torch
+
+
+def test_torch_threads_follow_omp_num_threads_unless_set(tmp_path):
+    """A job script's OMP_NUM_THREADS is honoured (torch would honour it; we must not override
+    it with the core count); --torch_threads wins over it; the report records the count."""
+    audio = tmp_path / "audio"
+    make_corpus(audio, 1, seconds=0.5)
+    for extra, want in (([], 1), (["--torch_threads", "2"], 2)):
+        out = tmp_path / f"out{want}"
+        res = run_cli("--audio_dir", str(audio), "--output_base", str(out), "--models", "crepe",
+                      "--set", "crepe.capacity=tiny", *extra, env={"OMP_NUM_THREADS": "1"})
+        assert res.returncode == 0, res.stderr
+        assert json.loads((out / "run_report.json").read_text())["torch_threads"] == want
