@@ -221,6 +221,19 @@ def hub_hash_prefix(filename: str) -> str | None:
     return m.group(1) if m else None
 
 
+def resolve_hub_checkpoint(model: str, official: WeightFile, weights_path: str | os.PathLike | None) -> Path:
+    """A torchvision-style checkpoint: `weights_path` (file or folder), our cache, torch hub's
+    cache (`$TORCH_HOME/hub/checkpoints`), or a download. Another file named in `weights_path`
+    (e.g. fine-tuned) is checked against the hash prefix its name carries, if any."""
+    if weights_path is not None:
+        p = Path(weights_path).expanduser()
+        if p.is_file() and p.name != official.filename:
+            own = WeightFile(p.name, sha256=hub_hash_prefix(p.name))
+            return resolve(model, own, local_path=p)
+        return resolve(model, official, local_path=p)
+    return resolve(model, official, extra_places=[torch_hub_checkpoints() / official.filename])
+
+
 def read_torch_state_dict(path: str | os.PathLike, model: str, how: str) -> dict:
     """A state dict from a checkpoint file, loaded with torch.load(weights_only=True) on the CPU.
 

@@ -321,15 +321,7 @@ class ResNet18(Extractor):
 
     def checkpoint_path(self) -> Path:
         """The weight file: `weights:` path (file or folder), our cache, torch hub's cache, or a download."""
-        if self.weights_path is not None:
-            p = Path(self.weights_path).expanduser()
-            if p.is_file() and p.name != WEIGHTS_FILE:
-                # Another file (e.g. fine-tuned): checked against the hash its name carries, if any.
-                own = WeightFile(p.name, sha256=weights.hub_hash_prefix(p.name))
-                return weights.resolve(self.name, own, local_path=p)
-            return weights.resolve(self.name, self.weight_files()[0], local_path=p)
-        hub = weights.torch_hub_checkpoints() / WEIGHTS_FILE
-        return weights.resolve(self.name, self.weight_files()[0], extra_places=[hub])
+        return weights.resolve_hub_checkpoint(self.name, self.weight_files()[0], self.weights_path)
 
     def model_key(self) -> tuple:
         # frame_rate / pooling / precision do not change the network: share one copy.
