@@ -22,7 +22,8 @@ import soundfile as sf
 # Extensions libsndfile 1.2 decodes (read through soundfile).
 SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc")
 # Audio-only extensions read through FFmpeg (PyAV).
-PYAV_AUDIO_EXTENSIONS = (".m4a", ".m4b", ".aac", ".alac", ".caf", ".mka", ".wma", ".ac3", ".amr", ".ape", ".wv")
+PYAV_AUDIO_EXTENSIONS = (".m4a", ".m4b", ".aac", ".alac", ".caf", ".mka", ".wma", ".ac3", ".amr", ".ape",
+                         ".wv")
 AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS + PYAV_AUDIO_EXTENSIONS
 
 # method name -> description (for docs / error messages)
@@ -117,7 +118,8 @@ class _Mono:
             np.mean(b32, axis=1, dtype=np.float32, out=out)
         if self.want_residual and (block.shape[1] > 1 or block.dtype != np.float32):
             # np.mean of the float64 (frames, channels) block: openl3's downmix of sf.read's array
-            exact = block[:, 0] if block.shape[1] == 1 else np.mean(block.astype(np.float64, copy=False), axis=1)
+            exact = (block[:, 0] if block.shape[1] == 1
+                     else np.mean(block.astype(np.float64, copy=False), axis=1))
             lo = (exact - out).astype(np.float32)
             if self.residual is None and lo.any():
                 self.residual = np.zeros(self.audio.shape[0], dtype=np.float32)

@@ -26,7 +26,8 @@ COMMANDS = {
 def usage() -> str:
     width = max(map(len, COMMANDS))
     rows = "\n".join(f"  {name:<{width}}  {what}" for name, (_, what) in COMMANDS.items())
-    return f"usage: embedkit COMMAND [ARGS...]\n\ncommands:\n{rows}\n\n'embedkit COMMAND --help' for a command's options."
+    return (f"usage: embedkit COMMAND [ARGS...]\n\ncommands:\n{rows}\n\n"
+            "'embedkit COMMAND --help' for a command's options.")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -162,7 +162,8 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     except MediaError:
         raise
     except Exception as exc:
-        raise MediaError(f"cannot decode image: {audio_io.one_line(exc)}{audio_io.sniff_hint(path)}") from None
+        raise MediaError(f"cannot decode image: {audio_io.one_line(exc)}"
+                         f"{audio_io.sniff_hint(path)}") from None
 
 
 def image_to_rgb(img) -> np.ndarray:
@@ -227,7 +228,8 @@ class VideoScaler:
     graph is rebuilt when the frames' size, pixel format or rotation changes.
     """
 
-    def __init__(self, size: tuple[int, int], interpolation: str = "bicubic", rotation: int | None = None) -> None:
+    def __init__(self, size: tuple[int, int], interpolation: str = "bicubic",
+                 rotation: int | None = None) -> None:
         self.height, self.width = size
         self.interpolation = interpolation
         self.rotation = rotation
@@ -299,7 +301,8 @@ class FrameChunk:
     frames: list
     pts: np.ndarray
     index: np.ndarray
-    _scalers: dict = field(default_factory=dict, repr=False)  # (size, interpolation) -> VideoScaler, per stream
+    # (size, interpolation) -> VideoScaler, per stream
+    _scalers: dict = field(default_factory=dict, repr=False)
     _converted: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -314,7 +317,9 @@ class FrameChunk:
                 for i in todo:
                     got = self.frames[i].to_ndarray(format="rgb24")
                     k = frame_rotation(self.frames[i]) // 90
-                    self._converted[(i, None, interpolation)] = np.ascontiguousarray(np.rot90(got, k)) if k else got
+                    if k:
+                        got = np.ascontiguousarray(np.rot90(got, k))
+                    self._converted[(i, None, interpolation)] = got
             else:
                 key = (tuple(size), interpolation)
                 if key not in self._scalers:

@@ -253,7 +253,8 @@ def _capture_notes(fn: Callable[[], Features]) -> tuple[Features, list[str]]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         features = fn()
-    notes = list(dict.fromkeys(str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)))
+    notes = list(dict.fromkeys(str(w.message) for w in caught
+                               if not issubclass(w.category, DeprecationWarning)))
     return features, notes
 
 
@@ -413,7 +414,8 @@ def store(output_base: Path, item: Item, res: Result, m: media.Media, run_id: st
     try:
         for extra, path in zip(spec.extra_outputs, paths[:-1]):
             value = feats.timestamps if extra == "timestamps" else feats.extras[extra]
-            outputs.atomic_save_npy(path, np.asarray(value, dtype=np.float64 if extra == "timestamps" else None))
+            outputs.atomic_save_npy(path, np.asarray(value,
+                                                     dtype=np.float64 if extra == "timestamps" else None))
         outputs.atomic_save_npy(paths[-1], data)
     except OSError as exc:
         out.write_seconds = time.perf_counter() - t0
@@ -499,7 +501,8 @@ def write_metadata(job: ModelJob, output_base: Path) -> None:
         "file_naming": "<relative dir>/<stem>.npy; inputs this model takes that share a stem keep their "
         "extension (<stem>.<ext>.npy); manifest.jsonl maps every source to its output",
     }
-    others = {k: job.spec(k).to_json() for k in job.kinds if k != primary and job.spec(k) != job.spec(primary)}
+    others = {k: job.spec(k).to_json() for k in job.kinds
+              if k != primary and job.spec(k) != job.spec(primary)}
     if others:
         meta["per_kind"] = others  # e.g. an image model: (dim,) per image, (time, dim) per video
     outputs.atomic_write_json(output_base / job.alias / "features.json", meta)
@@ -597,7 +600,8 @@ class Runner:
         assert listing is not None
         kinds = ", ".join(f"{n} {k}" for k, n in s.files_by_kind.items() if n)
         shard = f" (shard {self.opt.shard[0]}/{self.opt.shard[1]})" if self.opt.shard else ""
-        self.log(f"found {s.files_total} file(s){shard} in {self.opt.audio_dir}" + (f": {kinds}" if kinds else ""))
+        self.log(f"found {s.files_total} file(s){shard} in {self.opt.audio_dir}"
+                 + (f": {kinds}" if kinds else ""))
         for line in listing.left_out_lines():
             self.log(f"  left out: {line}")
         unused = [k for k, n in s.files_by_kind.items() if n and not any(k in j.kinds for j in self.jobs)]
@@ -803,8 +807,9 @@ class _Progress:
         rate = self.done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else None
         pct = 100.0 * self.done / self.total if self.total else 100.0
-        return (f"progress: {self.done}/{self.total} files ({pct:.0f}%), {s.audio_seconds_decoded / 3600:.2f} h "
-                f"of audio, {rate * 60:.1f} files/min, ETA {_duration(eta)}, {len(s.failures)} failure(s)")
+        return (f"progress: {self.done}/{self.total} files ({pct:.0f}%), "
+                f"{s.audio_seconds_decoded / 3600:.2f} h of audio, {rate * 60:.1f} files/min, "
+                f"ETA {_duration(eta)}, {len(s.failures)} failure(s)")
 
     def say(self, msg: str) -> None:
         if self.bar is not None:
@@ -841,7 +846,8 @@ def extract_file(extractor: Extractor, path: str | os.PathLike) -> Features:
         raise ValueError(f"{extractor.name} does not take {kind} files ({path})")
     job = ModelJob(extractor.name, extractor)
     item = Item(Path(os.path.basename(path)), kind, {}, [job])
-    m = media.Media(path, kind, residual=extractor.modality == "audio" and extractor.resample_precision == "float64")
+    m = media.Media(path, kind,
+                    residual=extractor.modality == "audio" and extractor.resample_precision == "float64")
     res = next(extract(item, [job], m, log=lambda msg: print(msg, file=sys.stderr)))
     if res.error is not None:
         raise res.error

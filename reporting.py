@@ -76,7 +76,9 @@ class ModelStats:
     @property
     def realtime_factor(self) -> float | None:
         """Media seconds processed per wall second (higher is faster)."""
-        return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 and self.audio_seconds else None
+        if self.wall_seconds > 0 and self.audio_seconds:
+            return self.audio_seconds / self.wall_seconds
+        return None
 
 
 @dataclass
@@ -193,8 +195,8 @@ class RunStats:
         )
         for name, m in self.models.items():
             if m.not_loaded:
-                rows.append(f"{name}: not loaded ({m.not_loaded.split(':')[0]}: the reason is printed above and "
-                            f"kept in failures.json), {m.failed} file(s) not processed")
+                rows.append(f"{name}: not loaded ({m.not_loaded.split(':')[0]}: the reason is printed "
+                            f"above and kept in failures.json), {m.failed} file(s) not processed")
             if m.no_input:
                 rows.append(f"{name}: {m.no_input} file(s) hold nothing for it (noted in manifest.jsonl)")
         failures = self.file_failures

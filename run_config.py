@@ -197,7 +197,8 @@ def _validate_params(cls, settings: dict, here: str, errors: _Errors) -> dict[st
     for key, value in settings.items():
         if key not in cls.params:
             errors.add(f"{here}: {cls.name}: unknown parameter {key!r}"
-                       f"{did_you_mean(key, [*cls.params, *MODEL_KEYS])}; known: {', '.join(sorted(cls.params))}")
+                       f"{did_you_mean(key, [*cls.params, *MODEL_KEYS])}; "
+                       f"known: {', '.join(sorted(cls.params))}")
             continue
         try:
             good[key] = cls.params[key].validate(cls.name, key, value)
@@ -285,7 +286,8 @@ def _apply_set(cfg: RunConfig, setting: str, errors: _Errors) -> None:
     target = next((mc for mc in cfg.models if mc.alias == alias), None)
     if target is None:
         names = [mc.alias for mc in cfg.models]
-        errors.add(f"--set {setting!r}: model {alias!r} is not in this run ({names}){did_you_mean(alias, names)}")
+        errors.add(f"--set {setting!r}: model {alias!r} is not in this run ({names})"
+                   f"{did_you_mean(alias, names)}")
         return
     try:
         value = yaml.safe_load(raw)
@@ -295,7 +297,8 @@ def _apply_set(cfg: RunConfig, setting: str, errors: _Errors) -> None:
         setattr(target, key, value)
         return
     sub = _Errors()
-    params = _validate_params(registry.get(target.extractor), {**target.params, key: value}, f"--set {setting!r}", sub)
+    params = _validate_params(registry.get(target.extractor), {**target.params, key: value},
+                              f"--set {setting!r}", sub)
     for line in sub.lines:
         errors.add(line)
     if not sub.lines:

@@ -26,14 +26,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output_base", help="output folder (default: output/embeddings)")
     p.add_argument("--models", nargs="+", help="models (or config names) to run (default: all registered)")
     p.add_argument("--skip_existing", action="store_true",
-                   help="skip outputs that are already complete (the default; kept for the original script's CLI)")
+                   help="skip outputs that are already complete "
+                        "(the default; kept for the original script's CLI)")
     p.add_argument("--overwrite", action="store_true", default=None, help="recompute even complete outputs")
-    p.add_argument("--verbose", action="store_true", default=None, help="print shape and time per file and model")
+    p.add_argument("--verbose", action="store_true", default=None,
+                   help="print shape and time per file and model")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--batch_size", type=int, help="batch size for every model (per-model config wins)")
     p.add_argument("--recursive", action="store_true", default=None,
                    help="descend into sub-folders; outputs mirror the input tree")
-    p.add_argument("--extensions", nargs="+", help="file extensions to take (default: every one the decoders read)")
+    p.add_argument("--extensions", nargs="+",
+                   help="file extensions to take (default: every one the decoders read)")
     p.add_argument("--prefetch", type=int, help="decoded files buffered ahead of the models (default 2)")
     p.add_argument("--shard", help="INDEX/COUNT: process only this stable share of the files (SLURM arrays)")
     p.add_argument("--set", action="append", metavar="MODEL.PARAM=VALUE",
@@ -70,7 +73,10 @@ def list_models() -> None:
         takes = f"{cls.sample_rate} Hz audio" if cls.modality == "audio" else cls.modality
         print(f"{name}  ({takes}; weights: {cls.weights_license})")
         for key, spec in cls.params.items():
-            allowed = f" {list(spec.choices)}" if spec.choices else (f" ({spec.allowed})" if spec.allowed else "")
+            if spec.choices:
+                allowed = f" {list(spec.choices)}"
+            else:
+                allowed = f" ({spec.allowed})" if spec.allowed else ""
             print(f"    {key} = {spec.default!r}{allowed}  {spec.help}")
 
 
@@ -89,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(args)
     except KeyboardInterrupt:
-        print("interrupted before the run started; nothing was written: rerun the same command", file=sys.stderr)
+        print("interrupted before the run started; nothing was written: rerun the same command",
+              file=sys.stderr)
         return 130
     except SystemExit as exc:
         if exc.code == 143:

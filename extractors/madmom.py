@@ -83,7 +83,8 @@ class MadmomBeats(Extractor):
         if n_frames < 2:
             audio = np.pad(audio, (0, 2 * HOP_SAMPLES - audio.shape[0]))
         # float32 always: madmom caches its FFT window for the first call's dtype.
-        activation = np.asarray(rnn(np.ascontiguousarray(audio, dtype=np.float32)), dtype=np.float32)[:n_frames]
+        activation = np.asarray(rnn(np.ascontiguousarray(audio, dtype=np.float32)),
+                                dtype=np.float32)[:n_frames]
         timestamps = np.arange(activation.shape[0]) / FPS
         extras = {}
         if self.config["beats"]:

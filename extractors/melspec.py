@@ -92,11 +92,15 @@ class MelSpectrogram(Extractor):
     weights_license = "no weights"
     params = {
         "n_mels": Param(64, int, "mel bands", check=_positive_int, allowed="an integer > 0"),
-        "n_fft": Param(400, int, "FFT size in samples (25 ms)", check=_positive_int, allowed="an integer > 0"),
-        "hop_length": Param(160, int, "hop in samples (10 ms)", check=_positive_int, allowed="an integer > 0"),
+        "n_fft": Param(400, int, "FFT size in samples (25 ms)",
+                       check=_positive_int, allowed="an integer > 0"),
+        "hop_length": Param(160, int, "hop in samples (10 ms)",
+                            check=_positive_int, allowed="an integer > 0"),
         "fmin": Param(0.0, float, "lowest mel edge, Hz", check=lambda x: x >= 0, allowed="a number >= 0"),
-        "fmax": Param(8000.0, float, "highest mel edge, Hz", check=lambda x: 0 < x <= 8000, allowed="0 < fmax <= 8000"),
-        "normalize": Param("standard", str, "per-file normalization of the dB values", choices=("standard", "none")),
+        "fmax": Param(8000.0, float, "highest mel edge, Hz",
+                      check=lambda x: 0 < x <= 8000, allowed="0 < fmax <= 8000"),
+        "normalize": Param("standard", str, "per-file normalization of the dB values",
+                           choices=("standard", "none")),
         "pooling": Param("none", str, "'mean' averages over time", choices=("none", "mean")),
     }
 

@@ -163,12 +163,13 @@ def random_state(net: nn.Module, seed: int = RANDOM_SEED) -> dict[str, torch.Ten
 
 # --------------------------------------------------------------------------- checkpoints
 def _how_to_get() -> str:
-    return (f"Use {WEIGHTS_FILE} from {WEIGHTS_URL}, or a state dict of torchvision.models.resnet18 saved with "
-            "torch.save(model.state_dict(), path) (keys like 'layer1.0.conv1.weight').")
+    return (f"Use {WEIGHTS_FILE} from {WEIGHTS_URL}, or a state dict of torchvision.models.resnet18 "
+            "saved with torch.save(model.state_dict(), path) (keys like 'layer1.0.conv1.weight').")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a checkpoint file (torch.load(weights_only=True), CPU; see weights.read_torch_state_dict)."""
+    """A state dict from a checkpoint file (torch.load(weights_only=True), CPU;
+    see weights.read_torch_state_dict)."""
     return weights.read_torch_state_dict(path, "resnet18", _how_to_get())
 
 
