@@ -37,7 +37,8 @@ def music(seconds: float, sr: int) -> np.ndarray:
     """Chords with a pulse: something codecs have to work on."""
     t = np.arange(int(seconds * sr)) / sr
     x = sum(0.15 * np.sin(2 * np.pi * f * t) for f in (220, 277.2, 329.6, 440))
-    x = x * (0.6 + 0.4 * (np.sin(2 * np.pi * 2 * t) > 0)) + 0.01 * np.random.default_rng(0).standard_normal(t.size)
+    x = (x * (0.6 + 0.4 * (np.sin(2 * np.pi * 2 * t) > 0))
+         + 0.01 * np.random.default_rng(0).standard_normal(t.size))
     return x.astype(np.float32)
 
 
@@ -77,7 +78,8 @@ def video_rows(folder: Path, n_frames: int, repeats: int) -> list[dict]:
     rng = np.random.default_rng(1)
     base = rng.integers(0, 256, (45, 80, 3), dtype=np.uint8)
     # a moving, textured 720p picture (upscaled noise + motion) so the encoder has real work
-    frames = np.stack([np.kron(np.roll(base, i, axis=1), np.ones((16, 16, 1), np.uint8)) for i in range(n_frames)])
+    frames = np.stack([np.kron(np.roll(base, i, axis=1), np.ones((16, 16, 1), np.uint8))
+                       for i in range(n_frames)])
     path = encode_video(folder / "720p.mp4", frames, fps=30)
 
     def native():
@@ -159,8 +161,10 @@ def main(argv=None) -> int:
     for r in result["video"]:
         print(f"| {r['input']} | {r['frames_per_second']:.0f} |")
     o = result["overhead"]
-    print(f"\npipeline_overhead = {o['pipeline_overhead']:.3f} ({o['files']} mixed files x {o['seconds_each']:.0f} s, "
-          f"{'+'.join(o['models'])}: wall {o['pipeline_wall_seconds']:.2f} s / models {o['pure_inference_seconds']:.2f} s)")
+    print(f"\npipeline_overhead = {o['pipeline_overhead']:.3f} "
+          f"({o['files']} mixed files x {o['seconds_each']:.0f} s, "
+          f"{'+'.join(o['models'])}: wall {o['pipeline_wall_seconds']:.2f} s "
+          f"/ models {o['pure_inference_seconds']:.2f} s)")
     return 0
 
 

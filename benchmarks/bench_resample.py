@@ -77,7 +77,8 @@ def main() -> int:
                 cases[f"decode {name}, residual={residual}"] = (
                     lambda path=path, residual=residual: audio_io.decode_mono(path, residual))
         for rate in (48000, 16000):
-            cases[f"{rate // 1000} kHz: resampy.resample (float32 loop)"] = lambda rate=rate: resampy.resample(x, sr, rate)
+            cases[f"{rate // 1000} kHz: resampy.resample (float32 loop)"] = (
+                lambda rate=rate: resampy.resample(x, sr, rate))
             for p in audio_io.PRECISIONS:
                 cases[f"{rate // 1000} kHz: ours, {p}"] = (
                     lambda rate=rate, p=p: audio_io.resample(x, sr, rate, "kaiser_best", p))

@@ -6,8 +6,9 @@
 Runs in each peer's own venv, so it imports nothing at module level but the standard library and
 numpy, and nothing from embedkit except in the `ours*` and `loop` workers (which run in our venv).
 Each worker: imports its library (timed), loads its model and runs once on a 1 s file (timed
-together as load; not the `loop` worker, which compares whole processes), then for each file does what a user of that tool does from a file path
-(read, resample, run, `np.save` the output; timed per file), and prints one JSON line:
+together as load; not the `loop` worker, which compares whole processes), then for each file does
+what a user of that tool does from a file path (read, resample, run, `np.save` the output; timed
+per file), and prints one JSON line:
 {"import_s", "load_s", "file_s": [...], "outputs": {stem: [file names]}}. Outputs go to DIR as
 <stem>.npy (+ <stem>.<extra>.npy).
 """
@@ -187,8 +188,8 @@ def w_torchopenl3(p: dict, threads: int):
     state = {}
 
     def load():
-        model = torchopenl3.models.PytorchOpenl3(input_repr=p["input_repr"], embedding_size=p["embedding_size"],
-                                                 content_type="music")
+        model = torchopenl3.models.PytorchOpenl3(input_repr=p["input_repr"],
+                                                 embedding_size=p["embedding_size"], content_type="music")
         model.load_state_dict(keras_h5_to_torchopenl3(p["weights"], model.state_dict()))
         state["model"] = model.eval()
 

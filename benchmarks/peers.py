@@ -49,7 +49,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from throughput import cpu_name, make_corpus
+from throughput import cpu_name, make_corpus  # noqa: E402
 
 WORKER = HERE / "peer_workers.py"
 ENV_DIR = Path(os.environ.get("PEERS_ENV", HERE / "peers_env"))
@@ -69,7 +69,8 @@ def members(group: str, a: argparse.Namespace) -> list[dict]:
         return [
             {"name": "ours", "worker": "ours",
              "params": {"model": "openl3", "params": {**OPENL3, "weights_path": w}}},
-            {"name": "openl3 0.4.2 (TF)", "venv": "openl3", "worker": "openl3_tf", "params": {**OPENL3, "weights": w},
+            {"name": "openl3 0.4.2 (TF)", "venv": "openl3", "worker": "openl3_tf",
+             "params": {**OPENL3, "weights": w},
              "env": {**tf_env, "PYTHONPATH": str(ENV_DIR / "openl3" / "src")}},
             {"name": "torchopenl3", "venv": "torchopenl3", "worker": "torchopenl3",
              "params": {**OPENL3, "weights": w}},
@@ -91,7 +92,8 @@ def members(group: str, a: argparse.Namespace) -> list[dict]:
     if group == "mert":
         folder = str(mert_checkpoint())
         return [
-            {"name": "ours", "worker": "ours", "params": {"model": "mert", "params": {"weights_path": folder}}},
+            {"name": "ours", "worker": "ours",
+             "params": {"model": "mert", "params": {"weights_path": folder}}},
             {"name": "ours, one whole-file window", "worker": "ours", "ours_variant": True,
              "params": {"model": "mert", "params": {"weights_path": folder, "window_seconds": 600.0,
                                                     "overlap_seconds": 0.0}}},
@@ -205,7 +207,8 @@ def available(m: dict) -> str | None:
     if not m.get("venv"):
         return None
     if not (ENV_DIR / f"{m['venv']}.ok").exists():
-        return f"no environment: run benchmarks/setup_peers.sh --only {m['venv']} (see {ENV_DIR / m['venv']}.log)"
+        return (f"no environment: run benchmarks/setup_peers.sh --only {m['venv']} "
+                f"(see {ENV_DIR / m['venv']}.log)")
     return None
 
 
@@ -221,7 +224,8 @@ def compare(ours: np.ndarray, peer: np.ndarray) -> dict:
 
 def worst(items: list[dict]) -> dict:
     return {"frames_equal": all(x["frames"][0] == x["frames"][1] for x in items),
-            "max_abs": max(x["max_abs"] for x in items), "mean_abs": float(np.mean([x["mean_abs"] for x in items])),
+            "max_abs": max(x["max_abs"] for x in items),
+            "mean_abs": float(np.mean([x["mean_abs"] for x in items])),
             "rel": max(x["rel"] for x in items)}
 
 
@@ -272,7 +276,8 @@ def fidelity_text(group: str, f: dict | None) -> str:
         return f"activation max abs {act['max_abs']:.1e}; f0 median {cents:.2g} cents"
     if group == "loop":
         return "; ".join(f"{k} {v['rel']:.1e}" for k, v in f["per_model"].items()) + " (max rel)"
-    return f"max abs {f['max_abs']:.1e} (rel {f['rel']:.1e})" + ("" if f["frames_equal"] else ", frames differ")
+    return (f"max abs {f['max_abs']:.1e} (rel {f['rel']:.1e})"
+            + ("" if f["frames_equal"] else ", frames differ"))
 
 
 def main() -> int:
@@ -348,8 +353,10 @@ def main() -> int:
                     "group": g, "member": m["name"], "is_ours": idx == 0 or bool(m.get("ours_variant")),
                     "runs_s": [round(x, 3) for x in per_run], "median_s": round(med, 3),
                     "s_per_audio_s": round(med / audio_s, 4),
-                    "import_s": round(statistics.median(x["import_s"] for x in rs), 2) if "import_s" in rs[0] else None,
-                    "load_s": round(statistics.median(x["load_s"] for x in rs), 2) if "load_s" in rs[0] else None,
+                    "import_s": (round(statistics.median(x["import_s"] for x in rs), 2)
+                                 if "import_s" in rs[0] else None),
+                    "load_s": (round(statistics.median(x["load_s"] for x in rs), 2)
+                               if "load_s" in rs[0] else None),
                     "process_wall_s": round(statistics.median(x["wall_s"] for x in rs), 2),
                     "peak_rss_mb": round(max(x["peak_rss_mb"] for x in rs), 0),
                 }
@@ -359,7 +366,8 @@ def main() -> int:
                          for x in runs[g][ours["name"]]])
                     row["peer_over_ours"] = round(med / ours_med, 3)
                     row["fidelity"] = fidelity(g, m["name"], ours_dir,
-                                               work / g / f"{idx}-{m.get('worker', 'driver')}" / "run0", stems)
+                                               work / g / f"{idx}-{m.get('worker', 'driver')}" / "run0",
+                                               stems)
                     if g == "mert" and not m.get("ours_variant"):
                         # the model card's whole-file pass vs our whole-file window (the same computation);
                         # "fidelity" above is vs our default 5 s windows (includes the stitching deviation)
@@ -406,7 +414,8 @@ def print_table(result: dict) -> None:
     print("|---|---|---|---|---|---|---|")
     for r in result["rows"]:
         il = "-" if r["import_s"] is None else f"{r['import_s']:.1f} + {r['load_s']:.1f}"
-        print(f"| {r['group']} | {r['member']} | {r['s_per_audio_s']:.3f} | {fmt_ratio(r.get('peer_over_ours'))} "
+        print(f"| {r['group']} | {r['member']} | {r['s_per_audio_s']:.3f} "
+              f"| {fmt_ratio(r.get('peer_over_ours'))} "
               f"| {il} | {r['peak_rss_mb']:.0f} | {fidelity_text(r['group'], r.get('fidelity'))} |")
     for k, v in result["skipped"].items():
         print(f"skipped {k}: {v}")

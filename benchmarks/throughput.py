@@ -141,7 +141,8 @@ def naive_loop(models: dict, paths: list[Path], out: Path) -> tuple[float, dict[
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small corpus and light settings (< 5 min on 2 cores)")
+    ap.add_argument("--quick", action="store_true",
+                    help="small corpus and light settings (< 5 min on 2 cores)")
     ap.add_argument("--files", type=int, help="number of files (default 20; quick: 3)")
     ap.add_argument("--seconds", type=float, help="seconds per file (default 30; quick: 8)")
     ap.add_argument("--models", nargs="+", help="models (default: every registered one)")
@@ -199,7 +200,8 @@ def main() -> int:
         "peak_rss_mb": round(peak_rss_mb, 1),
     }
     print(f"{result['corpus']}, {result['machine']}")
-    print(f"{'model':<9}{'weights':<10}{'s/audio s':>10}{'x RT':>8}{'pipeline s':>12}{'naive s':>10}{'naive/pipe':>12}")
+    print(f"{'model':<9}{'weights':<10}{'s/audio s':>10}{'x RT':>8}"
+          f"{'pipeline s':>12}{'naive s':>10}{'naive/pipe':>12}")
     for r in rows:
         print(f"{r['model']:<9}{r['weights'].split()[0]:<10}{r['seconds_per_audio_second']:>10.4f}"
               f"{r['realtime_factor']:>8.1f}{r['pipeline_model_s']:>12.2f}"

@@ -21,7 +21,8 @@ def clicks_and_melody(sr: int = 44100, seconds: float = 6.0, bpm: float = 120.0)
     for k, start in enumerate(np.arange(0, seconds, beat)):
         i = int(start * sr)
         n = int(0.03 * sr)
-        out[i:i + n] += 0.6 * rng.standard_normal(min(n, len(out) - i)) * np.exp(-np.arange(min(n, len(out) - i)) / (0.005 * sr))
+        out[i:i + n] += (0.6 * rng.standard_normal(min(n, len(out) - i))
+                         * np.exp(-np.arange(min(n, len(out) - i)) / (0.005 * sr)))
         j = min(len(out), i + int(beat * sr))
         f = notes[k % len(notes)]
         out[i:j] += 0.3 * np.sin(2 * np.pi * f * (t[i:j] - start))
