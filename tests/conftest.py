@@ -113,8 +113,8 @@ def _mux_audio(c, stream, audio: np.ndarray, sr: int, fmt: str) -> None:
         c.mux(packet)
 
 
-def encode_video(path: Path, frames: np.ndarray, fps: int = 25, audio: np.ndarray | None = None, sr: int = 44100,
-                 codec: str = "libx264", pts_ms: list[int] | None = None) -> Path:
+def encode_video(path: Path, frames: np.ndarray, fps: int = 25, audio: np.ndarray | None = None,
+                 sr: int = 44100, codec: str = "libx264", pts_ms: list[int] | None = None) -> Path:
     """(N, H, W, 3) uint8 frames (+ optional mono AAC sound) into `path` (mp4, mkv, webm by extension).
 
     `pts_ms` gives each frame's presentation time in milliseconds (variable frame rate).

@@ -16,7 +16,8 @@ def test_stereo_is_mixed_to_mono_mean(tmp_path):
     np.testing.assert_allclose(audio, (left + right) / 2, atol=1e-7)
 
 
-@pytest.mark.parametrize("fmt, subtype", [("wav", "PCM_24"), ("flac", "PCM_16"), ("ogg", None), ("aiff", "PCM_16")])
+@pytest.mark.parametrize("fmt, subtype",
+                         [("wav", "PCM_24"), ("flac", "PCM_16"), ("ogg", None), ("aiff", "PCM_16")])
 def test_formats_decode(tmp_path, fmt, subtype):
     x = tone(440, 1.0, 44100)
     path = write_wav(tmp_path / f"a.{fmt}", x, 44100, subtype)
@@ -133,8 +134,8 @@ def test_float64_resampling_in_blocks_equals_one_call(monkeypatch, sr_in, sr_out
     np.testing.assert_array_equal(got, whole.astype(np.float32))
     # with a residual: the float64 signal x + residual, never held whole
     whole = resampy.resample(x.astype(np.float64) + residual, sr_in, sr_out, filter=method)
-    np.testing.assert_array_equal(audio_io.resampy_resample(x, sr_in, sr_out, method, "float64", residual=residual),
-                                  whole)
+    np.testing.assert_array_equal(
+        audio_io.resampy_resample(x, sr_in, sr_out, method, "float64", residual=residual), whole)
     with pytest.raises(ValueError, match="precision"):
         audio_io.resample(x, sr_in, sr_out, method, "float16")
 

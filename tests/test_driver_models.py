@@ -52,7 +52,8 @@ def test_openl3_with_weights_from_config_then_cache(tmp_path, audio_dir):
     assert len(said) == 1 and len(said[0]) < 300 and "--download_only --models openl3" in said[0], said
     assert "weights:" in said[0] and "not loaded" in res.stdout
     load = [f for f in json.loads((out2 / "failures.json").read_text())["failures"] if f["stage"] == "load"]
-    assert len(load) == 1 and load[0]["files"] == 2 and str(tmp_path / "cache" / "openl3") in load[0]["details"]
+    assert (len(load) == 1 and load[0]["files"] == 2
+            and str(tmp_path / "cache" / "openl3") in load[0]["details"])
     assert len(npy(out2, "melspec")) == 2 and not npy(out2, "openl3")
     # once the file is in the cache, the same command works
     (tmp_path / "cache" / "openl3").mkdir(parents=True)

@@ -19,8 +19,8 @@ def test_discovery_skips_hidden_and_says_what_it_left_out(tmp_path):
     assert any("2 media file(s) in sub-folders: add --recursive" in line for line in lines)
     assert any(".txt x1" in line and ".xyz x1" in line for line in lines)
     deep = media.discover(tmp_path, recursive=True)
-    assert [p.as_posix() for p in deep.files] == ["a.FLAC", "b.wav", "c.mp3", "p.jpg", "sub/d.wav", "sub/e.m4a",
-                                                  "v.MP4"]
+    assert [p.as_posix() for p in deep.files] == [
+        "a.FLAC", "b.wav", "c.mp3", "p.jpg", "sub/d.wav", "sub/e.m4a", "v.MP4"]
     assert deep.in_subfolders == 0
     only_wav = media.discover(tmp_path, extensions=("wav",), recursive=True)
     assert [p.as_posix() for p in only_wav.files] == ["b.wav", "sub/d.wav"]
@@ -98,7 +98,8 @@ def test_video_sound_track_is_the_audio(tmp_path):
 
 
 def test_soundfile_formats_keep_their_samples(tmp_path):
-    """What soundfile reads is still read by soundfile: the channel mean of its float32 samples, bit for bit."""
+    """What soundfile reads is still read by soundfile: the channel mean of its float32 samples,
+    bit for bit."""
     sr = 22050
     st = np.stack([tone(300, 0.5, sr), tone(500, 0.5, sr, 0.2)], 1)
     for name, subtype in (("s.flac", "PCM_16"), ("s.wav", "FLOAT"), ("s.ogg", "VORBIS")):
@@ -139,7 +140,8 @@ def test_image_rule_modes(tmp_path):
     got = media.load_image(_save(Image.fromarray(gray), tmp_path / "g.png"))
     np.testing.assert_array_equal(got, np.repeat(gray[:, :, None], 3, axis=2))
     pal = Image.fromarray(rgb).quantize(16)
-    np.testing.assert_array_equal(media.load_image(_save(pal, tmp_path / "p.png")), np.asarray(pal.convert("RGB")))
+    np.testing.assert_array_equal(media.load_image(_save(pal, tmp_path / "p.png")),
+                                  np.asarray(pal.convert("RGB")))
     # alpha dropped without compositing: the colour under a transparent pixel is kept
     rgba = np.dstack([rgb, np.zeros((20, 30), np.uint8)])
     np.testing.assert_array_equal(media.load_image(_save(Image.fromarray(rgba), tmp_path / "t.png")), rgb)
@@ -150,7 +152,8 @@ def test_image_rule_modes(tmp_path):
     assert (np.asarray(Image.open(tmp_path / "g16.png").convert("RGB"))[:, :, 0] == 255).mean() > 0.5
     # CMYK through Pillow's conversion
     cmyk = Image.fromarray(rgb).convert("CMYK")
-    np.testing.assert_array_equal(media.load_image(_save(cmyk, tmp_path / "c.jpg", quality=100)).shape, (20, 30, 3))
+    np.testing.assert_array_equal(media.load_image(_save(cmyk, tmp_path / "c.jpg", quality=100)).shape,
+                                  (20, 30, 3))
     # GIF: the first frame of an animation
     frames = [Image.fromarray(np.full((10, 10, 3), v, np.uint8)) for v in (0, 255)]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
@@ -200,8 +203,9 @@ def test_frames_stream_in_chunks_with_their_times(tmp_path):
     levels = np.concatenate([c.rgb().mean(axis=(1, 2, 3)) for c in got])
     np.testing.assert_allclose(levels, 20 + 8 * np.arange(23), atol=3)  # the right frame at the right time
     small = got[0].rgb(select=[0, 3], size=(24, 32), interpolation="bicubic")
-    assert small.shape == (2, 24, 32, 3) and got[0].rgb(select=[0, 3], size=(24, 32), interpolation="bicubic") \
-        is not small and np.array_equal(small, got[0].rgb(select=[0, 3], size=(24, 32), interpolation="bicubic"))
+    assert (small.shape == (2, 24, 32, 3)
+            and got[0].rgb(select=[0, 3], size=(24, 32), interpolation="bicubic") is not small
+            and np.array_equal(small, got[0].rgb(select=[0, 3], size=(24, 32), interpolation="bicubic")))
 
 
 def test_variable_frame_rate_gives_true_times(tmp_path):

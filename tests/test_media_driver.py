@@ -83,7 +83,8 @@ class FrameCount(Extractor):
 def run(audio_dir: Path, out: Path, models: list, **opts) -> pipeline.Runner:
     jobs = [pipeline.ModelJob(m.name if isinstance(m, Extractor) else m,
                               m if isinstance(m, Extractor) else registry.create(m)) for m in models]
-    runner = pipeline.Runner(jobs, pipeline.RunOptions(audio_dir, out, progress=False, **opts), log=lambda m: None)
+    runner = pipeline.Runner(jobs, pipeline.RunOptions(audio_dir, out, progress=False, **opts),
+                             log=lambda m: None)
     runner.run()
     runner.write_reports()
     return runner
@@ -193,7 +194,8 @@ def test_bad_media_are_reported_and_skipped(tmp_path):
                        ("vfr.mkv", "melspec"): "no audio track in this video",
                        ("audio_only.mp4", "meancolour"): "no video stream in this file"}
     assert "no audio or video stream" in failed[("no_frames.mp4", "melspec")]["cause"]
-    np.testing.assert_allclose(np.load(out / "meancolour.timestamps" / "vfr.npy"), [0, 0.1, 0.4, 0.45], atol=1e-3)
+    np.testing.assert_allclose(np.load(out / "meancolour.timestamps" / "vfr.npy"), [0, 0.1, 0.4, 0.45],
+                               atol=1e-3)
     assert np.load(out / "meancolour" / "one.npy").shape == (3,)
     assert np.load(out / "meancolour" / "anim.npy")[0] == 40  # the first frame of the animation
     assert np.load(out / "melspec" / "audio_only.npy").shape[1] == 64
@@ -325,5 +327,5 @@ def test_a_plugins_skip_is_a_note_not_a_failure(tmp_path):
     r = run(d, tmp_path / "out", [Picky()])
     assert not r.stats.failures and r.stats.models["picky"].ok == 1 and r.stats.models["picky"].no_input == 1
     skipped = [m for m in manifest(tmp_path / "out") if m.get("skipped")]
-    assert [(m["source"], m["skipped"]) for m in skipped] == [("small.png", "image 4 pixels wide, under 10: nothing "
-                                                                              "to embed")]
+    assert [(m["source"], m["skipped"]) for m in skipped] == [
+        ("small.png", "image 4 pixels wide, under 10: nothing to embed")]

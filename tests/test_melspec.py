@@ -70,5 +70,6 @@ def test_filterbank_equals_librosas_bit_for_bit(n_fft, n_mels, fmin, fmax):
     """Our numpy filterbank is librosa's default (Slaney scale, slaney norm), value for value."""
     from extractors.melspec import mel_filterbank
 
-    ref = librosa.filters.mel(sr=SR, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=False, norm="slaney")
+    ref = librosa.filters.mel(sr=SR, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax,
+                              htk=False, norm="slaney")
     np.testing.assert_array_equal(mel_filterbank(n_fft, n_mels, fmin, fmax), ref.astype(np.float64))

@@ -68,7 +68,8 @@ def test_lock_is_exclusive_and_dead_owner_is_taken_over(tmp_path):
     assert b.acquire()
     b.release()
     # a lock left by a process that has exited is stale
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True)
     a.path.write_text(f"{outputs.HOST}:{int(dead.stdout)}")
     assert b.acquire()
     b.release()
@@ -78,7 +79,8 @@ def test_lock_is_exclusive_and_dead_owner_is_taken_over(tmp_path):
 
 
 def test_clean_stale_removes_only_dead_owners(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True)
     pid = int(dead.stdout)
     stale = tmp_path / f".x.npy.tmp-{outputs.HOST}-{pid}-abcd1234"
     live = tmp_path / f".y.npy.tmp-{outputs.HOST}-{os.getpid()}-abcd1234"

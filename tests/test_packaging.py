@@ -17,11 +17,12 @@ def installed(tmp_path_factory):
 
     # from a copy of the checkout: setuptools builds in the source folder (build/, *.egg-info)
     src = tmp_path_factory.mktemp("src") / "embedkit"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__",
-                                                             "output", "peers_env", ".pytest_cache"))
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info",
+                                                             "__pycache__", "output", "peers_env",
+                                                             ".pytest_cache"))
     target = tmp_path_factory.mktemp("site")
-    res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(src)],
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+                          str(src)], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     return target
 
@@ -34,21 +35,23 @@ def embedkit(installed, *args, cwd):
 
 def test_installed_command_runs_the_job(installed, tmp_path):
     # no generic module names in site-packages: everything is inside the embedkit package
-    assert sorted(p.name for p in installed.iterdir() if not p.name.endswith(".dist-info")) == ["bin", "embedkit"]
+    assert sorted(p.name for p in installed.iterdir()
+                  if not p.name.endswith(".dist-info")) == ["bin", "embedkit"]
     assert (installed / "embedkit" / "configs" / "default.yaml").is_file()
     res = embedkit(installed, "extract", "--help", cwd=tmp_path)
     assert res.returncode == 0 and "usage: embedkit extract" in res.stdout
     res = embedkit(installed, "--help", cwd=tmp_path)
     assert res.returncode == 0 and all(c in res.stdout for c in ("extract", "search", "plot", "export"))
     out = tmp_path / "out"
-    res = embedkit(installed, "extract", "--audio_dir", str(ROOT / "examples" / "audio"), "--output_base", str(out),
-                   "--models", "melspec", "--no_progress", cwd=tmp_path)
+    res = embedkit(installed, "extract", "--audio_dir", str(ROOT / "examples" / "audio"),
+                   "--output_base", str(out), "--models", "melspec", "--no_progress", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     got = {p.name: np.load(p) for p in (out / "melspec").glob("*.npy")}
     assert sorted(got) == ["beat_120bpm.npy", "chord_stereo.npy", "sweep_110_880.npy"]
     assert all(a.shape[1] == 64 for a in got.values())
-    ol3 = subprocess.run([str(installed / "bin" / "embedkit-openl3"), "--help"], capture_output=True, text=True,
-                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(installed)}, timeout=120)
+    ol3 = subprocess.run([str(installed / "bin" / "embedkit-openl3"), "--help"],
+                         capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(installed)}, timeout=120)
     assert ol3.returncode == 0 and "audio" in ol3.stdout and "--input-repr" in ol3.stdout
     bad = embedkit(installed, "extrct", cwd=tmp_path)
     assert bad.returncode == 2 and "did you mean 'extract'" in bad.stderr

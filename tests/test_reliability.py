@@ -47,8 +47,8 @@ def hidden_files(folder: Path) -> list[str]:
 
 
 def driver(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "run_extraction.py"), "--no_progress", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen([sys.executable, str(ROOT / "run_extraction.py"), "--no_progress", *args],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def manifest_lines(out: Path) -> int:
@@ -165,7 +165,8 @@ def bad_inputs(folder: Path) -> dict[str, str]:
     put("text.wav", "fail", raw=b"RIFF? no, just text\n" * 50)
     wav = folder / "_tmp.wav"
     sf.write(wav, good, 44100)
-    put("truncated.wav", "ok", raw=wav.read_bytes()[: 44 + 2 * 30000])  # header claims more: decodes what is there
+    # header claims more: decodes what is there
+    put("truncated.wav", "ok", raw=wav.read_bytes()[: 44 + 2 * 30000])
     sf.write(wav, good, 44100, format="FLAC")
     put("truncated.flac", "fail", raw=wav.read_bytes()[: len(wav.read_bytes()) // 2])
     sf.write(wav, good, 44100, format="MP3")
@@ -267,7 +268,8 @@ def test_nan_output_is_reported_never_written(tmp_path):
     write_wav(tmp_path / "a" / "quiet.wav", tone(440, 0.5, 16000, 0.5), 16000)
     write_wav(tmp_path / "a" / "loud.wav", tone(440, 0.5, 16000, 0.95), 16000)
     runner = run_stub(tmp_path / "a", tmp_path / "out")
-    assert [(f["file"], f["exception"]) for f in runner.stats.failures] == [("loud.wav", "FloatingPointError")]
+    assert [(f["file"], f["exception"]) for f in runner.stats.failures] == [
+        ("loud.wav", "FloatingPointError")]
     assert "NaN" in runner.stats.failures[0]["cause"]
     assert (tmp_path / "out" / "stub" / "quiet.npy").exists()
     assert not (tmp_path / "out" / "stub" / "loud.npy").exists()
@@ -303,7 +305,8 @@ def _peak_rss_mb(audio_dir: Path, out: Path) -> float:
 
 @pytest.mark.slow
 def test_long_file_memory_is_bounded(tmp_path, stress):
-    """Peak RSS grows with a long file by a bounded multiple of its decoded size (2-hour file with --stress)."""
+    """Peak RSS grows with a long file by a bounded multiple of its decoded size
+    (2-hour file with --stress)."""
     minutes = 120 if stress else 10
     sr = 22050
     long_dir, short_dir = tmp_path / "long", tmp_path / "short"
@@ -321,5 +324,7 @@ def test_long_file_memory_is_bounded(tmp_path, stress):
     # for 10 minutes); stereo is never held whole.
     print(f"peak RSS {peak:.0f} MB (+{peak - baseline:.0f} MB over a 10 s file) for {minutes} min "
           f"({audio_mb:.0f} MB decoded)")
-    assert peak - baseline < 8 * audio_mb, f"+{peak - baseline:.0f} MB for {minutes} min ({audio_mb:.0f} MB decoded)"
-    assert np.load(tmp_path / "out_long" / "melspec" / "long.npy").shape == (1 + minutes * 60 * 16000 // 160, 64)
+    assert peak - baseline < 8 * audio_mb, (f"+{peak - baseline:.0f} MB for {minutes} min "
+                                            f"({audio_mb:.0f} MB decoded)")
+    assert (np.load(tmp_path / "out_long" / "melspec" / "long.npy").shape
+            == (1 + minutes * 60 * 16000 // 160, 64))

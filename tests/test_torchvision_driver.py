@@ -106,9 +106,9 @@ def test_search_finds_each_copys_original(run, corpus):
         assert idx.returncode == 0, idx.stdout + idx.stderr
         ext = ".jpg" if prefix == "img" else ".mp4"
         likes = [arg for i in range(n) for arg in ("--like", f"{prefix}{i}_copy{ext}")]
-        q = subprocess.run([sys.executable, str(ROOT / "run_search.py"), "query", *likes, "--output_base", str(out),
-                            "--model", model, "--top", "1", "--json"], cwd=ROOT, capture_output=True, text=True,
-                           timeout=300)
+        q = subprocess.run([sys.executable, str(ROOT / "run_search.py"), "query", *likes,
+                            "--output_base", str(out), "--model", model, "--top", "1", "--json"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert q.returncode == 0, q.stdout + q.stderr
         answers = [json.loads(line) for line in q.stdout.splitlines() if line.strip()]
         got = {a["query"]: a["results"][0]["path"] for a in answers}
