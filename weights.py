@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -118,10 +119,16 @@ def verify(path: Path, expected: str | None) -> None:
 
 def torch_hub_checkpoints() -> Path:
     """torch hub's checkpoint folder, where torchvision caches its downloads:
-    $TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints, or under $XDG_CACHE_HOME)."""
-    import torch
+    $TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints, or under $XDG_CACHE_HOME).
 
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    torch.hub.get_dir()'s rule, without importing torch (seconds) when it is not imported yet:
+    only an imported torch can have moved the folder (torch.hub.set_dir)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return Path(torch.hub.get_dir()) / "checkpoints"
+    xdg = os.getenv("XDG_CACHE_HOME", "~/.cache")
+    home = os.path.expanduser(os.getenv("TORCH_HOME", os.path.join(xdg, "torch")))
+    return Path(home) / "hub" / "checkpoints"
 
 
 def save_stream(src: BinaryIO, dest: Path, sha256: str | None = None, on_block=None) -> Path:
@@ -195,7 +202,8 @@ def resolve(
     elif wf.url:
         looked.append(f"{wf.url} (not downloaded: offline mode)")
     how = wf.how_to_get or (f"download {wf.url}" if wf.url else "")
-    raise missing(model, wf.filename, looked, f"{how + '; ' if how else ''}put it at {cached} (or set ${CACHE_ENV})")
+    raise missing(model, wf.filename, looked,
+                  f"{how + '; ' if how else ''}put it at {cached} (or set ${CACHE_ENV})")
 
 
 def missing(model: str, filename: str, looked: Iterable[str], how: str) -> WeightsError:
@@ -235,15 +243,18 @@ def read_torch_state_dict(path: str | os.PathLike, model: str, how: str) -> dict
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{model}: cannot read {path} with torch.load(weights_only=True) ({reason}). {how}") \
-            from None
+        raise WeightsError(
+            f"{model}: cannot read {path} with torch.load(weights_only=True) ({reason}). {how}"
+        ) from None
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{model}: {path} holds a {type(obj).__name__}, not a state dict of tensors. {how}")
+        raise WeightsError(
+            f"{model}: {path} holds a {type(obj).__name__}, not a state dict of tensors. {how}"
+        )
     state = {str(k): v for k, v in obj.items()}
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
@@ -262,7 +273,8 @@ def load_strict(net, state, model: str, label: str, how: str):
               for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
     if missing or unexpected or shapes:
         parts = []
-        for what, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes)):
+        found = (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes))
+        for what, items in found:
             if items:
                 more = f" ... ({len(items)} in all)" if len(items) > 8 else ""
                 parts.append(f"{what}: " + ", ".join(items[:8]) + more)

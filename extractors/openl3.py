@@ -536,7 +536,9 @@ def _openl3_package_dirs() -> list[Path]:
 
 
 def _torch_hub_dir() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    import weights
+
+    return weights.torch_hub_checkpoints()
 
 
 def _weight_format(path: Path) -> str:
