@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -118,10 +119,16 @@ def verify(path: Path, expected: str | None) -> None:
 
 def torch_hub_checkpoints() -> Path:
     """torch hub's checkpoint folder, where torchvision caches its downloads:
-    $TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints, or under $XDG_CACHE_HOME)."""
-    import torch
+    $TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints, or under $XDG_CACHE_HOME).
 
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    torch.hub.get_dir()'s rule, without importing torch (seconds) when it is not imported yet:
+    only an imported torch can have moved the folder (torch.hub.set_dir)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return Path(torch.hub.get_dir()) / "checkpoints"
+    xdg = os.getenv("XDG_CACHE_HOME", "~/.cache")
+    home = os.path.expanduser(os.getenv("TORCH_HOME", os.path.join(xdg, "torch")))
+    return Path(home) / "hub" / "checkpoints"
 
 
 def save_stream(src: BinaryIO, dest: Path, sha256: str | None = None, on_block=None) -> Path:

@@ -26,18 +26,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from extractors.base import (
     Extractor,
     Features,
     OutputSpec,
     Param,
+    TorchModule,
     WeightFile,
     WeightsError,
+    lazy_import,
     torch_device,
 )
+
+torch = lazy_import("torch")
+F = lazy_import("torch.nn.functional")
 
 SAMPLE_RATE = 16000
 FRAME = 1024
@@ -119,7 +122,7 @@ def same_padding(length: int, width: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-class CrepeNet(torch.nn.Module):
+class CrepeNet(TorchModule):
     """The CREPE classifier: (B, 1024) normalized frames -> (B, 360) sigmoid activations.
 
     Parameters keep Keras' layouts: conv kernels (width, in, out), dense (in, 360).

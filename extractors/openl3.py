@@ -46,19 +46,22 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from extractors.base import (
     Extractor,
     Features,
     OutputSpec,
     Param,
+    TorchModule,
     WeightFile,
     WeightsError,
+    lazy_import,
     torch_device,
 )
+
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
+F = lazy_import("torch.nn.functional")
 
 # ---------------------------------------------------------------------------
 # Constants of openl3 0.4.2
@@ -308,7 +311,7 @@ def librosa_frontend(windows: np.ndarray, input_repr: str) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # The network
 # ---------------------------------------------------------------------------
-class OpenL3AudioNet(nn.Module):
+class OpenL3AudioNet(TorchModule):
     """L3-Net audio sub-network (openl3 0.4.2), without its spectrogram front-end.
 
     Input (B, 1, F, T) float32 dB spectrogram (F: frequency, T: frames);
@@ -533,7 +536,9 @@ def _openl3_package_dirs() -> list[Path]:
 
 
 def _torch_hub_dir() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    import weights
+
+    return weights.torch_hub_checkpoints()
 
 
 def _weight_format(path: Path) -> str:

@@ -43,17 +43,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from extractors.base import (
     Extractor,
     Features,
     OutputSpec,
     Param,
+    TorchModule,
     WeightFile,
     WeightsError,
+    lazy_import,
     torch_device,
 )
 from extractors.openl3 import (
@@ -69,6 +68,10 @@ from extractors.openl3 import (
     official_url,
     read_keras_h5,
 )
+
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
+F = lazy_import("torch.nn.functional")
 
 IMAGE_SIZE = 224  # network input, pixels per side
 RESIZE_SIDE = 256  # openl3 resizes so the shorter side is this (when it is larger), then crops 224
@@ -213,7 +216,7 @@ def crop_and_scale(frames: np.ndarray, peak: float) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # The network
 # ---------------------------------------------------------------------------
-class OpenL3ImageNet(nn.Module):
+class OpenL3ImageNet(TorchModule):
     """L3-Net image sub-network (openl3 0.4.2 `_construct_image_network`).
 
     Input (B, 3, 224, 224) float32 RGB (as preprocessed); output the last
