@@ -1,4 +1,5 @@
-"""The driver end to end, in subprocesses: outputs, metadata, failures, resume after SIGKILL, config errors."""
+"""The driver end to end, in subprocesses: outputs, metadata, failures, resume after SIGKILL,
+config errors."""
 
 import json
 import signal
@@ -47,10 +48,12 @@ def test_end_to_end_outputs_metadata_and_report(tmp_path):
     assert meta["axes"] == ["time", "mel"] and meta["hop_seconds"] == 0.01 and meta["params"]["n_mels"] == 64
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert {(m["model"], m["source"]) for m in manifest} == {
-        (model, src) for model in ("madmom", "melspec") for src in ("track_00.wav", "track_01.wav", "sub/deep.flac")
+        (model, src) for model in ("madmom", "melspec")
+        for src in ("track_00.wav", "track_01.wav", "sub/deep.flac")
     }
     report = json.loads((out / "run_report.json").read_text())
-    assert report["models"]["madmom"]["ok"] == 3 and report["models"]["madmom"]["audio_seconds"] == pytest.approx(5.0)
+    madmom = report["models"]["madmom"]
+    assert madmom["ok"] == 3 and madmom["audio_seconds"] == pytest.approx(5.0)
     for key in ("inference_seconds", "write_seconds", "resample_seconds", "realtime_factor", "wall_seconds"):
         assert key in report["models"]["melspec"]
     assert "shape (200,)" in res.stderr and "x RT" in res.stdout  # progress on stderr, the table on stdout
@@ -159,7 +162,8 @@ def test_sigterm_stops_cleanly_with_report(tmp_path):
     ("models: [melspec\n", "invalid YAML"),
     ("audio_dirr: x\n", "unknown key 'audio_dirr' at the top level (did you mean 'audio_dir'?)"),
     ("models: [melspecc]\n", "unknown model 'melspecc' (did you mean 'melspec'?)"),
-    ("models:\n  melspec: {n_mel: 3}\n", "models.melspec: melspec: unknown parameter 'n_mel' (did you mean 'n_mels'?)"),
+    ("models:\n  melspec: {n_mel: 3}\n",
+     "models.melspec: melspec: unknown parameter 'n_mel' (did you mean 'n_mels'?)"),
     ("models:\n  melspec: 5\n", "models.melspec: expected a mapping of parameters"),
     ("models:\n  melspec: {n_mels: many}\n", "'n_mels' = 'many' is invalid"),
     ("recursive: maybe\n", "recursive must be bool"),
@@ -169,7 +173,8 @@ def test_config_errors_stop_before_any_work(tmp_path, yaml_text, needle):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml_text)
     out = tmp_path / "out"
-    res = run_cli("--config", str(cfg), "--audio_dir", str(ROOT / "examples" / "audio"), "--output_base", str(out))
+    res = run_cli("--config", str(cfg), "--audio_dir", str(ROOT / "examples" / "audio"),
+                  "--output_base", str(out))
     assert res.returncode == 2
     assert needle in res.stderr
     assert not out.exists()
@@ -177,7 +182,8 @@ def test_config_errors_stop_before_any_work(tmp_path, yaml_text, needle):
 
 def test_every_config_mistake_is_reported_at_once(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("recursiv: true\nprefetch: 0\nmodels:\n  melspec: {n_mel: 3, pooling: max}\n  madmom: {beat: true}\n")
+    cfg.write_text("recursiv: true\nprefetch: 0\n"
+                   "models:\n  melspec: {n_mel: 3, pooling: max}\n  madmom: {beat: true}\n")
     res = run_cli("--config", str(cfg), "--audio_dir", str(ROOT / "examples" / "audio"),
                   "--output_base", str(tmp_path / "out"), "--set", "melspecc.n_mels=3")
     assert res.returncode == 2 and "6 problems" in res.stderr, res.stderr
@@ -191,16 +197,18 @@ def test_every_config_mistake_is_reported_at_once(tmp_path):
 
 def test_flags_override_config_and_set_param(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"audio_dir: /nonexistent\noutput_base: {tmp_path / 'wrong'}\nmodels:\n  melspec: {{n_mels: 32}}\n")
+    cfg.write_text(f"audio_dir: /nonexistent\noutput_base: {tmp_path / 'wrong'}\n"
+                   "models:\n  melspec: {n_mels: 32}\n")
     out = tmp_path / "out"
-    res = run_cli("--config", str(cfg), "--audio_dir", str(ROOT / "examples" / "audio"), "--output_base", str(out),
-                  "--set", "melspec.hop_length=320")
+    res = run_cli("--config", str(cfg), "--audio_dir", str(ROOT / "examples" / "audio"),
+                  "--output_base", str(out), "--set", "melspec.hop_length=320")
     assert res.returncode == 0, res.stderr
     meta = json.loads((out / "melspec" / "features.json").read_text())
     assert meta["params"]["n_mels"] == 32 and meta["params"]["hop_length"] == 320
     assert not (tmp_path / "wrong").exists()
     # a later run with other parameters into the same folder is refused before any work
-    res = run_cli("--config", str(cfg), "--audio_dir", str(ROOT / "examples" / "audio"), "--output_base", str(out))
+    res = run_cli("--config", str(cfg), "--audio_dir", str(ROOT / "examples" / "audio"),
+                  "--output_base", str(out))
     assert res.returncode == 2 and "--overwrite" in res.stderr
 
 
@@ -233,7 +241,8 @@ def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path):
     make_corpus(audio, 2, seconds=1.0)
     hold(audio / "zz_last.wav")
     proc = subprocess.Popen([sys.executable, str(ROOT / "run_extraction.py"), "--audio_dir", str(audio),
-                             "--output_base", str(tmp_path / "out"), "--models", "melspec", "--progress_every", "0.2"],
+                             "--output_base", str(tmp_path / "out"), "--models", "melspec",
+                             "--progress_every", "0.2"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = []
     for line in proc.stderr:
@@ -253,9 +262,9 @@ def test_interrupt_at_any_moment_is_clean(tmp_path, moment):
     audio = tmp_path / "audio"
     make_corpus(audio, 1, seconds=1.0)
     # -X importtime reports each import on stderr: the events that say where start-up is
-    proc = subprocess.Popen([sys.executable, "-X", "importtime", str(ROOT / "run_extraction.py"), "--no_progress",
-                             "--audio_dir", str(audio), "--output_base", str(tmp_path / "out"),
-                             "--models", "madmom", "crepe"],
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", str(ROOT / "run_extraction.py"),
+                             "--no_progress", "--audio_dir", str(audio),
+                             "--output_base", str(tmp_path / "out"), "--models", "madmom", "crepe"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wanted = "| numpy" if moment == "start-up" else "found 1 file(s)"  # importing / loading the models
     for line in proc.stderr:
@@ -278,7 +287,8 @@ def test_a_run_imports_only_what_its_models_need(tmp_path):
         "import sys, run_extraction;"
         f"rc = run_extraction.main(['--no_progress', '--audio_dir', {str(audio)!r}, '--output_base', "
         f"{str(tmp_path / 'out')!r}, '--models', 'melspec', 'madmom']);"
-        "print('HEAVY', sorted(m for m in ('torch', 'librosa', 'transformers', 'scipy.signal') if m in sys.modules));"
+        "heavy = ('torch', 'librosa', 'transformers', 'scipy.signal');"
+        "print('HEAVY', sorted(m for m in heavy if m in sys.modules));"
         "sys.exit(rc)"
     )
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
