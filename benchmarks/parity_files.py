@@ -1,7 +1,7 @@
 """The driver against openl3 0.4.2 and crepe 0.0.16 themselves, on files (fidelity, not speed).
 
     bash benchmarks/setup_peers.sh --only openl3 crepe --openl3-src DIR --crepe-src DIR   # once
-    python benchmarks/parity_files.py                       # ~15 minutes on 2 cores
+    python benchmarks/parity_files.py                       # ~15-25 minutes on 2 cores
     python benchmarks/parity_files.py --peers-env DIR --work /tmp/parity --per-file
 
 Test material, written here: tones, a chirp and noise under a fade-in, 3.3 s, as WAV files
