@@ -266,8 +266,10 @@ _RESAMPY_BLOCK = 1 << 16
 
 
 def resample(audio: np.ndarray, sr_in: int, sr_out: int, method: str = "soxr_hq",
-             precision: str | None = None, residual: np.ndarray | None = None) -> np.ndarray:
-    """Resample mono audio; returns float32. Identity when the rates match.
+             precision: str | None = None, residual: np.ndarray | None = None,
+             out_dtype: type = np.float32) -> np.ndarray:
+    """Resample mono audio; returns `out_dtype` (float32 unless a plugin takes float64).
+    Identity (up to the dtype) when the rates match.
 
     precision (resampy's filters only; soxr's is set by its quality): the arithmetic
     resampy accumulates in, "float32" or "float64"; None: the input's own (float64
@@ -281,12 +283,12 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int, method: str = "soxr_hq"
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"unknown resampling precision {precision!r}; known: {', '.join(PRECISIONS)}")
     if sr_in == sr_out:
-        return np.asarray(audio, dtype=np.float32)
+        return np.asarray(audio, dtype=out_dtype)
     if method.startswith("soxr"):
         import soxr
 
         out = soxr.resample(audio, sr_in, sr_out, quality="HQ" if method == "soxr_hq" else "VHQ")
-        return np.asarray(out, dtype=np.float32)
+        return np.asarray(out, dtype=out_dtype)
     audio = np.asarray(audio)
     if precision is None:
         precision = "float64" if audio.dtype == np.float64 else "float32"
@@ -298,8 +300,8 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int, method: str = "soxr_hq"
         if residual is not None and precision == "float64":
             audio = audio.astype(np.float64) + residual
         padded = np.pad(audio, (0, min_len - audio.shape[0]))
-        return resampy_resample(padded, sr_in, sr_out, method, precision, np.float32)[:n_out]
-    return resampy_resample(audio, sr_in, sr_out, method, precision, np.float32, residual)
+        return resampy_resample(padded, sr_in, sr_out, method, precision, out_dtype)[:n_out]
+    return resampy_resample(audio, sr_in, sr_out, method, precision, out_dtype, residual)
 
 
 def resampy_resample(x: np.ndarray, sr_in: float, sr_out: float, filter: str = "kaiser_best",
@@ -389,34 +391,38 @@ class Decoded:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def at(self, rate: int, method: str, precision: str = "float32") -> np.ndarray:
+    def at(self, rate: int, method: str, precision: str = "float32", dtype: str = "float32") -> np.ndarray:
         """The signal at `rate` Hz via `method` in `precision` (see `resample`), computed once.
 
         float64 precision uses the residual where there is one: the result is then the
-        float64 signal (as openl3 builds it from sf.read) resampled and rounded to float32.
+        float64 signal (as openl3 builds it from sf.read) resampled, rounded to float32
+        unless `dtype` is "float64" (a plugin whose reference computes on float64 samples
+        after resampling, e.g. OpenL3's librosa front-end: twice the memory of float32).
         """
         lo = self.residual if precision == "float64" and not method.startswith("soxr") else None
-        if rate == self.sample_rate and lo is None:
+        if rate == self.sample_rate and lo is None and dtype == "float32":
             return self.audio
-        key = resample_key(rate, method, precision)
+        key = resample_key(rate, method, precision, dtype)
         with self._lock:
             if key not in self._cache:
                 t0 = time.perf_counter()
-                if rate == self.sample_rate:  # the float64 signal rounded once, a block at a time
-                    out = np.empty_like(self.audio)
+                if rate == self.sample_rate:  # the float64 signal (rounded once), a block at a time
+                    out = np.empty(self.audio.shape, dtype)
                     for i in range(0, out.shape[0], _BLOCK_FRAMES):
                         j = i + _BLOCK_FRAMES
-                        out[i:j] = self.audio[i:j].astype(np.float64) + lo[i:j]
-                    self._cache[key] = self.audio if np.array_equal(out, self.audio) else out
+                        out[i:j] = self.audio[i:j].astype(np.float64) + (0.0 if lo is None else lo[i:j])
+                    same = dtype == "float32" and np.array_equal(out, self.audio)
+                    self._cache[key] = self.audio if same else out
                 else:
-                    self._cache[key] = resample(self.audio, self.sample_rate, rate, method, precision, lo)
+                    self._cache[key] = resample(self.audio, self.sample_rate, rate, method, precision, lo,
+                                                np.dtype(dtype))
                 self.resample_seconds[key] = time.perf_counter() - t0
             return self._cache[key]
 
 
-def resample_key(rate: int, method: str, precision: str = "float32") -> tuple:
+def resample_key(rate: int, method: str, precision: str = "float32", dtype: str = "float32") -> tuple:
     """What identifies one resampled version: soxr's result does not depend on `precision`."""
-    return (rate, method, None if method.startswith("soxr") else precision)
+    return (rate, method, None if method.startswith("soxr") else precision, dtype)
 
 
 def load(path: str | os.PathLike, residual: bool = False) -> Decoded:

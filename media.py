@@ -494,8 +494,9 @@ class Media:
                 raise
         return self._decoded
 
-    def audio(self, rate: int, method: str, precision: str = "float32") -> np.ndarray:
-        """Mono float32 at `rate` Hz (resampled once per (rate, method, precision): see `audio_io.resample`).
+    def audio(self, rate: int, method: str, precision: str = "float32", dtype: str = "float32") -> np.ndarray:
+        """Mono `dtype` at `rate` Hz, resampled once per (rate, method, precision, dtype):
+        see `audio_io.resample`.
 
         float64 resampling starts from the float64 signal (float32 plus residual).
         """
@@ -505,7 +506,7 @@ class Media:
             if not decoded.has_residual:  # decoded earlier without it: read the file again for it
                 _, _, decoded.residual = audio_io.decode_mono(self.path, residual=True)
                 decoded.has_residual = True
-        return self.decoded.at(rate, method, precision)
+        return self.decoded.at(rate, method, precision, dtype)
 
     @property
     def decoded_audio(self) -> bool:

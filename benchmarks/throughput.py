@@ -152,7 +152,8 @@ def main() -> int:
     args = ap.parse_args()
     n_files = args.files or (3 if args.quick else 20)
     seconds = args.seconds or (8.0 if args.quick else 30.0)
-    names = args.models or registry.available()
+    # default: the audio models (image and video models have their own benchmarks)
+    names = args.models or [n for n in registry.available() if registry.get(n).modality == "audio"]
 
     import torch
 

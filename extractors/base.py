@@ -13,12 +13,12 @@ Contract, in the spirit of the HEAR 2021 API:
   `audio_io.RESAMPLERS`) and `resample_precision` (the arithmetic of resampy's
   filters, "float32" or "float64": what the plugin's reference resamples in, e.g.
   "float64" for openl3, which reads files as float64; the driver computes it block
-  by block and still hands float32);
+  by block and hands float32, or float64 where the `input_dtype` property says so);
 - `output_spec(kind)` -> `OutputSpec` (axis names, hop, dtype) for the current
   params and the kind of file ("audio", "video", "image");
 - `load()` loads the network once per process (cached across instances);
 - the input, by modality:
-  - audio: `extract(audio, sr)` on mono float32 at `sample_rate` -> `Features`;
+  - audio: `extract(audio, sr)` on mono float32 (or `input_dtype`) at `sample_rate` -> `Features`;
     runs on audio files and on the sound track of videos;
   - image: `extract_image(rgb)` on (H, W, 3) uint8 -> `Features`; runs on
     images, and on video frames where `takes_video_frames()` says so, through
@@ -251,9 +251,16 @@ class Extractor(ABC):
         return self.config.get("resampler", self.resampler)
 
     @property
-    def resample_key(self) -> tuple[int | None, str, str]:
-        """(rate, method, precision): how the driver brings audio to this plugin (`media.Media.audio`)."""
-        return (self.sample_rate, self.resample_method, self.resample_precision)
+    def input_dtype(self) -> str:
+        """The dtype of the samples `extract` gets: "float32"; a plugin whose reference computes
+        on float64 samples (e.g. OpenL3's librosa front-end) overrides it with "float64"."""
+        return "float32"
+
+    @property
+    def resample_key(self) -> tuple[int | None, str, str, str]:
+        """(rate, method, precision, dtype): how the driver brings audio to this plugin
+        (`media.Media.audio`)."""
+        return (self.sample_rate, self.resample_method, self.resample_precision, self.input_dtype)
 
     # -- model ------------------------------------------------------------
     def model_key(self) -> tuple:
@@ -307,7 +314,7 @@ class Extractor(ABC):
         """Axis names, hop and dtype of the output for files of `kind` under the current params."""
 
     def extract(self, audio: np.ndarray, sr: int) -> Features:
-        """Features of one mono float32 signal at `self.sample_rate` Hz."""
+        """Features of one mono float32 (`input_dtype`) signal at `self.sample_rate` Hz."""
         if sr != self.sample_rate:
             raise ValueError(
                 f"{self.name} needs audio at {self.sample_rate} Hz, got {sr} Hz; "
@@ -316,12 +323,12 @@ class Extractor(ABC):
         audio = np.asarray(audio)
         if audio.ndim != 1:
             raise ValueError(f"{self.name} needs mono audio (1-D), got shape {audio.shape}")
-        if audio.dtype != np.float32:
-            audio = audio.astype(np.float32)
+        if audio.dtype != np.dtype(self.input_dtype):
+            audio = audio.astype(self.input_dtype)
         return self._extract(audio)
 
     def _extract(self, audio: np.ndarray) -> Features:
-        """Audio plugins: features of a mono float32 signal already at `sample_rate`."""
+        """Audio plugins: features of a mono `input_dtype` signal already at `sample_rate`."""
         raise NotImplementedError(f"{self.name} takes {self.modality}, not audio")
 
     def extract_image(self, rgb: np.ndarray) -> Features:

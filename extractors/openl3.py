@@ -789,6 +789,11 @@ class OpenL3(Extractor):
         ),
     }
 
+    @property
+    def input_dtype(self) -> str:
+        # openl3's librosa front-end runs its STFT on the float64 samples soundfile gave it
+        return "float64" if self.config["frontend"] == "librosa" else "float32"
+
     def model_key(self) -> tuple:
         # The same weights serve every embedding size, front-end, hop and centring.
         c = self.config
@@ -830,8 +835,6 @@ class OpenL3(Extractor):
                 OpenL3Warning,
                 stacklevel=2,
             )
-        if c["frontend"] == "librosa":
-            audio = audio.astype(np.float64)  # openl3 runs librosa on soundfile's float64 samples
         emb, ts = embed_signal(
             self.load(), audio, c["input_repr"], c["embedding_size"], c["hop_size"], c["center"],
             c["frontend"], self.batch_size, "float16" if c["precision"] == "auto" else c["precision"],

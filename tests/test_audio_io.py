@@ -74,7 +74,21 @@ def test_decoded_resamples_once_per_rate_and_method():
     assert d.at(16000, "soxr_hq") is a
     assert d.at(16000, "kaiser_best") is not a
     assert d.at(44100, "soxr_hq") is d.audio
-    assert set(d.resample_seconds) == {(16000, "soxr_hq", None), (16000, "kaiser_best", "float32")}
+    assert set(d.resample_seconds) == {(16000, "soxr_hq", None, "float32"),
+                                       (16000, "kaiser_best", "float32", "float32")}
+
+
+def test_float64_samples_for_a_plugin_that_takes_them():
+    """dtype "float64" (OpenL3's librosa front-end): the float64 resampling unrounded, as
+    resampy gives it on the float64 signal; at the file's own rate, the signal as float64."""
+    x = _noisy(30000)
+    d = audio_io.Decoded(x, 44100)
+    y = d.at(48000, "kaiser_best", "float64", "float64")
+    assert y.dtype == np.float64
+    np.testing.assert_array_equal(y, audio_io.resampy_resample(x.astype(np.float64), 44100, 48000))
+    np.testing.assert_array_equal(d.at(48000, "kaiser_best", "float64"), y.astype(np.float32))
+    same = d.at(44100, "kaiser_best", "float64", "float64")
+    assert same.dtype == np.float64 and np.array_equal(same, x)
 
 
 

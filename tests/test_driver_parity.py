@@ -59,6 +59,8 @@ def run(tmp_path_factory):
     cfg = root / "c.yaml"
     cfg.write_text(
         f"models:\n  openl3:\n    hop_size: {HOP}\n    weights: {H5}\n"
+        f"  openl3_librosa:\n    extractor: openl3\n    frontend: librosa\n    hop_size: {HOP}\n"
+        f"    weights: {H5}\n"
         "  crepe:\n    capacity: tiny\n    viterbi: false\n    activations: true\n"
     )
     out = root / "out"
@@ -68,22 +70,24 @@ def run(tmp_path_factory):
 
 
 @pytest.mark.parity
-def test_openl3_driver_equals_api_on_files(run):
+@pytest.mark.parametrize("alias, frontend", [("openl3", "kapre"), ("openl3_librosa", "librosa")])
+def test_openl3_driver_equals_api_on_files(run, alias, frontend):
     audio, out, root = run
-    model = ol3.load_audio_embedding_model("mel256", "music", 512, weights_path=str(H5))
-    ex = registry.create("openl3")
-    assert ex.resample_precision == "float64"
-    api_dir = root / "api"
+    model = ol3.load_audio_embedding_model("mel256", "music", 512, frontend=frontend, weights_path=str(H5))
+    ex = registry.create("openl3", frontend=frontend)
+    # librosa's STFT runs on float64 samples in openl3: the driver hands it float64
+    assert ex.resample_precision == "float64" and ex.input_dtype == {"kapre": "float32"}.get(frontend, "float64")
+    api_dir = root / f"api_{frontend}"
     api_dir.mkdir(exist_ok=True)
     paths = [str(audio / name) for name in FILES]
     # openl3's process_audio_file: sf.read (float64), channel mean, resampy in float64
     with pytest.warns(ol3.OpenL3Warning):  # mdouble.wav is shorter than a window
         ol3.process_audio_file(paths, output_dir=str(api_dir), model=model, hop_size=HOP,
-                               batch_size=ex.default_batch_size, verbose=False)
+                               frontend=frontend, batch_size=ex.default_batch_size, verbose=False)
     for name in FILES:
         stem = name.rsplit(".", 1)[0]
         api = np.load(api_dir / f"{stem}.npz")
-        drv = np.load(out / "openl3" / f"{stem}.npy")
+        drv = np.load(out / alias / f"{stem}.npy")
         assert drv.shape == api["embedding"].shape, name
         diff = np.abs(drv - api["embedding"]).max() / np.abs(api["embedding"]).max()
         np.testing.assert_array_equal(drv, api["embedding"], err_msg=f"{name}: relative max diff {diff:.2e}")
