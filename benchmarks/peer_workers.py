@@ -301,7 +301,9 @@ def w_ours(p: dict, threads: int):
 
     def run(path):
         ex = state["ex"]
-        feats = ex.extract(audio_io.load(path).at(ex.sample_rate, ex.resample_method), ex.sample_rate)
+        # the driver's input path: resampled in the plugin's precision, handed in its dtype
+        decoded = audio_io.load(path, residual=ex.resample_precision == "float64")
+        feats = ex.extract(decoded.at(*ex.resample_key), ex.sample_rate)
         return {"": feats.data, **feats.extras}
 
     return load, run
