@@ -76,7 +76,8 @@ for cap in ("tiny", "full"):
         stem = os.path.basename(f)[:-4]
         for how in ("wavfile", "sf"):
             sr, a = wavfile.read(f) if how == "wavfile" else sf.read(f)[::-1]
-            act = crepe.predict(a, sr, model_capacity=cap, viterbi=False, center=True, step_size=10, verbose=0)[3]
+            act = crepe.predict(a, sr, model_capacity=cap, viterbi=False, center=True, step_size=10,
+                                verbose=0)[3]
             np.save(os.path.join(out, f"{cap}_{stem}_{how}.npy"), act)
 """
 
@@ -134,7 +135,8 @@ def main() -> int:
                     "--no_progress", "--device", "cpu"], check=True)
 
     print("our API, and the driver as it was ...", flush=True)
-    results: dict = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "openl3": {}, "crepe": {}}
+    results: dict = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
+                     "openl3": {}, "crepe": {}}
     for alias, (r, fe, size) in OPENL3.items():
         model = ol3.load_audio_embedding_model(r, "music", size, fe, weights_path=str(
             REFERENCE / f"openl3_audio_{r}_music.h5"))
