@@ -72,7 +72,8 @@ def main() -> int:
                 x = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.shape)
                 f.write(np.stack([x, 0.5 * np.sin(2 * np.pi * 330 * t) + 0.5 * x], 1).astype(np.float32))
     results: dict = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
-                     "file": f"{a.minutes:g} min, stereo, 44.1 kHz, float32 WAV", "seconds": n / sr, "cases": {}}
+                     "file": f"{a.minutes:g} min, stereo, 44.1 kHz, float32 WAV", "seconds": n / sr,
+                     "cases": {}}
     for precision in ("float32", "float64"):
         out = subprocess.run([sys.executable, "-c", CASE, str(ROOT), str(path), precision],
                              check=True, capture_output=True, text=True).stdout
@@ -81,14 +82,16 @@ def main() -> int:
         r["held_arrays_mb"] = r["mono_mb"] + r["residual_mb"] + r["output_mb"]
         results["cases"][precision] = r
         print(f"{precision}: peak RSS growth {r['growth_mb']:.0f} MB (after decoding "
-              f"{r['peak_after_decode_mb'] - r['rss_before_mb']:.0f} MB); arrays held: mono {r['mono_mb']:.0f} + "
-              f"residual {r['residual_mb']:.0f} + output {r['output_mb']:.0f} = {r['held_arrays_mb']:.0f} MB; "
+              f"{r['peak_after_decode_mb'] - r['rss_before_mb']:.0f} MB); arrays held: "
+              f"mono {r['mono_mb']:.0f} + residual {r['residual_mb']:.0f} + output {r['output_mb']:.0f} "
+              f"= {r['held_arrays_mb']:.0f} MB; "
               f"decode {r['decode_s']:.1f} s, resample {r['resample_s']:.1f} s", flush=True)
     f64_copy = n * 8 / 2**20
     g32, g64 = results["cases"]["float32"]["growth_mb"], results["cases"]["float64"]["growth_mb"]
     results["float64_signal_copy_mb"] = f64_copy
     print(f"float64 - float32 growth: {g64 - g32:.0f} MB (the residual: "
-          f"{results['cases']['float64']['residual_mb']:.0f} MB; a float64 copy of the signal would be {f64_copy:.0f} MB)")
+          f"{results['cases']['float64']['residual_mb']:.0f} MB; "
+          f"a float64 copy of the signal would be {f64_copy:.0f} MB)")
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(results, indent=1) + "\n")
     return 0

@@ -327,7 +327,8 @@ def test_registered_and_params() -> None:
     }
     assert ex.resample_method == "kaiser_best" and ex.sample_rate == 16000
     assert registry.create("crepe", resampler="soxr_hq").resample_method == "soxr_hq"
-    bad_values = ({"capacity": "huge"}, {"step_size": 0}, {"step_size": 2.5}, {"viterbi": "yes"}, {"resampler": "x"})
+    bad_values = ({"capacity": "huge"}, {"step_size": 0}, {"step_size": 2.5}, {"viterbi": "yes"},
+                  {"resampler": "x"})
     for bad in bad_values:
         with pytest.raises(ConfigError):
             registry.create("crepe", **bad)

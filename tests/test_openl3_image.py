@@ -270,7 +270,8 @@ def test_video_scaler_turns_frames_upright_before_scaling():
     upright = media.VideoScaler((256, 256), rotation=0)([frame])[0]
     assert frame.rotation == 0 and np.array_equal(media.VideoScaler((256, 256))([frame])[0], upright)
     for degrees, k in ((90, 1), (180, 2), (270, 3)):
-        np.testing.assert_array_equal(media.VideoScaler((256, 256), rotation=degrees)([frame])[0], np.rot90(upright, k))
+        turned = media.VideoScaler((256, 256), rotation=degrees)([frame])[0]
+        np.testing.assert_array_equal(turned, np.rot90(upright, k))
 
 
 def test_moviepy_frame_rate_duration_and_audio_length():
