@@ -648,7 +648,7 @@ class Runner:
     def run(self) -> RunStats:
         t_start = time.perf_counter()
         opt = self.opt
-        previous = _install_signal_handlers()
+        previous = _install_signal_handlers(self)
         q: queue.Queue = queue.Queue(maxsize=max(1, opt.prefetch))
         producer = None
         self._progress = _Progress(self.stats, self.log, opt.progress, opt.progress_every)
@@ -659,7 +659,7 @@ class Runner:
             producer.start()
             while True:
                 t_wait = time.perf_counter()
-                got = q.get()
+                got = self._next(q)
                 self.stats.waited_for_input_seconds += time.perf_counter() - t_wait
                 if got is None:
                     break
@@ -682,6 +682,23 @@ class Runner:
             self.stats.wall_seconds = time.perf_counter() - t_start
         return self.stats
 
+    _signalled: str | None = None  # "SIGINT" / "SIGTERM" once one has arrived
+
+    def _raise_signalled(self) -> None:
+        if self._signalled == "SIGINT":
+            raise KeyboardInterrupt
+        if self._signalled == "SIGTERM":
+            raise Interrupted()
+
+    def _next(self, q: queue.Queue) -> Any:
+        """The next decoded file; a signal stops the wait even if its exception was lost."""
+        while True:
+            self._raise_signalled()
+            try:
+                return q.get(timeout=0.25)
+            except queue.Empty:
+                continue
+
     def _process(self, work: _Work) -> None:
         """Extract here; store in the writer thread, so writing overlaps the next extraction."""
         item, m = work.item, work.media
@@ -692,6 +709,7 @@ class Runner:
                     self._progress.say(f"{item.source.as_posix()}: started ({what}; "
                                        f"{', '.join(j.alias for j in work.jobs)})")
                 for res in extract(item, work.jobs, m, self._progress.say, self._stop):
+                    self._raise_signalled()  # a stopped run writes nothing of the file it was on
                     self._writer.submit(lambda res=res: self._store(item, res, m))
         finally:  # after this file's results are stored: count it, free its leases
             self._writer.submit(lambda: self._file_done(work))
@@ -865,16 +883,20 @@ def _drain(q: queue.Queue) -> None:
             return
 
 
-def _raise_interrupted(signum, frame) -> None:
-    raise Interrupted()
-
-
-def _install_signal_handlers() -> Any:
+def _install_signal_handlers(runner: Runner) -> dict | None:
+    """SIGINT / SIGTERM raise in the main thread and are also remembered on `runner`: an
+    exception raised where Python swallows it (a finalizer that ran at that moment) is then
+    raised again at the next check (`Runner._check_signal`)."""
     if threading.current_thread() is not threading.main_thread():
         return None
-    return signal.signal(signal.SIGTERM, _raise_interrupted)
+
+    def handler(signum, frame) -> None:
+        runner._signalled = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
+        runner._raise_signalled()
+
+    return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
 
 
-def _restore_signal_handlers(previous: Any) -> None:
-    if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
+def _restore_signal_handlers(previous: dict | None) -> None:
+    for s, handler in (previous or {}).items():
+        signal.signal(s, handler)

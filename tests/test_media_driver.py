@@ -329,3 +329,41 @@ def test_a_plugins_skip_is_a_note_not_a_failure(tmp_path):
     skipped = [m for m in manifest(tmp_path / "out") if m.get("skipped")]
     assert [(m["source"], m["skipped"]) for m in skipped] == [
         ("small.png", "image 4 pixels wide, under 10: nothing to embed")]
+
+
+class LosesInterrupt(Extractor):
+    """Audio -> (1,) mean; while working, Ctrl-C arrives and its KeyboardInterrupt is lost, as
+    when it is raised inside a finalizer Python happens to run at that moment."""
+
+    name = "losesinterrupt"
+    sample_rate = 16000
+
+    def _load(self):
+        return None
+
+    def output_spec(self, kind="audio"):
+        return OutputSpec(axes=("dim",))
+
+    def _extract(self, audio):
+        import signal
+
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):  # the handler runs between bytecodes
+                pass
+        except KeyboardInterrupt:
+            pass  # swallowed
+        return Features(np.array([audio.mean()], np.float32))
+
+
+def test_an_interrupt_whose_exception_was_lost_still_stops_the_run(tmp_path):
+    """The file being worked on is abandoned (nothing of it written), the next is not started,
+    and the report says SIGINT."""
+    d = tmp_path / "in"
+    for name in ("a.wav", "b.wav"):
+        write_wav(d / name, tone(300, 0.3, 16000), 16000)
+    out = tmp_path / "out"
+    r = run(d, out, [LosesInterrupt()])
+    assert r.stats.interrupted == "SIGINT"
+    assert not (out / "manifest.jsonl").exists() or manifest(out) == []
+    assert not list((out / "losesinterrupt").glob("*.npy")) and hidden(out) == []
