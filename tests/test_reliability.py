@@ -108,11 +108,14 @@ def test_sigint_abandons_current_file_and_writes_report(tmp_path):
     proc = subprocess.Popen([sys.executable, str(ROOT / "run_extraction.py"), "--no_progress", "--verbose",
                              "--audio_dir", str(audio), "--output_base", str(out), "--models", "madmom"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:  # wait for the event: extraction of the long file has begun
-        if line.startswith("a_long.wav: started"):
-            break
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) == 130
+    try:
+        for line in proc.stderr:  # wait for the event: extraction of the long file has begun
+            if line.startswith("a_long.wav: started"):
+                break
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    finally:
+        proc.kill()  # never leave a run blocked on the held file behind
     report = json.loads((out / "run_report.json").read_text())
     assert report["interrupted"] == "SIGINT" and report["models"]["madmom"]["ok"] == 0
     assert not (out / "madmom" / "a_long.npy").exists() and hidden_files(out) == []
