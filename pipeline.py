@@ -894,7 +894,9 @@ def _install_signal_handlers(runner: Runner) -> dict | None:
         runner._signalled = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
         runner._raise_signalled()
 
-    return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    # a signal this process was started ignoring stays ignored (`cmd &` in a script ignores SIGINT)
+    return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)
+            if signal.getsignal(s) is not signal.SIG_IGN}
 
 
 def _restore_signal_handlers(previous: dict | None) -> None:

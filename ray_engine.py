@@ -451,7 +451,8 @@ class RayRunner(pipeline.Runner):
         self.connect()
         previous = {}
         if threading.current_thread() is threading.main_thread():
-            previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+            previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)
+                        if signal.getsignal(s) is not signal.SIG_IGN}  # started ignoring it: stays so
         self._progress = pipeline._Progress(self.stats, self.log, self.opt.progress, self.opt.progress_every)
         items: list[Item] = []
         try:

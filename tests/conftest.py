@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,12 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
         [sys.executable, str(ROOT / "run_extraction.py"), "--no_progress", *args],
         cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=full_env,
     )
+
+
+def default_sigint() -> None:
+    """Popen(preexec_fn=...): the child takes Ctrl-C even where the suite was started in the
+    background (`pytest &` in a script ignores SIGINT, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def hold(path: Path) -> Path:

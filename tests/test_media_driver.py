@@ -359,11 +359,18 @@ class LosesInterrupt(Extractor):
 def test_an_interrupt_whose_exception_was_lost_still_stops_the_run(tmp_path):
     """The file being worked on is abandoned (nothing of it written), the next is not started,
     and the report says SIGINT."""
+    import signal
+
     d = tmp_path / "in"
     for name in ("a.wav", "b.wav"):
         write_wav(d / name, tone(300, 0.3, 16000), 16000)
     out = tmp_path / "out"
-    r = run(d, out, [LosesInterrupt()])
+    # Ctrl-C as in a terminal, even where the suite was started in the background (SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        r = run(d, out, [LosesInterrupt()])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert r.stats.interrupted == "SIGINT"
     assert not (out / "manifest.jsonl").exists() or manifest(out) == []
     assert not list((out / "losesinterrupt").glob("*.npy")) and hidden(out) == []

@@ -22,7 +22,7 @@ import audio_io
 import outputs
 import pipeline
 from extractors.base import Extractor, Features, OutputSpec
-from tests.conftest import ROOT, click_track, hold, run_cli, tone, write_wav
+from tests.conftest import ROOT, click_track, default_sigint, hold, run_cli, tone, write_wav
 
 # Models that run here without downloads; CLMR with architecture-identical random weights
 # (the pipeline is under test, not the numbers). --stress adds OpenL3 and MERT the same way.
@@ -107,7 +107,8 @@ def test_sigint_abandons_current_file_and_writes_report(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, str(ROOT / "run_extraction.py"), "--no_progress", "--verbose",
                              "--audio_dir", str(audio), "--output_base", str(out), "--models", "madmom"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     try:
         for line in proc.stderr:  # wait for the event: extraction of the long file has begun
             if line.startswith("a_long.wav: started"):

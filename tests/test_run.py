@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, click_track, hold, release, run_cli, tone, write_wav
+from tests.conftest import ROOT, click_track, default_sigint, hold, release, run_cli, tone, write_wav
 
 
 def make_corpus(folder: Path, n: int = 4, seconds: float = 2.0) -> list[str]:
@@ -140,13 +140,20 @@ def test_sigterm_stops_cleanly_with_report(tmp_path):
     make_corpus(audio, 3, seconds=3.0)
     hold(audio / "zz_last.wav")  # reached after the others: the run is surely still going
     out = tmp_path / "out"
+    # started as `cmd &` in a script starts it: ignoring SIGINT, which the run must leave ignored
     proc = subprocess.Popen([sys.executable, str(ROOT / "run_extraction.py"), "--no_progress", "--audio_dir",
                              str(audio), "--output_base", str(out), "--models", "madmom"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     manifest = out / "manifest.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and (not manifest.exists() or len(manifest.read_text().splitlines()) < 3):
         time.sleep(0.02)
+    status = Path(f"/proc/{proc.pid}/status")
+    if status.exists():  # Linux: the signal masks of the running process
+        line = next(x for x in status.read_text().splitlines() if x.startswith("SigIgn:"))
+        ignored = int(line.split()[1], 16)
+        assert ignored >> (signal.SIGINT - 1) & 1, "the run took over a SIGINT it was started ignoring"
     proc.send_signal(signal.SIGTERM)
     stdout, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143
@@ -265,7 +272,8 @@ def test_interrupt_at_any_moment_is_clean(tmp_path, moment):
     proc = subprocess.Popen([sys.executable, "-X", "importtime", str(ROOT / "run_extraction.py"),
                              "--no_progress", "--audio_dir", str(audio),
                              "--output_base", str(tmp_path / "out"), "--models", "madmom", "crepe"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     wanted = "| numpy" if moment == "start-up" else "found 1 file(s)"  # importing / loading the models
     for line in proc.stderr:
         if line.rstrip().endswith(wanted) or line.startswith(wanted):
