@@ -272,6 +272,34 @@ def read_torch_state_dict(path: str | os.PathLike, model: str, how: str) -> dict
     return state
 
 
+def random_torch_state(net, seed: int) -> dict:
+    """Seeded random weights for a torchvision-style `net` (benchmarks and shape tests only, never
+    a correctness claim): He-normal convolutions (fan-out, as torchvision initialises them), a
+    small fc, and mildly perturbed BatchNorm parameters and statistics, so activations keep a
+    useful scale. The same seed gives the same tensors."""
+    import math
+
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, ref in net.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.zeros_like(ref)
+        elif ref.ndim >= 3:  # convolution (out, in, [kt,] kh, kw)
+            fan_out = ref.shape[0] * math.prod(ref.shape[2:])
+            state[key] = torch.randn(ref.shape, generator=gen) * (2.0 / fan_out) ** 0.5
+        elif ref.ndim == 2:  # fc
+            state[key] = torch.randn(ref.shape, generator=gen) * 0.01
+        elif key.endswith("running_var"):
+            state[key] = 0.5 + torch.rand(ref.shape, generator=gen)
+        elif key.endswith(".weight"):  # BatchNorm scale
+            state[key] = 0.5 + torch.rand(ref.shape, generator=gen)
+        else:  # biases, BatchNorm shift, running_mean
+            state[key] = 0.05 * torch.randn(ref.shape, generator=gen)
+    return state
+
+
 def load_strict(net, state, model: str, label: str, how: str):
     """`net` with `state` loaded strictly, in eval mode; WeightsError listing what does not match.
 

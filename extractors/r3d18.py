@@ -151,28 +151,8 @@ class R3D18Net(TorchModule):
 
 
 def random_state(net: nn.Module, seed: int = RANDOM_SEED) -> dict[str, torch.Tensor]:
-    """Seeded random weights for `net` (benchmarks and shape tests only, never a correctness claim).
-
-    He-normal convolutions (fan-out, as torchvision initialises them) and mildly perturbed
-    BatchNorm parameters and statistics, so activations keep a useful scale.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, ref in net.state_dict().items():
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.zeros_like(ref)
-        elif ref.ndim >= 3:  # convolution (out, in, kt, kh, kw)
-            fan_out = ref.shape[0] * int(np.prod(ref.shape[2:]))
-            state[key] = torch.randn(ref.shape, generator=gen) * (2.0 / fan_out) ** 0.5
-        elif ref.ndim == 2:  # fc
-            state[key] = torch.randn(ref.shape, generator=gen) * 0.01
-        elif key.endswith("running_var"):
-            state[key] = 0.5 + torch.rand(ref.shape, generator=gen)
-        elif key.endswith(".weight"):  # BatchNorm scale
-            state[key] = 0.5 + torch.rand(ref.shape, generator=gen)
-        else:  # BatchNorm shift, running_mean, fc bias
-            state[key] = 0.05 * torch.randn(ref.shape, generator=gen)
-    return state
+    """Seeded random weights for `net` (benchmarks and shape tests only): `weights.random_torch_state`."""
+    return weights.random_torch_state(net, seed)
 
 
 # --------------------------------------------------------------------------- checkpoints
