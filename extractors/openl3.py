@@ -43,7 +43,7 @@ import warnings
 from dataclasses import dataclass, field
 from numbers import Real
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -666,7 +666,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, ...]]:
 # ---------------------------------------------------------------------------
 @dataclass
 class LoadedModel:
-    """A network on its device and where its weights came from."""
+    """A network (audio or image) on its device and where its weights came from."""
 
     net: OpenL3AudioNet
     device: str
@@ -709,6 +709,14 @@ def run_network(
     autocast with `cuda_dtype` unless that is "float32".
     """
     x = torch.from_numpy(np.ascontiguousarray(spectrograms, dtype=np.float32))[:, None]
+    return forward_pooled(model, x, lambda fmap: pool_embedding(fmap, input_repr, embedding_size),
+                          cuda_dtype)
+
+
+def forward_pooled(model: LoadedModel, x: Any, pool: Callable[[Any], Any], cuda_dtype: str) -> np.ndarray:
+    """`pool(net(x))` as float32 numpy, for the audio and the image network: x (B, C, H, W) goes
+    to the model's device in channels_last; float32 on CPU (deterministic, batch-size
+    independent), on CUDA under autocast with `cuda_dtype` unless that is "float32"."""
     x = x.to(model.device).contiguous(memory_format=torch.channels_last)
     on_cuda = str(model.device).startswith("cuda")
     with torch.inference_mode():
@@ -717,7 +725,7 @@ def run_network(
                 fmap = model.net(x)
         else:
             fmap = model.net(x)
-        emb = pool_embedding(fmap.float(), input_repr, embedding_size)
+        emb = pool(fmap.float())
     return emb.cpu().numpy().astype(np.float32, copy=False)
 
 
@@ -1280,7 +1288,7 @@ class ImageEmbeddingModel:
     input_repr: str
     content_type: str
     embedding_size: int
-    loaded: Any  # openl3_image.LoadedImageModel
+    loaded: LoadedModel  # the image network
 
     input_shape = (None, 224, 224, 3)
 

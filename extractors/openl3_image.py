@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,10 +59,12 @@ from extractors.openl3 import (
     CHANNELS,
     CONTENT_TYPES,
     INPUT_REPRS,
+    LoadedModel,
     OpenL3Error,
     OpenL3Warning,
     find_weights,
     fold_batchnorm,
+    forward_pooled,
     official_filename,
     official_url,
     read_keras_h5,
@@ -303,18 +304,9 @@ def random_state(seed: int = 0) -> dict[str, tuple[np.ndarray, ...]]:
     return state
 
 
-@dataclass
-class LoadedImageModel:
-    """The image network on its device and where its weights came from."""
-
-    net: OpenL3ImageNet
-    device: str
-    source: dict[str, Any] = field(default_factory=dict)
-
-
 def load_image_network(
     input_repr: str, content_type: str, device: str = "cpu", weights_path: str | None = None
-) -> LoadedImageModel:
+) -> LoadedModel:
     """Find (or, with weights_path="random", make) the image weights and build the network on `device`."""
     import weights
 
@@ -337,11 +329,11 @@ def load_image_network(
         }
     device = torch_device(device)
     net = build_network(state).to(device).to(memory_format=torch.channels_last)
-    return LoadedImageModel(net, device, source)
+    return LoadedModel(net, device, source)
 
 
 def run_image_network(
-    model: LoadedImageModel, batch: np.ndarray, embedding_size: int, cuda_dtype: str = "float16"
+    model: LoadedModel, batch: np.ndarray, embedding_size: int, cuda_dtype: str = "float16"
 ) -> np.ndarray:
     """Embeddings of preprocessed images (B, 224, 224, 3) float32: (B, embedding_size) float32.
 
@@ -349,20 +341,11 @@ def run_image_network(
     autocast with `cuda_dtype` unless that is "float32".
     """
     x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).permute(0, 3, 1, 2)  # NHWC view
-    x = x.to(model.device).contiguous(memory_format=torch.channels_last)
-    on_cuda = str(model.device).startswith("cuda")
-    with torch.inference_mode():
-        if on_cuda and cuda_dtype != "float32":
-            with torch.autocast("cuda", dtype=getattr(torch, cuda_dtype)):
-                fmap = model.net(x)
-        else:
-            fmap = model.net(x)
-        emb = pool_embedding(fmap.float(), embedding_size)
-    return emb.cpu().numpy().astype(np.float32, copy=False)
+    return forward_pooled(model, x, lambda fmap: pool_embedding(fmap, embedding_size), cuda_dtype)
 
 
 def embed_batches(
-    model: LoadedImageModel, batch: np.ndarray, embedding_size: int, batch_size: int,
+    model: LoadedModel, batch: np.ndarray, embedding_size: int, batch_size: int,
     cuda_dtype: str = "float16",
 ) -> np.ndarray:
     """run_image_network `batch_size` images at a time: (N, 224, 224, 3) -> (N, D)."""
@@ -385,7 +368,7 @@ class VideoEmbedder:
     costs disk, not memory: exact numbers, bounded memory.
     """
 
-    def __init__(self, model: LoadedImageModel, embedding_size: int, batch_size: int,
+    def __init__(self, model: LoadedModel, embedding_size: int, batch_size: int,
                  cuda_dtype: str = "float16", spill_frames: int = 1024) -> None:
         self.model, self.size, self.batch_size = model, embedding_size, batch_size
         self.cuda_dtype = cuda_dtype
@@ -560,7 +543,7 @@ class OpenL3Image(Extractor):
         c = self.config
         return (self.name, self.device, self.weights_path, c["input_repr"], c["content_type"])
 
-    def _load(self) -> LoadedImageModel:
+    def _load(self) -> LoadedModel:
         c = self.config
         return load_image_network(c["input_repr"], c["content_type"], self.device, self.weights_path)
 
