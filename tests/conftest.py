@@ -89,6 +89,18 @@ def stress(request) -> bool:
     return bool(request.config.getoption("--stress"))
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: the test machines' 2 cores are shared, and one thread was
+    measured several times faster there than two."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # -- media made with PyAV (FFmpeg's own encoders) -------------------------------------------
 def encode_audio(path: Path, audio: np.ndarray, sr: int, codec: str, fmt: str = "fltp") -> Path:
     """Mono `audio` (float32, or int16 for s16 formats) into a container chosen by `path`'s extension,

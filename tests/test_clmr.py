@@ -45,7 +45,7 @@ ARCH = (
 
 
 @pytest.fixture(autouse=True)
-def fresh_model_cache(monkeypatch):
+def fresh_model_cache(monkeypatch, one_torch_thread):
     """Each test loads its own network (the process-wide cache is keyed by weights path only).
 
     One torch thread: the test machines' 2 cores are shared, and one thread was measured
@@ -53,10 +53,6 @@ def fresh_model_cache(monkeypatch):
     """
     monkeypatch.setattr(base, "_MODEL_CACHE", {})
     monkeypatch.setenv("EMBEDKIT_OFFLINE", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------ independent helpers

@@ -39,16 +39,12 @@ SEED = 2026
 
 
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
+def isolated(monkeypatch, tmp_path, one_torch_thread):
     """Own model cache, empty weight caches, offline; one torch thread (2 shared cores)."""
     monkeypatch.setattr(base, "_MODEL_CACHE", {})
     monkeypatch.setenv("EMBEDKIT_OFFLINE", "1")
     monkeypatch.setenv("EMBEDKIT_CACHE", str(tmp_path / "embedkit_cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def reference_state(model: str) -> dict[str, torch.Tensor]:
