@@ -399,6 +399,11 @@ def _merge_topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray
 
 
 # -- stores ---------------------------------------------------------------------------------------
+def _file_row(rec: dict, n: int) -> tuple:
+    """A file's row in either store's files table: (output, source, sha256, size, mtime_ns, n)."""
+    return (rec["output"], rec["source"], rec.get("sha256"), rec.get("size"), rec.get("mtime_ns"), n)
+
+
 class Store:
     """One collection in a backend. Rows: id, file (output path), start, end, unit vector."""
 
@@ -608,14 +613,7 @@ class EmbeddedStore(Store):
             for rec, vecs, starts, ends in items:
                 cur = self.db.execute(
                     "INSERT INTO files (output, source, sha256, size, mtime_ns, n) VALUES (?,?,?,?,?,?)",
-                    (
-                        rec["output"],
-                        rec["source"],
-                        rec.get("sha256"),
-                        rec.get("size"),
-                        rec.get("mtime_ns"),
-                        len(vecs),
-                    ),
+                    _file_row(rec, len(vecs)),
                 )
                 fid = cur.lastrowid
                 self.db.executemany(
@@ -1082,17 +1080,7 @@ class PostgresStore(Store):
             ) as cp:
                 cp.set_types(["int8", "text", "text", "text", "int8", "int8", "int4"])
                 for fid, (rec, vecs, _, _) in zip(fids, items):
-                    cp.write_row(
-                        (
-                            fid,
-                            rec["output"],
-                            rec["source"],
-                            rec.get("sha256"),
-                            rec.get("size"),
-                            rec.get("mtime_ns"),
-                            len(vecs),
-                        )
-                    )
+                    cp.write_row((fid, *_file_row(rec, len(vecs))))
             with self.conn.cursor().copy(
                 f"COPY {self.t_vec} (file_id, start_s, end_s, embedding) FROM STDIN WITH (FORMAT BINARY)"
             ) as cp:
