@@ -85,8 +85,6 @@ class _DecodeView:
 
     def __init__(self, ex: Extractor) -> None:
         self.modality = ex.modality
-        self.sample_rate = ex.sample_rate
-        self.resample_method = ex.resample_method if ex.modality == "audio" else None
         self.resample_precision = ex.resample_precision if ex.modality == "audio" else None
         self.resample_key = ex.resample_key if ex.modality == "audio" else None
 
