@@ -1,14 +1,29 @@
 """embedkit: media collections to research features.
 
-Installed (`pip install .`), the checkout's modules live in this package's folder
-and import each other by their top-level names, as they do in a checkout
-(`import media`, `import registry`); importing the package puts its folder on
-sys.path so they can. The `embedkit` command is `embedkit.cli:main`.
+    import embedkit
+    embedkit.registry.available()          # the model plugins
+    embedkit.ConfigError                   # what the library raises for a configuration mistake
+
+Every module has one name, `embedkit.<module>`; importing the package loads nothing heavy
+(torch, the plugins, the search stores load when used) and leaves sys.path as it is.
+From a checkout, scripts register the folder as this package first (`_checkout.py`).
+The `embedkit` command is `embedkit.cli:main`.
 """
 
-import os as _os
-import sys as _sys
+from __future__ import annotations
 
-_HERE = _os.path.dirname(_os.path.abspath(__file__))
-if _HERE not in _sys.path:
-    _sys.path.insert(0, _HERE)
+import importlib as _importlib
+
+from embedkit.extractors.base import ConfigError, SkipFile, WeightsError
+from embedkit.media import MediaError
+
+__all__ = ["ConfigError", "MediaError", "SkipFile", "WeightsError", "registry"]
+
+_LAZY_MODULES = ("registry",)
+
+
+def __getattr__(name: str):
+    # submodules on first use, so `import embedkit` stays cheap
+    if name in _LAZY_MODULES:
+        return _importlib.import_module(f"embedkit.{name}")
+    raise AttributeError(f"module 'embedkit' has no attribute {name!r}")

@@ -11,6 +11,9 @@ Each command is the module's `main(argv)`; `python <module>.py ...` does the sam
 
 from __future__ import annotations
 
+if not __package__:  # `python cli.py` from a checkout: the checkout is the package embedkit
+    import _checkout  # noqa: F401
+
 import importlib
 import sys
 
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"embedkit: unknown command {name!r}{hint}\n\n{usage()}", file=sys.stderr)
         return 2
     try:
-        module = importlib.import_module(COMMANDS[name][0])
+        module = importlib.import_module(f"embedkit.{COMMANDS[name][0]}")
     except ModuleNotFoundError as exc:
         print(f"embedkit {name}: not available in this installation ({exc})", file=sys.stderr)
         return 2

@@ -24,6 +24,9 @@ Exit status: 0 done, 1 some model could not be exported (said why), 2 usage erro
 
 from __future__ import annotations
 
+if not __package__:  # `python export.py` from a checkout: the checkout is the package embedkit
+    import _checkout  # noqa: F401
+
 import argparse
 import csv
 import hashlib
@@ -39,8 +42,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-import outputs
-import results
+from embedkit import outputs, results
 
 FORMATS = {"npz": ".npz", "hdf5": ".h5", "parquet": ".parquet", "csv": ".csv"}
 EXPORT_VERSION = 1

@@ -31,8 +31,8 @@ from typing import Iterator
 
 import numpy as np
 
-import audio_io
-from audio_io import MediaError
+from embedkit import audio_io
+from embedkit.audio_io import MediaError
 
 # Extension -> kind. Audio through soundfile where it reads them (byte-identical to
 # earlier releases), everything else through FFmpeg (PyAV); images through Pillow.

@@ -37,6 +37,9 @@ input files, or weights missing.
 
 from __future__ import annotations
 
+if not __package__:  # `python openl3_cli.py` from a checkout: the checkout is the package embedkit
+    import _checkout  # noqa: F401
+
 import argparse
 import os
 import sys
@@ -120,7 +123,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def _extensions(modality: str) -> tuple[str, ...]:
-    import media
+    from embedkit import media
 
     if modality == "audio":
         return media.AUDIO_EXTENSIONS
@@ -220,8 +223,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if args.output_dir:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
 
-    from extractors import openl3 as ol3
-    from extractors.base import WeightsError
+    from embedkit.extractors import openl3 as ol3
+    from embedkit.extractors.base import WeightsError
 
     def on_error(path: str, exc: BaseException) -> None:
         cause = str(exc).strip().splitlines()

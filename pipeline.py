@@ -34,11 +34,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-import audio_io
-import media
-import outputs
-from extractors.base import ConfigError, Extractor, Features, OutputSpec, SkipFile
-from reporting import Outcome, RunStats
+from embedkit import audio_io, media, outputs
+from embedkit.extractors.base import ConfigError, Extractor, Features, OutputSpec, SkipFile
+from embedkit.reporting import Outcome, RunStats
 
 
 # -- what a run is made of ------------------------------------------------------------

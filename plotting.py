@@ -20,6 +20,9 @@ Exit status: 0 done, 1 some file could not be drawn (said why), 2 usage error.
 
 from __future__ import annotations
 
+if not __package__:  # `python plotting.py` from a checkout: the checkout is the package embedkit
+    import _checkout  # noqa: F401
+
 import argparse
 import csv
 import fnmatch
@@ -32,8 +35,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-import outputs
-import results
+from embedkit import outputs, results
 
 # Panel heights in inches; a figure is `width` x (TITLE_HEIGHT + sum of its panels) inches.
 PANEL_HEIGHTS = {"waveform": 1.2, "pitch": 1.8, "beats": 1.3, "curve": 1.3, "heatmap": 1.8, "ssm": 2.6}
@@ -495,7 +497,7 @@ def plot_files(
     log: Callable[[str], None] = print,
 ) -> tuple[list[Path], list[str]]:
     """One PNG per output file of the selected time-series models; returns (PNGs written or kept, errors)."""
-    import audio_io
+    from embedkit import audio_io
 
     base = Path(output_base)
     folders = [f for f in _models(base, models) if f.time_axis is not None]

@@ -39,14 +39,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
-import audio_io
-import media
-import outputs
-import pipeline
-import registry
-from extractors.base import ConfigError, Extractor
-from pipeline import Item, ModelJob, Result, RunOptions
-from reporting import Outcome, RunStats
+from embedkit import audio_io, media, outputs, pipeline, registry
+from embedkit.extractors.base import ConfigError, Extractor
+from embedkit.pipeline import Item, ModelJob, Result, RunOptions
+from embedkit.reporting import Outcome, RunStats
 
 HERE = Path(__file__).resolve().parent
 RETRIES = 2  # a (file, model) whose worker died is tried this many more times
@@ -254,7 +250,9 @@ class RayRunner(pipeline.Runner):
             kwargs: dict[str, Any] = {
                 "address": self.address,
                 "logging_level": logging.WARNING,
-                "job_config": ray.job_config.JobConfig(code_search_path=[str(HERE)]),
+                # workers find this folder and load it as the package embedkit, as the driver did
+                "runtime_env": {"env_vars": {"PYTHONPATH": f"{HERE}{os.pathsep}${{PYTHONPATH}}"},
+                                "worker_process_setup_hook": "_checkout.register"},
             }
             if not joining:  # a cluster of our own: no dashboard to watch it, no usage report sent
                 kwargs["include_dashboard"] = False

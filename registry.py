@@ -12,8 +12,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-import extractors
-from extractors.base import ConfigError, Extractor
+from embedkit import extractors
+from embedkit.extractors.base import ConfigError, Extractor
 
 _PLUGINS: dict[str, type[Extractor]] = {}
 
@@ -36,7 +36,7 @@ def get(name: str) -> type[Extractor]:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"unknown model {name!r}{hint}; available: {', '.join(known) or '(none)'}")
     try:
-        module = importlib.import_module(f"extractors.{name}")
+        module = importlib.import_module(f"{extractors.__name__}.{name}")
     except Exception as exc:
         raise ConfigError(f"model {name!r} cannot be used: its module failed to import "
                           f"({type(exc).__name__}: {exc}); check the installation (pip install -r "

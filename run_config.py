@@ -40,9 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import media
-import registry
-from extractors.base import ConfigError
+from embedkit import media, registry
+from embedkit.extractors.base import ConfigError
 
 TOP_KEYS = {
     "audio_dir": str,
@@ -317,8 +316,8 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 def jobs_from_args(args) -> tuple[RunConfig, list]:
     """The run's config (YAML + flags) and its model jobs; ConfigError lists every mistake."""
-    import pipeline
-    from extractors.base import torch_device
+    from embedkit import pipeline
+    from embedkit.extractors.base import torch_device
 
     data, where = ({}, "command line")
     if args.config:

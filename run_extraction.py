@@ -13,6 +13,9 @@ Exit status: 0 all done, 1 some file or model failed (see failures.json), 2 conf
 
 from __future__ import annotations
 
+if not __package__:  # `python run_extraction.py` from a checkout: the checkout is the package embedkit
+    import _checkout  # noqa: F401
+
 import argparse
 import sys
 from pathlib import Path
@@ -62,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def list_models() -> None:
-    import registry
+    from embedkit import registry
 
     for name in registry.available():
         try:
@@ -110,15 +113,15 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     import signal
 
-    import run_config
-    from extractors.base import ConfigError
+    from embedkit import run_config
+    from embedkit.extractors.base import ConfigError
 
     try:
         cfg, jobs = run_config.jobs_from_args(args)
         shard = run_config.parse_shard(args.shard)
         output_base = Path(cfg.output_base)
         if not args.download_only:
-            import pipeline
+            from embedkit import pipeline
 
             pipeline.check_previous_params(jobs, output_base, cfg.overwrite)
             if not Path(cfg.audio_dir).is_dir():
@@ -138,7 +141,7 @@ def _main(args: argparse.Namespace) -> int:
                 print(f"[{job.alias}] {exc}", file=sys.stderr)
         return 1 if failed else 0
 
-    import pipeline
+    from embedkit import pipeline
 
     options = pipeline.RunOptions(
         audio_dir=Path(cfg.audio_dir),
@@ -159,7 +162,7 @@ def _main(args: argparse.Namespace) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     if cfg.engine == "ray":
-        import ray_engine  # Ray is imported only here, never by a local run
+        from embedkit import ray_engine  # Ray is imported only here, never by a local run
 
         devices = {m.alias: m.device or cfg.device for m in cfg.models}
         runner = ray_engine.RayRunner(jobs, options, log=log, address=cfg.ray_address, devices=devices,

@@ -14,6 +14,9 @@ Exit status: 0 done; 1 some outputs or queries failed (listed); 2 configuration 
 
 from __future__ import annotations
 
+if not __package__:  # `python run_search.py` from a checkout: the checkout is the package embedkit
+    import _checkout  # noqa: F401
+
 import argparse
 import json
 import math
@@ -110,7 +113,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from extractors.base import ConfigError
+    from embedkit.extractors.base import ConfigError
 
     try:
         return {"index": cmd_index, "query": cmd_query, "evaluate": cmd_evaluate}[args.command](args)
@@ -126,14 +129,14 @@ def _where(args: argparse.Namespace, folder) -> str:
     if args.db:
         return args.db
     if folder is None:
-        from extractors.base import ConfigError
+        from embedkit.extractors.base import ConfigError
 
         raise ConfigError("give --output_base (the index lives in the model folder) or --db")
     return str(folder.default_store())
 
 
 def _collection(args: argparse.Namespace) -> str:
-    import search
+    from embedkit import search
 
     return args.collection or search.collection_name(
         args.model, args.level, args.window if args.level == "segment" else 0
@@ -141,7 +144,7 @@ def _collection(args: argparse.Namespace) -> str:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    import search
+    from embedkit import search
 
     folder = search.ModelFolder.open(args.output_base, args.model)
     info = folder.info(args.level, args.window)
@@ -168,7 +171,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 def _drop(where: str, name: str) -> None:
     import shutil
 
-    import search
+    from embedkit import search
 
     if search.is_postgres(where):
         conn = search.pg_connect(where)
@@ -191,8 +194,8 @@ def _drop(where: str, name: str) -> None:
 
 def _open_for_reading(args: argparse.Namespace):
     """(index, model folder or None); refuses an index built from another configuration."""
-    import search
-    from extractors.base import ConfigError
+    from embedkit import search
+    from embedkit.extractors.base import ConfigError
 
     folder = None
     if args.output_base:
@@ -213,7 +216,7 @@ def _open_for_reading(args: argparse.Namespace):
 def _query_files(paths: list[str]) -> tuple[list[tuple[str, Path]], list[str]]:
     """(shown name, path) of each query: files as given, folders walked (recursive, media files only);
     and the paths that do not exist."""
-    import media
+    from embedkit import media
 
     out, missing = [], []
     for p in paths:
@@ -245,8 +248,8 @@ def _print_results(query: str, hits, as_json: bool, segments: bool) -> None:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    import search
-    from extractors.base import ConfigError
+    from embedkit import search
+    from embedkit.extractors.base import ConfigError
 
     if not args.queries and not args.like:
         raise ConfigError("give query files or folders, or --like PATH")
@@ -298,8 +301,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import search
-    from extractors.base import ConfigError
+    from embedkit import search
+    from embedkit.extractors.base import ConfigError
 
     labels: dict[str, str] = {}
     for path in args.labels:
@@ -359,7 +362,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _ranked(index, vec, n_items: int, exact, exclude: str | None) -> list[str]:
     """Every file of the collection ranked by its best vector's score (segment level: best moment)."""
-    import search  # noqa: F401
+    from embedkit import search  # noqa: F401
 
     seen, ranked = set(), []
     k = n_items

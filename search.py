@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-import outputs
-from extractors.base import ConfigError
+from embedkit import outputs
+from embedkit.extractors.base import ConfigError
 
 LEVELS = ("file", "segment")
 DEFAULT_ANN_THRESHOLD = 100_000  # vectors; below it exact search is fast enough (about 10 ms at 100k x 512)
@@ -162,7 +162,7 @@ class ModelFolder:
 
     def axes_for(self, source: str | os.PathLike) -> list[str]:
         """The axes of one source's array: an image model's videos have their own (`per_kind`)."""
-        import media
+        from embedkit import media
 
         kind = media.kind_of(source)
         per_kind = (self.meta.get("per_kind") or {}).get(kind) or {}
@@ -1483,7 +1483,7 @@ class QueryEmbedder:
     "weights)."""
 
     def __init__(self, info: CollectionInfo, device: str = "cpu") -> None:
-        import registry
+        from embedkit import registry
 
         cfg = info.config
         self.info = info
@@ -1519,7 +1519,7 @@ class QueryEmbedder:
 
     def embed(self, path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Unit query vector(s) of one file, cut like the collection (file: one; segment: its windows)."""
-        import pipeline
+        from embedkit import pipeline
 
         self._check_weights()
         try:
@@ -1531,7 +1531,7 @@ class QueryEmbedder:
             raise SearchError(
                 f"cannot embed {path}: {type(exc).__name__}: {lines[-1] if lines else ''}"
             ) from exc
-        import media
+        from embedkit import media
 
         data = np.asarray(feats.data)
         spec = self.extractor.output_spec(media.kind_of(path) or "audio")  # an image model's video: (T, D)

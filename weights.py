@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
-from extractors.base import WeightFile, WeightsError
+from embedkit.extractors.base import WeightFile, WeightsError
 
 CACHE_ENV = "EMBEDKIT_CACHE"
 
@@ -80,7 +80,7 @@ def _read_digests() -> dict[str, str]:
 
 def _remember_digest(key: str, digest: str) -> None:
     """Add one digest to the cache file (atomically; a lost race only costs a recomputation)."""
-    import outputs
+    from embedkit import outputs
 
     known = _read_digests()
     known[key] = digest

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _checkout  # noqa: E402,F401  (the checkout as the package embedkit)
 
-import registry  # noqa: E402
+from embedkit import registry  # noqa: E402
 
 
 def main() -> None:

@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _checkout  # noqa: E402,F401  (the checkout as the package embedkit)
 
-import registry  # noqa: E402
-from extractors.crepe import FRAME, _package_weights, layer_shapes, same_padding  # noqa: E402
+from embedkit import registry  # noqa: E402
+from embedkit.extractors.crepe import FRAME, _package_weights, layer_shapes, same_padding  # noqa: E402
 
 
 def flops_per_frame(capacity: str) -> float:

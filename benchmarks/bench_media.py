@@ -27,9 +27,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import _checkout  # noqa: E402,F401  (the checkout as the package embedkit)
 
-import audio_io  # noqa: E402
-import media  # noqa: E402
+from embedkit import audio_io  # noqa: E402
+from embedkit import media  # noqa: E402
 from tests.conftest import encode_audio, encode_video, write_wav  # noqa: E402
 
 
@@ -98,8 +99,7 @@ def video_rows(folder: Path, n_frames: int, repeats: int) -> list[dict]:
 
 
 def overhead(folder: Path, seconds: float) -> dict:
-    import pipeline
-    import registry
+    from embedkit import pipeline, registry
 
     sr = 44100
     mixed = folder / "mixed"

@@ -29,9 +29,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import _checkout  # noqa: E402,F401  (the checkout as the package embedkit)
 
-import registry  # noqa: E402
-from extractors import mert as M  # noqa: E402
+from embedkit import registry  # noqa: E402
+from embedkit.extractors import mert as M  # noqa: E402
 
 SR = M.SAMPLE_RATE
 

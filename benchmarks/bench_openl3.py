@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _checkout  # noqa: E402,F401  (the checkout as the package embedkit)
 
-import registry  # noqa: E402
-from extractors import openl3 as ol3  # noqa: E402
+from embedkit import registry  # noqa: E402
+from embedkit.extractors import openl3 as ol3  # noqa: E402
 
 # Multiply-accumulates of one window's convolutions, counted from the layer shapes.
 def conv_flops(input_repr: str) -> float:

@@ -37,10 +37,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _checkout  # noqa: E402,F401  (the checkout as the package embedkit)
 
-import media  # noqa: E402
-import registry  # noqa: E402
-from extractors import openl3_image as oi  # noqa: E402
+from embedkit import media  # noqa: E402
+from embedkit import registry  # noqa: E402
+from embedkit.extractors import openl3_image as oi  # noqa: E402
 
 
 def cpu_name() -> str:
@@ -177,7 +178,7 @@ def main() -> None:
     print(f"video {w}x{h}, {n} frames: {fps:.2f} frames/s end to end (decode thread + 256x256 scale "
           f"{t_scale / n * 1000:.1f} ms/frame + network); peak RSS {rss0:.0f} -> {rss1:.0f} MB")
     # 4. interleaved with the audio network: a contention-independent ratio
-    from extractors import openl3 as ol3
+    from embedkit.extractors import openl3 as ol3
 
     audio = ol3.load_network("mel256", "music", args.device, "random")
     spec = rng.standard_normal((args.batch_size, 256, 199)).astype(np.float32) * 10 - 40

@@ -39,8 +39,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import _checkout  # noqa: E402,F401  (the checkout as the package embedkit)
 
-import audio_io  # noqa: E402
+from embedkit import audio_io  # noqa: E402
 
 RESAMPLING = {  # model: (rate, method) as each plugin asks for it by default
     "openl3": (48000, "kaiser_best"),

@@ -29,8 +29,9 @@ import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import _checkout  # noqa: E402,F401  (the checkout as the package embedkit)
 
-import audio_io  # noqa: E402
+from embedkit import audio_io  # noqa: E402
 
 
 def music(seconds: float, sr: int) -> np.ndarray:

@@ -34,10 +34,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import _checkout  # noqa: E402,F401  (the checkout as the package embedkit)
 
-import media  # noqa: E402
-import registry  # noqa: E402
-from extractors import r3d18, resnet18  # noqa: E402
+from embedkit import media  # noqa: E402
+from embedkit import registry  # noqa: E402
+from embedkit.extractors import r3d18, resnet18  # noqa: E402
 
 
 def sync(device: str) -> None:

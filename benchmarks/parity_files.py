@@ -33,10 +33,11 @@ import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import _checkout  # noqa: E402,F401  (the checkout as the package embedkit)
 
-import audio_io  # noqa: E402
-import registry  # noqa: E402
-from extractors import openl3 as ol3  # noqa: E402
+from embedkit import audio_io  # noqa: E402
+from embedkit import registry  # noqa: E402
+from embedkit.extractors import openl3 as ol3  # noqa: E402
 
 REFERENCE = ROOT.parent / "shared" / "reference" / "openl3_random"
 # alias: (input_repr, frontend, embedding_size)

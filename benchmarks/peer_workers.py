@@ -289,8 +289,8 @@ def w_ours(p: dict, threads: int):
     """Our plugin through its Python API: decode once, resample at the plugin's rate and method."""
     torch_threads(threads)
     sys.path.insert(0, str(ROOT))
-    import audio_io
-    import registry
+    import _checkout  # noqa: F401  (the checkout as the package embedkit)
+    from embedkit import audio_io, registry
 
     state = {}
 
@@ -314,9 +314,10 @@ def w_loop(p: dict, threads: int):
     model, librosa.load at the model's rate, run the model (our ports), np.save."""
     torch_threads(threads)
     sys.path.insert(0, str(ROOT))
+    import _checkout  # noqa: F401  (the checkout as the package embedkit)
     import librosa
 
-    import registry
+    from embedkit import registry
 
     models = {}
 

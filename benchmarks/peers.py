@@ -47,6 +47,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+import _checkout  # noqa: E402,F401  (the checkout as the package embedkit)
 sys.path.insert(0, str(HERE))
 
 from throughput import cpu_name, make_corpus  # noqa: E402
@@ -124,7 +125,7 @@ def mert_checkpoint() -> Path:
     from safetensors.torch import save_file
     from transformers import HubertModel
 
-    from extractors import mert as M
+    from embedkit.extractors import mert as M
 
     cfg = dict(M.KNOWN_CONFIGS[M.DEFAULT_MODEL])
     torch.manual_seed(0)

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import search  # noqa: E402
+import _checkout  # noqa: E402,F401  (the checkout as the package embedkit)
+from embedkit import search  # noqa: E402
 
 
 def unit_vectors(n: int, dim: int, seed: int, data: str = "random") -> np.ndarray:

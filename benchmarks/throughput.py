@@ -34,11 +34,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import _checkout  # noqa: E402,F401  (the checkout as the package embedkit)
 
-import audio_io  # noqa: E402
-import pipeline  # noqa: E402
-import registry  # noqa: E402
-from extractors.base import WeightsError  # noqa: E402
+from embedkit import audio_io  # noqa: E402
+from embedkit import pipeline  # noqa: E402
+from embedkit import registry  # noqa: E402
+from embedkit.extractors.base import WeightsError  # noqa: E402
 
 # (name, params) per model; quick mode swaps in lighter settings where noted.
 FULL_MODELS = {

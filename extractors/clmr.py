@@ -41,8 +41,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-import weights
-from extractors.base import (
+from embedkit import weights
+from embedkit.extractors.base import (
     Extractor,
     Features,
     OutputSpec,

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import (
+from embedkit.extractors.base import (
     Extractor,
     Features,
     OutputSpec,
@@ -441,7 +441,7 @@ class Crepe(Extractor):
         ]
 
     def _weights_file(self) -> Path:
-        import weights
+        from embedkit import weights
 
         cap = self.config["capacity"]
         pkg = _package_weights(cap)
@@ -458,7 +458,7 @@ class Crepe(Extractor):
             random_weights(net)
             info["weights"] = "random"
         else:
-            import weights
+            from embedkit import weights
 
             path = self._weights_file()
             load_keras_weights(net, path)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import Extractor, Features, OutputSpec, Param
+from embedkit.extractors.base import Extractor, Features, OutputSpec, Param
 
 FPS = 100
 HOP_SAMPLES = 441  # 44100 / FPS

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import ConfigError, Extractor, Features, OutputSpec, Param
+from embedkit.extractors.base import ConfigError, Extractor, Features, OutputSpec, Param
 
 SAMPLE_RATE = 16000
 # STFT frames processed at once: bounds memory on hour-long files.

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import (
+from embedkit.extractors.base import (
     ConfigError,
     Extractor,
     Features,
@@ -309,7 +309,7 @@ def hub_checkpoint(repo_id: str, revision: str | None = None) -> Checkpoint:
     """
     from huggingface_hub import snapshot_download
 
-    from weights import missing, offline
+    from embedkit.weights import missing, offline
 
     cache = hub_cache_dir()
     is_offline = offline()
@@ -635,7 +635,7 @@ class Mert(Extractor):
         return net
 
     def _load(self) -> LoadedMert:
-        from weights import sha256sum
+        from embedkit.weights import sha256sum
 
         if self.random_weights:
             mcfg = self._random_config()

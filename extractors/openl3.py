@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from extractors.base import (
+from embedkit.extractors.base import (
     Extractor,
     Features,
     OutputSpec,
@@ -536,7 +536,7 @@ def _openl3_package_dirs() -> list[Path]:
 
 
 def _torch_hub_dir() -> Path:
-    import weights
+    from embedkit import weights
 
     return weights.torch_hub_checkpoints()
 
@@ -591,7 +591,7 @@ def find_weights(
     `modality`: "audio" or "image" (`openl3_image_<repr>_<content>.h5`).
     Raises WeightsError naming every place looked at.
     """
-    import weights
+    from embedkit import weights
 
     who = "openl3" if modality == "audio" else "openl3_image"
     h5 = official_filename(input_repr, content_type, modality)
@@ -644,7 +644,7 @@ def find_weights(
 
 def _download_official(url: str, dest: Path) -> Path:
     """Download openl3's gzipped weight file and unpack it atomically to `dest`."""
-    import weights
+    from embedkit import weights
 
     gz = dest.with_name(dest.name + ".gz")
     weights.download(url, gz)
@@ -677,7 +677,7 @@ def load_network(
     input_repr: str, content_type: str, device: str = "cpu", weights_path: str | None = None
 ) -> LoadedModel:
     """Find (or, with weights_path="random", make) the weights and build the network on `device`."""
-    import weights
+    from embedkit import weights
 
     if weights_path == "random":
         state, source = random_state(0), {"weights": "random", "seed": 0}
@@ -965,7 +965,7 @@ def _prepare_audio(audio: np.ndarray, sr: Real, hop_size: Real, center: Any) -> 
     if center not in (True, False):
         raise OpenL3Error(f"Invalid center value {center}")
     if sr != TARGET_SR:
-        import audio_io
+        from embedkit import audio_io
 
         # resampy in the input's own arithmetic, as openl3 in a fresh process (see audio_io)
         audio = audio_io.resampy_resample(audio, sr, TARGET_SR, "kaiser_best")
@@ -1187,7 +1187,7 @@ def _read_audio(path: str) -> tuple[np.ndarray, Real]:
     except Exception as exc:
         first = exc
     try:
-        import audio_io
+        from embedkit import audio_io
 
         return audio_io.decode(path)
     except Exception:
@@ -1293,7 +1293,7 @@ class ImageEmbeddingModel:
     input_shape = (None, 224, 224, 3)
 
     def predict(self, x: np.ndarray, batch_size: int = 32, verbose: Any = 0) -> np.ndarray:
-        from extractors import openl3_image
+        from embedkit.extractors import openl3_image
 
         return openl3_image.embed_batches(self.loaded, np.asarray(x, np.float32), self.embedding_size,
                                           batch_size, "float32")
@@ -1313,7 +1313,7 @@ def load_image_embedding_model(
     Extra keywords: `weights_path` (an `openl3_image_*.h5` file, a folder holding
     it, or "random"), `device`.
     """
-    from extractors import openl3_image
+    from embedkit.extractors import openl3_image
 
     if str(input_repr) not in INPUT_REPRS:
         raise OpenL3Error(f'Invalid input representation "{input_repr}". Must be one of {INPUT_REPRS}')
@@ -1345,7 +1345,7 @@ def get_image_embedding(
     at a time (see openl3_image.preprocess_image_batch: a sequence's frames
     share one scaling), then embedded `batch_size` at a time.
     """
-    from extractors import openl3_image
+    from embedkit.extractors import openl3_image
 
     if model is not None and not isinstance(model, ImageEmbeddingModel):
         raise OpenL3Error(f"Invalid model provided; got {type(model)}; use load_image_embedding_model()")
@@ -1467,7 +1467,7 @@ def process_image_file(
     existing ones are skipped unless `overwrite`. `on_error(path, exception)`,
     when given, is called for a file that fails and the others go on.
     """
-    from extractors import openl3_image
+    from embedkit.extractors import openl3_image
 
     paths = _paths_of(filepath)
     if model is None:
@@ -1582,9 +1582,9 @@ def decode_video_like_openl3(
     """
     import av
 
-    import media
+    from embedkit import media
 
-    from extractors import openl3_image
+    from embedkit.extractors import openl3_image
 
     try:
         container = av.open(os.fspath(path))
@@ -1704,7 +1704,7 @@ def process_video_file(
     folder holding both weight files, or "random". `on_error(path, exception)`,
     when given, is called for a file that fails and the others go on.
     """
-    from extractors import openl3_image
+    from embedkit.extractors import openl3_image
 
     paths = _paths_of(filepath)
     audio_frontend, input_repr = _check_api_args(audio_frontend, input_repr, audio_model)

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import (
+from embedkit.extractors.base import (
     Extractor,
     Features,
     OutputSpec,
@@ -54,7 +54,7 @@ from extractors.base import (
     lazy_import,
     torch_device,
 )
-from extractors.openl3 import (
+from embedkit.extractors.openl3 import (
     BN_EPS,
     CHANNELS,
     CONTENT_TYPES,
@@ -308,7 +308,7 @@ def load_image_network(
     input_repr: str, content_type: str, device: str = "cpu", weights_path: str | None = None
 ) -> LoadedModel:
     """Find (or, with weights_path="random", make) the image weights and build the network on `device`."""
-    import weights
+    from embedkit import weights
 
     if weights_path == "random":
         state, source = random_state(0), {"weights": "random", "seed": 0}

@@ -48,9 +48,9 @@ from typing import Any
 
 import numpy as np
 
-import weights
-from extractors._frames import FrameGrid, Pick, pick_rgb
-from extractors.base import (
+from embedkit import weights
+from embedkit.extractors._frames import FrameGrid, Pick, pick_rgb
+from embedkit.extractors.base import (
     ConfigError,
     Extractor,
     Features,

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import _checkout  # noqa: F401  (the checkout as the package embedkit: pyproject's pythonpath)
+
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference"
 

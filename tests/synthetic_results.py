@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-import outputs
-from extractors.base import OutputSpec
+from embedkit import outputs
+from embedkit.extractors.base import OutputSpec
 
 
 def write_model(

@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-import audio_io
+from embedkit import audio_io
 from tests.conftest import tone, write_wav
 
 
@@ -198,7 +198,7 @@ def test_media_resamples_from_the_float64_signal(tmp_path):
     import resampy
     import soundfile as sf
 
-    import media
+    from embedkit import media
 
     rng = np.random.default_rng(3)
     path = _write(tmp_path / "s.wav", np.clip(0.3 * rng.standard_normal((6000, 2)), -1, 1), 22050,

@@ -27,10 +27,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import audio_io
-import registry
-from extractors import base, clmr
-from extractors.base import ConfigError, WeightsError
+from embedkit import audio_io, registry
+from embedkit.extractors import base, clmr
+from embedkit.extractors.base import ConfigError, WeightsError
 
 SR = 22050
 CLIP = 59049

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-import audio_io
-import registry
-from extractors.base import ConfigError, WeightsError
-from extractors.crepe import (
+from embedkit import audio_io, registry
+from embedkit.extractors.base import ConfigError, WeightsError
+from embedkit.extractors.crepe import (
     CENTS,
     FRAME,
     CrepeNet,

@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import audio_io
-import registry
-from extractors import openl3 as ol3
+from embedkit import audio_io, registry
+from embedkit.extractors import openl3 as ol3
 from tests.conftest import REFERENCE, run_cli
 
 H5 = REFERENCE / "openl3_random" / "openl3_audio_mel256_music.h5"

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import export
-from extractors.base import OutputSpec
+from embedkit import export
+from embedkit.extractors.base import OutputSpec
 from tests.synthetic_results import write_model
 
 FORMATS = ["npz", "hdf5", "parquet"]

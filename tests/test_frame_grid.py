@@ -14,7 +14,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from extractors._frames import FrameGrid, pick_rgb
+from embedkit.extractors._frames import FrameGrid, pick_rgb
 
 
 @dataclass

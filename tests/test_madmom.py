@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-import audio_io
-import registry
+from embedkit import audio_io, registry
 from tests.conftest import click_track, reference
 
 pytestmark = pytest.mark.parity

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-import media
+from embedkit import media
 
 
 def test_discovery_skips_hidden_and_says_what_it_left_out(tmp_path):
@@ -48,7 +48,7 @@ def test_missing_folder_says_which():
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-import audio_io  # noqa: E402
+from embedkit import audio_io  # noqa: E402
 from tests.conftest import color_frames, encode_audio, encode_video, tone, write_wav  # noqa: E402
 
 

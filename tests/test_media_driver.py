@@ -13,10 +13,8 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-import outputs
-import pipeline
-import registry
-from extractors.base import Extractor, Features, OutputSpec
+from embedkit import outputs, pipeline, registry
+from embedkit.extractors.base import Extractor, Features, OutputSpec
 from tests.conftest import color_frames, encode_audio, encode_video, run_cli, tone, write_wav
 
 
@@ -131,7 +129,7 @@ def test_every_file_goes_to_every_model_that_takes_it(mixed, tmp_path):
     # the same arrays as the model gives on soundfile's samples (formats soundfile reads are unchanged)
     mel = registry.create("melspec")
     wav = sf.read(mixed / "a.wav", dtype="float32")[0]
-    import audio_io
+    from embedkit import audio_io
 
     want = mel.extract(audio_io.resample(wav, 44100, 16000, mel.resample_method), 16000).data
     np.testing.assert_array_equal(np.load(out / "melspec" / "a.npy"), want)
@@ -312,7 +310,7 @@ class Picky(MeanColour):
     name = "picky"
 
     def extract_image(self, rgb):
-        from extractors.base import SkipFile
+        from embedkit.extractors.base import SkipFile
 
         if rgb.shape[1] < 10:
             raise SkipFile(f"image {rgb.shape[1]} pixels wide, under 10: nothing to embed")

@@ -4,8 +4,8 @@ import librosa
 import numpy as np
 import pytest
 
-import registry
-from extractors.base import ConfigError
+from embedkit import registry
+from embedkit.extractors.base import ConfigError
 from tests.conftest import tone
 
 SR = 16000
@@ -68,7 +68,7 @@ def test_invalid_combinations_are_config_errors():
                                                         (512, 40, 125.0, 7500.0), (2048, 96, 30.0, 4000.0)])
 def test_filterbank_equals_librosas_bit_for_bit(n_fft, n_mels, fmin, fmax):
     """Our numpy filterbank is librosa's default (Slaney scale, slaney norm), value for value."""
-    from extractors.melspec import mel_filterbank
+    from embedkit.extractors.melspec import mel_filterbank
 
     ref = librosa.filters.mel(sr=SR, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax,
                               htk=False, norm="slaney")

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-import registry
-from extractors import base
-from extractors import mert as M
-from extractors.base import ConfigError, WeightsError
+from embedkit import registry
+from embedkit.extractors import base
+from embedkit.extractors import mert as M
+from embedkit.extractors.base import ConfigError, WeightsError
 
 SR = 24000
 TINY_ARCH = {

@@ -22,11 +22,9 @@ import numpy as np
 import pytest
 import torch
 
-import audio_io
-import registry
-import weights
-from extractors import openl3 as ol3
-from extractors.base import ConfigError, WeightsError
+from embedkit import audio_io, registry, weights
+from embedkit.extractors import openl3 as ol3
+from embedkit.extractors.base import ConfigError, WeightsError
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference"
 RANDOM = REF / "openl3_random"

@@ -25,12 +25,10 @@ import h5py
 import numpy as np
 import pytest
 
-import media
-import openl3_cli
-import registry
-from extractors import openl3 as ol3
-from extractors import openl3_image as oi
-from extractors.base import ConfigError, WeightsError
+from embedkit import media, openl3_cli, registry
+from embedkit.extractors import openl3 as ol3
+from embedkit.extractors import openl3_image as oi
+from embedkit.extractors.base import ConfigError, WeightsError
 from tests.conftest import ROOT, reference
 
 NETWORK_RTOL = 1e-5  # the goal; measured <= 2.4e-6 (docs/openl3.md)

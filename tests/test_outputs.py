@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import outputs
+from embedkit import outputs
 
 
 def test_names_mirror_tree_and_never_collide():
@@ -95,7 +95,7 @@ def test_weight_digests_are_computed_once_per_file_version(tmp_path, monkeypatch
     """A gigabyte checkpoint is not hashed at every start: (path, size, mtime) -> sha256 is remembered."""
     import hashlib
 
-    import weights
+    from embedkit import weights
 
     monkeypatch.setenv("EMBEDKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(weights, "_DIGESTS", {})

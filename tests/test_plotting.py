@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-import export
-import plotting
-import results
-from extractors.base import OutputSpec
+from embedkit import export, plotting, results
+from embedkit.extractors.base import OutputSpec
 from tests.conftest import click_track, run_cli, tone, write_wav
 from tests.synthetic_results import write_model
 
@@ -90,7 +88,7 @@ def test_file_figure_png_size_and_one_time_axis(study):
 
 def test_file_figure_draws_the_arrays_on_their_times(study):
     out, audio, known = study
-    import audio_io
+    from embedkit import audio_io
 
     models = [results.ModelFolder.open(out, m) for m in ("crepe", "madmom", "emb")]
     decoded = audio_io.load(audio / "a" / "x.wav")

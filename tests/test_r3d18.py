@@ -20,13 +20,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import media
-import registry
-import weights
-from audio_io import MediaError
-from extractors import base, r3d18
-from extractors._frames import FrameGrid
-from extractors.base import ConfigError, WeightsError
+from embedkit import media, registry, weights
+from embedkit.audio_io import MediaError
+from embedkit.extractors import base, r3d18
+from embedkit.extractors._frames import FrameGrid
+from embedkit.extractors.base import ConfigError, WeightsError
 from tests.conftest import reference
 from tests.media_synth import moving_shapes, numbered_frames, write_video
 from tests.test_resnet18 import reference_state

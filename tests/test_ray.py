@@ -289,9 +289,7 @@ def test_engine_settings_are_checked_and_a_missing_ray_says_how_to_install_it(tm
 def test_placement_gives_torch_models_gpu_shares_and_numpy_models_cpu_actors(tmp_path):
     """The GPU path's arithmetic (no GPU here): on a 2-GPU, 16-core cluster every torch model gets
     one actor per GPU, the torch models splitting each GPU; madmom and melspec stay on CPU actors."""
-    import pipeline
-    import ray_engine
-    import registry
+    from embedkit import pipeline, ray_engine, registry
 
     jobs = [pipeline.ModelJob(name, registry.create(name, **params)) for name, params in
             (("crepe", {"capacity": "tiny"}), ("clmr", {}), ("madmom", {}), ("melspec", {}))]

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-import registry
-from extractors.base import ConfigError, Extractor, _MODEL_CACHE
+from embedkit import registry
+from embedkit.extractors.base import ConfigError, Extractor, _MODEL_CACHE
 
 
 def test_registered_names():

@@ -18,10 +18,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import audio_io
-import outputs
-import pipeline
-from extractors.base import Extractor, Features, OutputSpec
+from embedkit import audio_io, outputs, pipeline
+from embedkit.extractors.base import Extractor, Features, OutputSpec
 from tests.conftest import ROOT, click_track, default_sigint, hold, run_cli, tone, write_wav
 
 # Models that run here without downloads; CLMR with architecture-identical random weights

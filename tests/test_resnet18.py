@@ -26,11 +26,9 @@ import numpy as np
 import pytest
 import torch
 
-import media
-import registry
-import weights
-from extractors import base, resnet18
-from extractors.base import ConfigError, WeightsError
+from embedkit import media, registry, weights
+from embedkit.extractors import base, resnet18
+from embedkit.extractors.base import ConfigError, WeightsError
 from tests.conftest import reference
 from tests.media_synth import moving_shapes, scene, write_video
 

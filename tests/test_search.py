@@ -19,9 +19,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-import outputs
-import run_search
-import search
+from embedkit import outputs, run_search, search
 
 DIM = 16
 
@@ -417,8 +415,7 @@ def test_query_files_embed_with_the_index_configuration(tmp_path, capsys):
     import soundfile as sf
     from conftest import tone
 
-    import pipeline
-    import registry
+    from embedkit import pipeline, registry
 
     audio = tmp_path / "audio"
     for f in (220, 440, 880):

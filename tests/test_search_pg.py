@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT
 from test_search import DIM, cli, clustered, exact_top, unit, write_model_folder
 
-import search
+from embedkit import search
 
 _counter = itertools.count()
 

@@ -80,7 +80,7 @@ def test_torch_hub_folder_is_torchs_own_without_importing_torch(env):
     """weights.torch_hub_checkpoints() names torch.hub.get_dir()/checkpoints without importing torch,
     and follows torch.hub.set_dir once torch is imported."""
     code = (
-        "import json, sys; from pathlib import Path; import weights\n"
+        "import json, sys; from pathlib import Path; import _checkout; from embedkit import weights\n"
         "before = str(weights.torch_hub_checkpoints()); imported = 'torch' in sys.modules\n"
         "import torch\n"
         "hub = str(Path(torch.hub.get_dir()) / 'checkpoints')\n"
