@@ -4,7 +4,7 @@
     embedkit search ...    index and query the outputs (run_search.py)
     embedkit plot ...      pictures of the outputs (plotting.py)
     embedkit export ...    one file a training script loads (export.py)
-    embedkit openl3 ...    openl3's own command line (openl3_cli.py)
+    embedkit openl3 ...    openl3's own command line (embedkit.openl3.cli)
 
 Each command is the module's `main(argv)`; `python <module>.py ...` does the same from a checkout.
 """
@@ -22,7 +22,7 @@ COMMANDS = {
     "search": ("run_search", "index the outputs and query them by similarity"),
     "plot": ("plotting", "plot per-file features and a map of the collection"),
     "export": ("export", "pack a model folder into one npz / hdf5 / parquet / csv file"),
-    "openl3": ("openl3_cli", "openl3's command line (audio | image | video)"),
+    "openl3": ("openl3.cli", "openl3's command line (audio | image | video)"),
 }
 
 
