@@ -102,7 +102,9 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
 def peer(env: Path, code: str, *args: str) -> None:
     environ = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
                "PYTHONPATH": str(env / "src"), "CUDA_VISIBLE_DEVICES": ""}
-    subprocess.run([str(env / "bin" / "python"), "-c", code, *args], check=True, env=environ)
+    # run outside the checkout: `python -c` puts the working folder first on sys.path, and the
+    # checkout's openl3/ (embedkit.openl3) would shadow the real openl3
+    subprocess.run([str(env / "bin" / "python"), "-c", code, *args], check=True, env=environ, cwd=env)
 
 
 def main() -> int:
@@ -113,7 +115,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "parity_files.json")
     ap.add_argument("--per-file", action="store_true", help="print every file's numbers too")
     a = ap.parse_args()
-    wav, work = a.work / "wav", a.work
+    wav, work = a.work.resolve() / "wav", a.work.resolve()
     wav.mkdir(parents=True, exist_ok=True)
     for i, (stem, (sr, ch, subtype)) in enumerate(FILES.items()):
         sf.write(wav / f"{stem}.wav", material(3.3, sr, ch, i), sr, subtype=subtype)

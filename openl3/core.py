@@ -264,6 +264,9 @@ def get_audio_embedding(
     return emb_list, ts_list
 
 
+# ---------------------------------------------------------------------------
+# Output files: names, atomic writes, what counts as done
+# ---------------------------------------------------------------------------
 def get_output_path(filepath: str, suffix: str, output_dir: str | None = None) -> str:
     """openl3.get_output_path: <output_dir or the file's folder>/<stem>_<suffix>.
 
@@ -324,6 +327,9 @@ def _keep_existing(out_path: str, keys: Sequence[str], overwrite: bool, verbose:
     return True
 
 
+# ---------------------------------------------------------------------------
+# Audio files
+# ---------------------------------------------------------------------------
 def _paths_of(filepath: Any) -> list[str]:
     if isinstance(filepath, (str, os.PathLike)):
         return [os.fspath(filepath)]
@@ -424,6 +430,15 @@ def process_audio_file(
             group, n_group = [], 0
     if group:
         _run_group(group, run, on_error)
+
+
+# ---------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------
+def _preprocess_image_batch(image: np.ndarray) -> np.ndarray:
+    """openl3's image preprocessing: (H, W, 3) or (N, H, W, 3) -> (N, 224, 224, 3) float32
+    (preprocessing.preprocess_image_batch, which states the rules)."""
+    return preprocess_image_batch(image)
 
 
 def get_image_embedding(
@@ -575,6 +590,9 @@ def process_image_file(
         _run_group(group, run, on_error)
 
 
+# ---------------------------------------------------------------------------
+# Videos
+# ---------------------------------------------------------------------------
 def process_video_file(
     filepath: str | Sequence[str],
     output_dir: str | None = None,

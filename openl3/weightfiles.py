@@ -161,16 +161,28 @@ def torchopenl3_filenames(input_repr: str, content_type: str) -> list[str]:
 
 
 def _openl3_package_dirs() -> list[Path]:
-    """Folders of an installed openl3 package (found without importing it: that would import TF)."""
-    import importlib.util
+    """Folders of an installed openl3 package (found without importing it: that would import TF).
 
+    Not this package's own folder: from a checkout, `openl3/` (embedkit.openl3) is on sys.path
+    under the name openl3 too, before any installed one, so sys.path is searched as well."""
+    import importlib.util
+    import sys
+
+    own = Path(__file__).resolve().parent
+    found: list[Path] = []
     try:
         spec = importlib.util.find_spec("openl3")
     except (ImportError, ValueError):
-        return []
-    if spec is None or not spec.submodule_search_locations:
-        return []
-    return [Path(p) for p in spec.submodule_search_locations]
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        found += [Path(p) for p in spec.submodule_search_locations]
+    found += [Path(entry or ".") / "openl3" for entry in sys.path
+              if (Path(entry or ".") / "openl3" / "__init__.py").is_file()]
+    dirs: list[Path] = []
+    for d in found:
+        if d.resolve() != own and d.resolve() not in {x.resolve() for x in dirs}:
+            dirs.append(d)
+    return dirs
 
 
 def _torch_hub_dir() -> Path:

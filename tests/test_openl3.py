@@ -613,7 +613,7 @@ def test_api_errors_like_openl3():
         openl3.get_audio_embedding([a, a], [48000], model=model)
     with pytest.raises(openl3.OpenL3Error, match="hop size"):
         openl3.get_audio_embedding(a, 48000, model=model, hop_size=0)
-    with pytest.raises(openl3.OpenL3Error, match="loaded for the 'kapre'"):
+    with pytest.raises(openl3.OpenL3Error, match="loaded for frontend='kapre'"):
         openl3.get_audio_embedding(a, 48000, model=model, frontend="librosa", input_repr="mel128")
     with pytest.raises(openl3.OpenL3Error, match="Invalid model"):
         openl3.get_audio_embedding(a, 48000, model=object())

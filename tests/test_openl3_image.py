@@ -26,8 +26,9 @@ import numpy as np
 import pytest
 
 import embedkit.openl3 as openl3  # the openl3 API, imported as a migrating script would
-from embedkit import media, openl3_cli, registry
+from embedkit import media, registry
 from embedkit.extractors import openl3_image as oi
+from embedkit.openl3 import cli as openl3_cli
 from embedkit.openl3 import decoding
 from embedkit.openl3 import network as net
 from embedkit.openl3 import preprocessing as pre
