@@ -458,7 +458,7 @@ def get_image_embedding(
     `frame_rate` the timestamps arange(N) / frame_rate; lists in, lists out.
 
     (H, W, 3) and (N, H, W, 3) arrays are preprocessed as openl3 does, one array
-    at a time (see openl3_image.preprocess_image_batch: a sequence's frames
+    at a time (see preprocessing.preprocess_image_batch: a sequence's frames
     share one scaling), then embedded `batch_size` at a time.
     """
 
