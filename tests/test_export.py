@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedkit import export
+from embedkit import export, outputs
 from embedkit.extractors.base import OutputSpec
 from tests.synthetic_results import write_model
 
@@ -170,6 +170,8 @@ def test_a_failure_leaves_the_previous_export_intact(base, monkeypatch):
     for folder, a in (("series", np.zeros((2, 3), np.float32)), ("series.beats", np.zeros(1))):
         (out / folder / "c").mkdir()
         np.save(out / folder / "c" / "new.npy", a)  # a new output: the export must be rebuilt
+    outputs.append_jsonl(out / "manifest.jsonl",
+                         {"model": "series", "source": "c/new.wav", "output": "series/c/new.npy"})
     calls = {"n": 0}
     real = export._load_npy
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import struct
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,9 +92,8 @@ def test_file_figure_draws_the_arrays_on_their_times(study):
 
     models = [results.ModelFolder.open(out, m) for m in ("crepe", "madmom", "emb")]
     decoded = audio_io.load(audio / "a" / "x.wav")
-    panels = plotting.panels_for_file(
-        out, PurePosixPath("a/x.npy"), models, (decoded.audio, decoded.sample_rate)
-    )
+    items = [m.item("a/x.wav") for m in models]
+    panels = plotting.panels_for_file(items, (decoded.audio, decoded.sample_rate))
     fig = plotting.plot_file(panels, SECONDS, title="a/x.wav")
     axes = main_axes(fig)
     assert [ax.get_label() for ax in axes] == [
@@ -108,9 +107,10 @@ def test_file_figure_draws_the_arrays_on_their_times(study):
     for ax in axes:
         assert ax.get_xlim() == (0.0, SECONDS)
     assert axes[-1].get_xlabel() == "time (s)" and axes[1].get_ylabel() == "f0 (Hz)"
-    # pitch: voiced frames at their times, coloured by confidence
+    # pitch: voiced frames (confidence >= 0.5) at their times, coloured by confidence
     crepe = known["crepe"]
-    voiced = crepe[:, 0] > 0
+    voiced = (crepe[:, 0] > 0) & (crepe[:, 1] >= plotting.PITCH_MIN_CONFIDENCE)
+    assert 50 < voiced.sum() < 150
     sc = axes[1].collections[0]
     np.testing.assert_allclose(sc.get_offsets(), np.c_[np.arange(201)[voiced] * 0.01, crepe[voiced, 0]])
     np.testing.assert_array_equal(sc.get_array(), crepe[voiced, 1])
@@ -139,11 +139,11 @@ def test_only_present_models_and_irregular_timestamps(tmp_path):
         extras={"timestamps": {"v.npy": times}},
         seconds={"v.npy": 3.0},
     )
-    np.testing.assert_array_equal(results.timestamps_for(tmp_path / "video", "v.npy", 5), times)
-    with pytest.raises(results.ResultsError, match="5 times for 6 frames"):
-        results.timestamps_for(tmp_path / "video", "v.npy", 5 + 1)
     folder = results.ModelFolder.open(tmp_path, "video")
-    panels = plotting.panels_for_file(tmp_path, PurePosixPath("v.npy"), [folder])
+    np.testing.assert_array_equal(folder.item("v.npy").times(), times)
+    with pytest.raises(results.ResultsError, match="5 times for 6 frames"):
+        folder.item("v.npy").times(5 + 1)
+    panels = plotting.panels_for_file([folder.item("v.npy")])
     assert [p.kind for p in panels] == ["heatmap", "ssm"]
     fig = plotting.plot_file(panels, 3.0)
     heat = main_axes(fig)[0]
@@ -249,7 +249,7 @@ def test_map_pools_time_series_by_mean(tmp_path):
     folder = results.ModelFolder.open(tmp_path, "m")
     for k, v in arrays.items():
         np.testing.assert_allclose(
-            plotting.file_vector(folder, folder.load(k), layer=0), v[:, 0].mean(axis=0), rtol=1e-6
+            plotting.file_vector(folder.axes, folder.load(k), layer=0), v[:, 0].mean(axis=0), rtol=1e-6
         )
     _, coords, _ = plotting.map_collection(tmp_path, "m", layer=-1, dpi=30)
     x = np.stack([arrays[k][:, -1].astype(np.float64).mean(axis=0) for k in sorted(arrays)])
@@ -292,7 +292,7 @@ def test_real_run_plots_and_exports(real_run):
     for rel in ("tones/a440.png", "clicks/b.png"):
         assert png_size(out / "plots" / rel) == (400, round(height * 40))
     models = [results.ModelFolder.open(out, m) for m in results.model_names(out)]
-    panels = plotting.panels_for_file(out, PurePosixPath("clicks/b.npy"), models)
+    panels = plotting.panels_for_file([m.item("clicks/b.wav") for m in models])
     fig = plotting.plot_file(panels, 2.0)
     assert [a.get_label() for a in main_axes(fig)] == [
         "pitch:crepe",
