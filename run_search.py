@@ -161,9 +161,13 @@ def _where(args: argparse.Namespace, folder) -> str:
 def _collection(args: argparse.Namespace) -> str:
     from embedkit import search
 
-    name = args.collection or search.collection_name(
-        args.model, args.level, args.window if args.level == "segment" else 0
-    )
+    from embedkit.results import is_folder_name
+
+    if not is_folder_name(args.model):
+        raise search.ConfigError(f"--model {args.model!r} is a model folder's name, not a path")
+    if args.collection is not None:
+        return search.check_collection_name(args.collection)
+    name = search.collection_name(args.model, args.level, args.window if args.level == "segment" else 0)
     return search.check_collection_name(name)
 
 
