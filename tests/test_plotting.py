@@ -309,3 +309,36 @@ def test_real_run_plots_and_exports(real_run):
         for i, rel in enumerate(e.paths):
             np.testing.assert_array_equal(e[i], np.load(out / "madmom" / rel))
             np.testing.assert_array_equal(e.extra("beats", i), np.load(out / "madmom.beats" / rel))
+
+
+def test_map_names_a_spread_sample_without_overlaps_and_warns_about_no_glyph(tmp_path):
+    """Issue 22: the map's point names overlapped, and non-Latin names warned about missing glyphs."""
+    import warnings
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    rng = np.random.default_rng(5)
+    coords = np.concatenate([rng.normal(0, 0.01, (150, 2)), rng.normal(5, 1.0, (50, 2))])
+    names = [f"a rather long file name number {i}.wav" for i in range(200)]
+    names[3], names[160], names[170] = "東京の雨.wav", "Ελληνικά.wav", "caf\udce9.wav"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a missing glyph warns: the test fails
+        fig = plotting.plot_map(coords, ["g"] * 200, ["x", "y"], names=names, dpi=50)
+        FigureCanvasAgg(fig).draw()
+    texts = fig.axes[0].texts
+    assert 2 <= len(texts) <= plotting.MAX_MAP_LABELS
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    # the sample spreads over the map: the sparse cluster gets names, not only the dense one
+    drawn = {t.get_text() for t in texts}
+    assert any(names.index(n) >= 150 for n in drawn if n in names)
+    assert len(set(plotting.spread_sample(coords, 40))) == 40
+    # each name is drawn in a font that has its glyphs; what no installed font has becomes "?"
+    text, families = plotting.drawable_text("Ελληνικά.wav")
+    assert text == "Ελληνικά.wav"  # the default font (DejaVu Sans) has Greek
+    text, families = plotting.drawable_text("東京の雨.wav")
+    fonts = dict(plotting._font_charmaps())
+    has_cjk = any(ord("東") in cmap for cmap in fonts.values())
+    assert text == ("東京の雨.wav" if has_cjk else "????.wav")
+    assert plotting.drawable_text("caf\udce9.wav") == ("caf\\xe9.wav", None)

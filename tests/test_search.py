@@ -472,3 +472,23 @@ def test_retrieval_metrics_by_hand():
     assert m["precision@1"] == 0.5 and m["precision@2"] == 0.5
     assert m["recall@2"] == pytest.approx((0.5 + 1.0) / 2, abs=1e-4)
     assert m["mAP"] == pytest.approx(((1 + 2 / 3) / 2 + 0.5) / 2, abs=1e-4) and m["queries"] == 2
+
+
+def test_evaluate_says_what_it_left_out(tmp_path, capsys):
+    """Issue 22: "14 queries, 15 labelled items" without saying why one labelled item was not a query."""
+    arrays, cluster = clustered(12, seed=12)
+    write_model_folder(tmp_path / "out", arrays)
+    labels = tmp_path / "labels.csv"
+    rows = [f"{p},c{c}" for p, c in cluster.items()] + ["d0/f000.wav,solo", "gone/x.wav,c1"]
+    labels.write_text("path,label\n" + "\n".join(rows[1:]) + "\n")  # f000 relabelled: alone with "solo"
+    base = ["--output_base", str(tmp_path / "out"), "--model", "emb"]
+    assert cli("index", *base, capsys=capsys)[0] == 0
+    code, out, _ = cli("evaluate", "--labels", str(labels), *base, capsys=capsys)
+    assert code == 0 and "11 queries, 12 labelled items" in out
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("left out:")]
+    assert "1 labelled path(s) not in the collection (e.g. gone/x.wav)" in line
+    assert "1 query whose label no other collection item has" in line and "d0/f000.wav: 'solo'" in line
+    code, out, _ = cli("evaluate", "--labels", str(labels), *base, "--json", capsys=capsys)
+    left = json.loads(out)["left_out"]
+    assert left == {"labels_not_found": ["gone/x.wav"], "alone_with_label": ["d0/f000.wav"],
+                    "unlabelled_queries": []}
