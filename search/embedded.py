@@ -46,6 +46,10 @@ class EmbeddedStore(Store):
     `ann-<uuid>.faiss` (HNSW over the ids up to the watermark recorded in meta), `.writer.lock`.
     Files are written whole (temp + fsync + rename) before the transaction that names them;
     files no transaction names (left by a killed writer) are removed by the next writer.
+    File names are TEXT, or a BLOB of their exact bytes where they are not UTF-8.
+    A rebuild (under the same writer lock) is one transaction that deletes every row and adds
+    the new ones: readers (WAL) see the old collection until it commits; the old segment and
+    HNSW files are deleted after the commit, and a killed rebuild's segments are orphans.
     """
 
     SCHEMA = """

@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ def is_postgres(db: str | os.PathLike | None) -> bool:
     return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
 
 
-def default_store(folder: results.ModelFolder):
+def default_store(folder: results.ModelFolder) -> Path:
     """Where the embedded store lives unless --db says otherwise: inside the model folder (hidden)."""
     return folder.dir / ".search"
 

@@ -25,6 +25,8 @@ from tests.media_synth import moving_shapes, scene
 VFR_PTS_MS = [0, 40, 80, 200, 240, 280, 500, 540, 580, 900, 940, 1300]
 NON_UTF8 = b"caf\xe9.wav"  # Latin-1 bytes: not a UTF-8 name
 
+pytestmark = pytest.mark.slow
+
 MODELS = """models:
   openl3: {weights: random, hop_size: 0.5}
   openl3_image: {weights: random}
@@ -52,13 +54,13 @@ def tool(script: str, *args: str) -> subprocess.CompletedProcess:
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     media = root / "media"
-    write_wav(media / "a.wav", tone(220, 1.0, 16000), 16000)  # short files: the test runs in CI
-    write_wav(media / "dup.wav", click_track(120, 1.0, 22050), 22050)
-    write_wav(media / "dup.flac", tone(440, 0.6, 22050), 22050)
-    write_wav(media / "tmp.wav", tone(330, 0.6, 16000), 16000)
+    write_wav(media / "a.wav", tone(220, 0.6, 16000), 16000)  # short files: the test runs in CI
+    write_wav(media / "dup.wav", click_track(120, 0.8, 22050), 22050)
+    write_wav(media / "dup.flac", tone(440, 0.5, 22050), 22050)
+    write_wav(media / "tmp.wav", tone(330, 0.5, 16000), 16000)
     os.rename(bytes(media / "tmp.wav"), bytes(media) + b"/" + NON_UTF8)
     encode_video(media / "silent.mp4", moving_shapes(1, len(VFR_PTS_MS)), fps=25, pts_ms=VFR_PTS_MS)
-    encode_video(media / "talk.mp4", moving_shapes(2, 8), fps=8, audio=tone(300, 1.0, 44100), sr=44100)
+    encode_video(media / "talk.mp4", moving_shapes(2, 8), fps=8, audio=tone(300, 0.8, 44100), sr=44100)
     from PIL import Image
 
     Image.fromarray(scene(3, 320, 240)).save(media / "pic.png")
