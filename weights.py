@@ -466,9 +466,8 @@ def fetch_command() -> str:
 def fetch_advice(model: str, filename: str | None = None) -> str:
     """One sentence: how to get `model`'s weights, for the entry point running now."""
     where = f"/path/to/{filename}" if filename else "/path/to/the/file"
-    return (f"Fix: run `{fetch_command()} --download_only --models {model}` where there is internet "
-            f"(in Python: .fetch_weights()), or set `weights: {where}` for {model} in the config "
-            f"(weights_path= in Python).")
+    return (f"Fix: run `{fetch_command()} --download_only --models {model}` where there is internet, "
+            f"or set `weights: {where}` for {model} (weights_path= in Python).")
 
 
 def missing(model: str, filename: str, looked: Iterable[str], how: str,

@@ -47,7 +47,7 @@ import numpy as np
 
 from embedkit import weights
 from embedkit.extractors.base import ConfigError, Features, OutputSpec, Param, TorchExtractor, lazy_import
-from embedkit.extractors.base import pooling_param
+from embedkit.extractors.base import RANDOM_SEED, pooling_param
 from embedkit.weights import HubRepo, HubSnapshot, WeightFile, WeightsError
 
 torch = lazy_import("torch")
@@ -58,7 +58,6 @@ RECEPTIVE_FIELD = 400  # samples one output frame of the conv feature encoder se
 FIRST_FRAME_SECONDS = RECEPTIVE_FIELD / 2 / SAMPLE_RATE  # 1/120 s
 DEFAULT_MODEL = "m-a-p/MERT-v1-95M"
 NORM_EPS = 1e-7  # Wav2Vec2FeatureExtractor's zero-mean unit-variance epsilon
-RANDOM_SEED = 0
 CONFIG_FILE = "config.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # first found wins
@@ -531,7 +530,7 @@ class Mert(TorchExtractor):
             model = build_model(hcfg, None)
             do_normalize = True
             info: dict[str, Any] = {
-                "weights": "random", "seed": RANDOM_SEED, "architecture_of": self.config["model"]
+                "weights": "random", "weights_seed": RANDOM_SEED, "architecture_of": self.config["model"]
             }
         else:
             ckpt = self._checkpoint()

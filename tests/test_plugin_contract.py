@@ -23,6 +23,7 @@ import pytest
 from embedkit import media, registry
 from embedkit.extractors import base
 from embedkit.extractors.base import PRECISION, ConfigError, TorchExtractor, torch_device
+from tests.conftest import ROOT
 from tests.media_synth import moving_shapes, scene, write_video
 from tests.test_mert import mert_config
 
@@ -164,7 +165,10 @@ def test_torch_plugins_share_precision_and_resolve_the_device_once(name, make, r
 # ------------------------------------------------------------------ outputs
 @pytest.mark.parametrize("name, kind", CASES)
 def test_outputs_are_what_the_output_spec_says(name, kind, make, video):
-    ex = make(name)
+    check_outputs(make(name), kind, video)
+
+
+def check_outputs(ex, kind: str, video=None) -> None:
     spec = ex.output_spec(kind)
     feats = run(ex, kind, video)
     data = feats.data
@@ -229,3 +233,31 @@ def test_random_weights_are_seeded(name, make, model_cache, video):
     second = run(make(name), kind, video).data
     np.testing.assert_array_equal(first, second)
     assert math.isfinite(float(np.abs(first).sum())) and np.abs(first).sum() > 0
+
+
+# ------------------------------------------------------------------ the README's example plugin
+def readme_example() -> type:
+    """The toy plugin the README's "Adding a model" shows, run as written there."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Adding a model"):]
+    start = section.index("```python\n") + len("```python\n")
+    code = section[start:section.index("```\n", start)]
+    namespace: dict = {"__name__": "embedkit.extractors.toy"}
+    exec(compile(code, "README.md (Adding a model)", "exec"), namespace)
+    return namespace["Toy"]
+
+
+def test_readme_example_plugin_keeps_the_contract(tmp_path):
+    toy = readme_example()
+    assert issubclass(toy, TorchExtractor) and toy.params["precision"] is PRECISION
+    assert toy.weights_license == "CC BY 4.0"  # from its record
+    check_outputs(toy(weights_path="random"), "audio")
+    check_outputs(toy(weights_path="random", pooling="mean"), "audio")
+    one, four = (run(toy(weights_path="random", batch_size=b), "audio").data for b in (1, 4))
+    np.testing.assert_array_equal(one, four)
+    assert toy(weights_path="random").provenance()["weights"] == "random"
+    with pytest.raises(ConfigError, match="precision float16 needs a CUDA device"):
+        toy(device="cpu", precision="float16")
+    # its record drives the lookup: offline and nowhere on disk, the error names the URL
+    with pytest.raises(base.WeightsError, match=r"(?s)weights not found \(toy-0123abcd.pth\).*example.org"):
+        toy().load()
