@@ -9,25 +9,31 @@ with resampy's own table interpolation (same filter file, rolloff, scaling, wing
 counts), and the filter runs as matrix products over a block of periods (BLAS), in the
 arithmetic resampy uses for the input's dtype (float32 or float64 taps and sums).
 
-resampy's own positions are not exactly periodic: tr = t * (1 / ratio) is rounded in float64,
-so a phase's fractional offset drifts by up to ~|tr| * 4e-16 (1e-10 samples at 30 s).
+resampy's own times are not exactly periodic: tr = t * (1 / ratio) is rounded in float64,
+so a phase's fractional offset drifts by up to ~|tr| * 3.3e-16 samples (4e-10 at 30 s).
 resampy's taps are linear in the interpolation factor eta: w = win[i] + eta * delta[i]. So
-each output is taken as (the phase's taps at the exact rational eta) . x + c_t * (delta
-taps) . x, with c_t = this sample's eta (as resampy computes it, in float64) minus the
-phase's: the second product is the drift's exact first-order term (it is linear), small
-(|c_t| ~ 1e-6 at 30 s), and is summed in float32. Where the rounding moves a sample across
-a table entry or an input sample (its integer offsets differ from its phase's; mostly
-phases whose exact offsets are integers), that sample's own taps are used (extra columns).
-Edges: zeros beyond the signal, which is what resampy's truncated wings sum.
+each output is taken as (the phase's taps at its exact rational time) . x + c_t * (delta
+taps) . x, with c_t = this sample's time as resampy computes it (float64) minus the
+phase's exact one: the second product is the drift's exact contribution (w is linear in
+eta), tiny (|c_t| <= ~4e-10 samples at 30 s), and is summed in float32. Where the rounding
+moves a sample across a table entry or an input sample (its integer offsets differ from
+its phase's; mostly phases whose exact offsets are integers), that sample's own taps are
+used (extra columns). Edges: zeros beyond the signal, which is what resampy's truncated
+wings sum.
 
-Precision against resampy (tested in tests/test_audio_io.py, measured in BENCHMARKS.md):
-- float64: each output is the same sum of the same float64 products in another order, plus
-  the drift term; |ours - resampy| <= ~2 n eps64 sum_i |w_i x_i| per sample (n taps, a few
-  hundred), i.e. well under 1e-12 of max |y| (measured ~1e-15).
+Precision against resampy, per output sample, with n its taps, S = sum_i |w_i x_i| and
+S_delta = sum_i |delta_i x_i| over resampy's taps and table slopes, and c_max = 8e-16
+(n_in + 1) num_table (the drift bound, in table entries); tested sample by sample in
+tests/test_polyphase.py, measured in BENCHMARKS.md:
+- float64: |ours - resampy| <= (2 n + 3) eps64 S + (c_max (n + 2) u32 + 1e-11) S_delta:
+  the same float64 products summed in another order (BLAS), plus the drift term's float32
+  sum (eps64 = 2^-53). Measured: max |ours - resampy| / max |resampy| ~1e-15 (goal: 1e-12), per
+  sample <= ~20 eps64 S.
 - float32: resampy adds each float64 product into a float32 sum (rounded per tap); ours
-  rounds the taps to float32 and sums in float32 (BLAS order). Per sample,
-  |ours - resampy| <= (2 n + 3) u32 sum_i |w_i x_i| with u32 = 2^-24 (the rigorous bound;
-  typical differences are ~sqrt(n) u32 of that, ~1e-7 of max |y|).
+  rounds the taps to float32 and sums in float32 (BLAS order, then the drift term):
+  |ours - resampy| <= (2 n + 3) u32 S + the same drift term, u32 = 2^-24. Measured per
+  sample <= ~13 u32 S, ~4e-7 to 1.3e-6 of max |resampy|: as far as resampy's own float32
+  samples are from the exact sums.
 
 Rates whose ratio has a period longer than MAX_PERIOD, non-integer rates and non-finite
 input run resampy's own loop (the same numbers as resampy.resample).
@@ -49,7 +55,7 @@ MAX_PERIOD = 2048
 # Output columns per matrix product: consecutive phases sharing one input window.
 _GROUP = 32
 # Output samples per block (at least 16 rows): bounds the work memory, whatever the length.
-_BLOCK_OUT = 1 << 15
+_BLOCK_OUT = 1 << 16
 # Input samples per row of the block matrix at least (short periods are stacked k per row).
 _MIN_ROW = 256
 # Multiply-adds per BLAS call at most: OpenBLAS (numpy's) threads a product only beyond
@@ -77,6 +83,9 @@ class Plan:
     The ratio is L / M in lowest terms. A block row holds k periods: Mr = k M input samples
     and Lr = k L outputs. Output t = q Lr + c (row q, column c = j L + p: phase p of the
     row's j-th period) sits at input time q Mr + base_c + r_p / L, base_c = j M + n_p.
+    The block's input is one buffer, `pad` samples before its first row's; row q of the
+    matrix the products read is buffer[q Mr : q Mr + width], rows overlapping (a strided
+    view), and a group of columns reads one window of at most Mr samples of it.
     """
 
     def __init__(self, sr_in: int, sr_out: int, filter: str = "kaiser_best") -> None:
@@ -95,16 +104,20 @@ class Plan:
         self.scale = min(1.0, self.ratio)
         self.increment = 1.0 / self.ratio
         self.index_step = int(self.scale * self.num_table)
+        self.K = self.scale * self.num_table  # table entries per input sample
         g = math.gcd(self.sr_in, self.sr_out)
         self.L, self.M = self.sr_out // g, self.sr_in // g
-        self.k = max(1, -(-_MIN_ROW // self.M))
-        self.Lr, self.Mr = self.k * self.L, self.k * self.M
         L, M = self.L, self.M
+        # a row at least _MIN_ROW samples and as wide as a group's window (all taps + spread)
+        taps = 2 * (win.shape[0] // self.index_step + 2)
+        self.k = max(1, -(-_MIN_ROW // M), -(-(taps + _GROUP * M // L + 8) // M))
+        self.Lr, self.Mr = self.k * L, self.k * M
         # Each phase's exact time: n_p + r_p / L input samples after its period's start; its
         # table positions (float64, resampy's formulas at that exact time) and offsets.
         p = np.arange(L)
         self.n_p = (p * M) // L
-        frac = self.scale * (((p * M) % L) / L)
+        self.frac_p = ((p * M) % L) / L  # fl(r / L)
+        frac = self.scale * self.frac_p
         self.idx_ref = frac * self.num_table
         self.idxR_ref = (self.scale - frac) * self.num_table
         pp = np.tile(p, self.k)
@@ -112,19 +125,20 @@ class Plan:
         self.col_base = np.repeat(np.arange(self.k), L) * M + self.n_p[pp]
         self.col_off = self.idx_ref[pp].astype(np.int64)
         self.col_offR = self.idxR_ref[pp].astype(np.int64)
-        self.col_idx_ref = self.idx_ref[pp]
-        # c (see _positions) within [sure_lo, sure_hi): both table offsets are the column's
-        eta = self.col_idx_ref - self.col_off
+        self.col_frac = self.frac_p[pp]
+        # the drift c (input samples, see _positions) within [sure_lo, sure_hi): both table
+        # offsets are the column's (margin: c's roundings, ~2 ulp(num_table) table entries)
+        eta = self.idx_ref[pp] - self.col_off
         etaR = self.idxR_ref[pp] - self.col_offR
         margin = 1e-11
-        self.sure_lo = np.maximum(-eta, etaR - 1) + margin
-        self.sure_hi = np.minimum(1 - eta, etaR) - margin
+        self.sure_lo = (np.maximum(-eta, etaR - 1) + margin) / self.K
+        self.sure_hi = (np.minimum(1 - eta, etaR) - margin) / self.K
         cols = [self.column(c, 0, int(self.col_off[c]), int(self.col_offR[c])) for c in range(self.Lr)]
-        lo = min(c[0] for c in cols) - 2  # variants reach one sample further at most
+        lo = min(c[0] for c in cols) - 2  # an irregular sample's taps reach two samples further at most
         hi = max(c[0] + c[1].shape[0] for c in cols) + 2
-        self.pad = max(0, -lo)  # zeros before a row's first input sample in the block buffer
-        self.rows_extra = -(-(self.pad + hi) // self.Mr)  # buffer rows beyond the block's
-        self.groups = [self._group(cols[a : a + _GROUP], a) for a in range(0, self.Lr, _GROUP)]
+        self.pad = max(0, -lo)  # buffer samples before the first row's first input sample
+        self.width = self.pad + hi  # samples per (overlapping) matrix row
+        self.groups = self._groups(cols, np.arange(self.Lr))
         self._typed: dict = {}
         self._torch: dict = {}  # (device, precision) -> the regular groups' matrices as tensors
         self._lock = threading.Lock()
@@ -133,10 +147,11 @@ class Plan:
         """(lo, taps, delta taps) of column c for a sample at n = base_c + dn with left and right
         table offsets off, offR: resampy's w = win[o + i step] + eta delta[o + i step] over
         resampy's wings, eta at the column's exact time (see the module docstring); taps[i]
-        multiplies input lo + i relative to the row's start. The delta taps are +delta on the
-        left wing, -delta on the right (the right eta moves opposite to the left one)."""
+        multiplies input lo + i relative to the row's start. The delta taps are per input
+        sample of drift: K delta on the left wing, -K delta on the right (its eta moves the
+        other way)."""
         ph, step, nwin = int(self.col_phase[c]), self.index_step, self.win.shape[0]
-        shift = dn * self.scale * self.num_table  # n one lower: the table position one sample on
+        shift = dn * self.K  # n one lower: the table position one sample on
         eta = (self.idx_ref[ph] - shift) - off
         etaR = (self.idxR_ref[ph] + shift) - offR
         n = int(self.col_base[c]) + dn
@@ -147,57 +162,59 @@ class Plan:
         d = np.zeros_like(h)
         li, ri = off + i * step, offR + k * step
         h[n - lo - i] = self.win[li] + eta * self.delta[li]
-        d[n - lo - i] = self.delta[li]
+        d[n - lo - i] = self.K * self.delta[li]
         h[n + 1 - lo + k] = self.win[ri] + etaR * self.delta[ri]
-        d[n + 1 - lo + k] = -self.delta[ri]
+        d[n + 1 - lo + k] = -self.K * self.delta[ri]
         return lo, h, d
 
-    def _group(self, cols: list, first: int) -> tuple:
-        """(first column, G, pieces): the columns' common window split at row boundaries of
-        the block buffer; a piece (s, c0, c1, H, D) multiplies buffer rows q + s, samples
-        c0:c1, by H (c1 - c0, G) and D (float64; float32 copies are made per use)."""
-        lo = min(c[0] for c in cols)
-        hi = max(c[0] + c[1].shape[0] for c in cols)
-        H = np.zeros((hi - lo, len(cols)))
-        D = np.zeros_like(H)
-        for i, (clo, h, d) in enumerate(cols):
-            H[clo - lo : clo - lo + h.shape[0], i] = h
-            D[clo - lo : clo - lo + h.shape[0], i] = d
-        pieces = []
-        a, b = self.pad + lo, self.pad + hi
-        assert a >= 0 and b <= self.rows_extra * self.Mr, "taps beyond the block buffer's margins"
-        while a < b:
-            s = a // self.Mr
-            e = min(b, (s + 1) * self.Mr)
-            rows = slice(a - self.pad - lo, e - self.pad - lo)
-            pieces.append((s, a - s * self.Mr, e - s * self.Mr, H[rows], D[rows]))
-            a = e
-        return first, len(cols), pieces
+    def _groups(self, cols: list, where: np.ndarray) -> list:
+        """Columns in order, cut into groups of at most _GROUP whose common window fits in Mr:
+        [(output columns (slice or index array), a, b, H (b - a, G), D)], the window being
+        row samples a:b (buffer offsets from the row's start, `pad` included)."""
+        out, i = [], 0
+        while i < len(cols):
+            j, lo, hi = i, cols[i][0], cols[i][0] + cols[i][1].shape[0]
+            while j < len(cols) and j - i < _GROUP:
+                nlo, nhi = min(lo, cols[j][0]), max(hi, cols[j][0] + cols[j][1].shape[0])
+                if nhi - nlo > self.Mr:
+                    break
+                lo, hi, j = nlo, nhi, j + 1
+            assert j > i, "a column wider than a row"
+            H = np.zeros((hi - lo, j - i))
+            D = np.zeros_like(H)
+            for m, (clo, h, d) in enumerate(cols[i:j]):
+                H[clo - lo : clo - lo + h.shape[0], m] = h
+                D[clo - lo : clo - lo + h.shape[0], m] = d
+            a, b = self.pad + lo, self.pad + hi
+            assert 0 <= a and b <= self.width, "taps beyond the block buffer's margins"
+            idx = where[i:j]
+            contiguous = np.array_equal(idx, np.arange(idx[0], idx[-1] + 1))
+            out.append((slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else idx, a, b, H, D))
+            i = j
+        return out
 
     def matrices(self, precision: str, keys: tuple | None = None) -> list:
-        """The groups' pieces as the products take them (built once per precision): float32
-        [H | D] in one product, or float64 H and float32 D (the drift term needs no more).
-        keys: irregular samples' columns (c, dn, off, offR) instead of the regular ones."""
+        """The groups as the products take them (built once per precision): float32 [H | D]
+        in one product, or float64 H and float32 D (the drift term needs no more).
+        keys: irregular samples' (c, dn, off, offR) instead of the regular columns; their
+        groups' output columns index `keys`."""
         with self._lock:
             if (precision, keys) not in self._typed:
                 if keys is None:
                     groups = self.groups
                 else:
-                    cols = [self.column(*key) for key in keys]
-                    groups = [self._group(cols[a : a + _GROUP], a) for a in range(0, len(cols), _GROUP)]
+                    groups = self._groups([self.column(*key) for key in keys], np.arange(len(keys)))
                 if len(self._typed) > 64:  # irregular sets repeat from block to block; bound the rest
                     self._typed = {k: v for k, v in self._typed.items() if k[1] is None}
-                self._typed[precision, keys] = [(first, G, _typed(pieces, precision))
-                                                for first, G, pieces in groups]
+                self._typed[precision, keys] = [_typed(g, precision) for g in groups]
             return self._typed[precision, keys]
 
 
-def _typed(pieces: list, precision: str) -> list:
+def _typed(group: tuple, precision: str) -> tuple:
+    sel, a, b, H, D = group
     if precision == "float32":
-        return [(s, c0, c1, np.ascontiguousarray(np.hstack([H, D]), np.float32), None)
-                for s, c0, c1, H, D in pieces]
-    return [(s, c0, c1, np.ascontiguousarray(H), np.ascontiguousarray(D, np.float32))
-            for s, c0, c1, H, D in pieces]
+        return sel, a, b, np.ascontiguousarray(np.hstack([H, D]), np.float32), None
+    return sel, a, b, np.ascontiguousarray(H), np.ascontiguousarray(D, np.float32)
 
 
 _PLANS: dict = {}
@@ -217,22 +234,38 @@ class _Work:
     """One call's block buffers, reused from block to block (rows: the most per block)."""
 
     def __init__(self, pl: Plan, rows: int, precision: str) -> None:
-        size = (rows + pl.rows_extra) * pl.Mr
+        self.size = (rows - 1) * pl.Mr + pl.width
         self.precision = precision
-        self.buf = np.empty(size, precision)
-        self.buf32 = np.empty(size, np.float32) if precision == "float64" else None
-        self.Y = np.empty((rows, pl.Lr), precision)
-        self.Z = np.empty((rows, pl.Lr), np.float32)
+        self.buf = np.empty(self.size, precision)
+        self.buf32 = np.empty(self.size, np.float32) if precision == "float64" else None
         self.c = np.empty(rows * pl.Lr)
+        self.c32 = np.empty(rows * pl.Lr, np.float32) if precision == "float32" else None
         self.t = np.arange(rows * pl.Lr, dtype=np.float64)
         self.tr = np.empty(rows * pl.Lr)
         self._tmp: dict = {}
 
-    def tmp(self, shape: tuple, dtype: type, i: int) -> np.ndarray:
-        key = (shape, dtype, i)
+    def tmp(self, shape: tuple, dtype: type, role: str) -> np.ndarray:
+        key = (shape, dtype, role)
         if key not in self._tmp:
             self._tmp[key] = np.empty(shape, dtype)
         return self._tmp[key]
+
+
+_LOCAL = threading.local()
+
+
+def _work(pl: Plan, rows: int, precision: str) -> _Work:
+    """This thread's buffers for (plan, rows, precision), kept from call to call: fresh
+    pages cost a page fault each on first write (~1 ms per call at 2^16 outputs a block)."""
+    cache = getattr(_LOCAL, "work", None)
+    if cache is None:
+        cache = _LOCAL.work = {}
+    key = (pl.sr_in, pl.sr_out, pl.filter, rows, precision)
+    if key not in cache:
+        if len(cache) >= 8:  # a few rate pairs per thread at most; the rest come and go
+            cache.pop(next(iter(cache)))
+        cache[key] = _Work(pl, rows, precision)
+    return cache[key]
 
 
 def _matmul(X: np.ndarray, A: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -252,37 +285,41 @@ def _matmul(X: np.ndarray, A: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def _products(groups: list, X: np.ndarray, X32: np.ndarray | None, Y: np.ndarray, Z: np.ndarray,
+def _rows(buf: np.ndarray, rows: int, pl: Plan) -> np.ndarray:
+    """(rows, width) overlapping rows of the block buffer: row q = buf[q Mr : q Mr + width]."""
+    return np.lib.stride_tricks.as_strided(buf, (rows, pl.width), (pl.Mr * buf.itemsize, buf.itemsize),
+                                           writeable=False)
+
+
+def _products(groups: list, X: np.ndarray, X32: np.ndarray | None, c: np.ndarray, out: np.ndarray,
               w: _Work) -> None:
-    """Y, Z (B, ncols) = taps . x and delta taps . x for the block's B rows, group by group."""
-    B = Y.shape[0]
-    for first, G, pieces in groups:
-        for i, (s, c0, c1, A, D) in enumerate(pieces):
-            if D is None:  # float32: [taps | delta taps] in one product
-                yz = _matmul(X[s : s + B, c0:c1], A, w.tmp((B, 2 * G), A.dtype, min(i, 1)))
-                y, z = yz[:, :G], yz[:, G:]
-            else:
-                y = _matmul(X[s : s + B, c0:c1], A, w.tmp((B, G), A.dtype, min(i, 1)))
-                z = _matmul(X32[s : s + B, c0:c1], D, w.tmp((B, G), D.dtype, min(i, 1)))
-            if i == 0:
-                Y[:, first : first + G] = y
-                Z[:, first : first + G] = z
-            else:
-                Y[:, first : first + G] += y
-                Z[:, first : first + G] += z
+    """out[:, cols] = taps . x + c * (delta taps . x) per group, for the block's rows (c: each
+    sample's drift, see _positions: float64 with float64 taps, float32 with float32 ones)."""
+    B = c.shape[0]
+    for sel, a, b, A, D in groups:
+        if D is None:  # float32: [taps | delta taps] in one product
+            yz = _matmul(X[:, a:b], A, w.tmp((B, A.shape[1]), A.dtype, "y"))
+            y, z = yz[:, : A.shape[1] // 2], yz[:, A.shape[1] // 2 :]
+        else:
+            G = A.shape[1]
+            y = _matmul(X[:, a:b], A, w.tmp((B, G), A.dtype, "y"))
+            z = _matmul(X32[:, a:b], D, w.tmp((B, G), D.dtype, "z"))
+        # contiguous temporaries: numpy's in-place and mixed-dtype ops on strided views are slow
+        cz = np.multiply(c[:, sel], z, out=w.tmp(z.shape, c.dtype, "cz"))
+        np.add(cz, y, out=out[:, sel])
 
 
 def _checked_columns(pl: Plan, n_in: int) -> slice | np.ndarray:
     """Columns whose samples' integer positions may differ from the column's own: those
     at an exact integer time (r_p = 0: n may come out one lower) and those whose exact
     table positions lie within resampy's float64 drift of an integer (table offsets may
-    come out one lower), for times up to n_in. Elsewhere the drift, at most ~3 ulp of the
-    time (|t / ratio| 4e-16 samples, scaled by num_table), cannot cross an integer."""
+    come out one lower or higher), for times up to n_in. Elsewhere the drift, at most
+    ~3.3e-16 |t / ratio| samples (three roundings: 1 / ratio's two and the product's),
+    times K table entries, cannot cross an integer."""
     drift = 8e-16 * (n_in + 1.0) * pl.num_table + 1e-9  # table units; generous
     near = lambda v: np.abs(v - np.round(v)) <= drift  # noqa: E731
-    r0 = ((pl.col_phase * pl.M) % pl.L) == 0
-    idxR = (pl.scale - pl.scale * (((pl.col_phase * pl.M) % pl.L) / pl.L)) * pl.num_table
-    bad = r0 | near(pl.col_idx_ref) | near(idxR)
+    r0 = pl.col_frac == 0
+    bad = r0 | near(pl.idx_ref[pl.col_phase]) | near(pl.idxR_ref[pl.col_phase])
     if drift * pl.L >= 0.5 * pl.num_table:  # times so long that n itself may drift anywhere
         bad[:] = True
     cols = np.flatnonzero(bad)
@@ -294,31 +331,30 @@ def _checked_columns(pl: Plan, n_in: int) -> slice | np.ndarray:
     return cols
 
 
+_NONE = (np.empty(0, np.int64),) * 5
+
+
 def _positions(pl: Plan, q0: int, rows: int, checked, w: _Work) -> tuple:
     """resampy's per-sample positions for block rows q0 .. q0 + rows (its float64 arithmetic):
-    c (rows, Lr), each sample's left table position minus its column's exact one (in table
-    units), and the irregular samples (row, column, dn, off, offR): those whose n - base or
-    table offsets differ from their column's, with c then taken from their own exact time."""
-    K = pl.scale * pl.num_table  # num_table is a power of two: fl(d * K) = fl(scale d) * num_table
+    c (rows, Lr), each sample's time minus its column's exact one (input samples: the drift),
+    and the irregular samples (row, column, dn, off, offR): those whose n - base or table
+    offsets differ from their column's, c then taken from their own exact time."""
     m = rows * pl.Lr
     tr, c = w.tr[:m], w.c[:m]
     np.add(w.t[:m], q0 * pl.Lr, out=tr)  # the output times, exact integers in float64
     tr *= pl.increment  # resampy's t_out: the float64 integer times the float64 increment
     np.floor(tr, out=c)
-    np.subtract(tr, c, out=c)
-    c *= K  # resampy's idx = frac * num_table, exactly
+    np.subtract(tr, c, out=c)  # tr - n, exactly (resampy's frac / scale)
     c = c.reshape(rows, pl.Lr)
-    c -= pl.col_idx_ref
-    none = (np.empty(0, np.int64),) * 5
+    c -= pl.col_frac
     if isinstance(checked, slice) and checked.start == checked.stop:
-        return c, none
-    # A sample is regular where c keeps both table positions on its column's entries (with
-    # a margin for c's one rounding and the right position's, ~2 ulp(num_table)); c == 0 is
-    # its column's exact position. The others: resampy's arithmetic, sample by sample.
+        return c, _NONE
+    # A sample is regular where c keeps both table positions on its column's entries;
+    # c == 0 is its column's exact time. The others: resampy's arithmetic, one by one.
     cc = c[:, checked]  # a strided view where the checked columns are evenly spaced
     sure = ((cc >= pl.sure_lo[checked]) & (cc < pl.sure_hi[checked])) | (cc == 0)
     if sure.all():
-        return c, none
+        return c, _NONE
     r, j = np.nonzero(~sure)
     col = np.arange(pl.Lr)[checked][j]
     tr = ((q0 + r) * pl.Lr + col).astype(np.float64) * pl.increment
@@ -329,84 +365,62 @@ def _positions(pl: Plan, q0: int, rows: int, checked, w: _Work) -> tuple:
     dn = (n - (q0 + r) * pl.Mr - pl.col_base[col]).astype(np.int64)
     bad = (dn != 0) | (off != pl.col_off[col]) | (offR != pl.col_offR[col])
     r, col, dn = r[bad], col[bad], dn[bad]
-    c[r, col] += dn * K  # n one lower: the variant's exact position is one sample on
+    c[r, col] += dn  # n one lower: the variant's exact time is one sample on
     return c, (r, col, dn, off[bad].astype(np.int64), offR[bad].astype(np.int64))
 
 
 def _block(pl: Plan, x: np.ndarray, residual: np.ndarray | None, q0: int, rows: int,
-           precision: str, checked: np.ndarray) -> np.ndarray:
-    """Outputs of rows q0 .. q0 + rows as a flat array (rows * Lr,) (float64 or float32)."""
-    dtype = np.dtype(precision)
+           checked, w: _Work, out: np.ndarray) -> bool:
+    """Outputs of rows q0 .. q0 + rows into out (rows, Lr); False (nothing written) where
+    the block's input is not finite: resampy's loop computes it then (NaN and inf reach
+    exactly the outputs resampy's taps reach, not a whole product's window)."""
     n_in = x.shape[0]
     start = q0 * pl.Mr - pl.pad
-    size = (rows + pl.rows_extra) * pl.Mr
+    size = (rows - 1) * pl.Mr + pl.width
     a, b = max(0, start), min(n_in, start + size)
-    buf = np.zeros(size, dtype)
-    if b > a:
-        buf[a - start : b - start] = x[a:b]
-        if residual is not None:
-            buf[a - start : b - start] += residual[a:b]
-    X = buf.reshape(-1, pl.Mr)
-    X32 = None
-    if precision == "float64":  # the drift term's float32 input (the residual is below its needs)
-        if x.dtype == np.float32:
-            buf32 = np.zeros(size, np.float32)
-            buf32[a - start : b - start] = x[a:b]
+    inside = a == start and b == start + size
+    if inside and residual is None and x.dtype == np.dtype(w.precision):
+        X = x[a:b]  # the signal itself, no copy
+    else:
+        X = w.buf[:size]
+        X[: a - start] = 0
+        X[b - start :] = 0
+        if residual is None:
+            X[a - start : b - start] = x[a:b]
         else:
-            buf32 = buf.astype(np.float32)
-        X32 = buf32.reshape(-1, pl.Mr)
-    Y, Z = _products(pl.matrices(precision), X, X32, rows, pl.Lr, precision)
-    c, (r, col, dn, off, offR) = _positions(pl, q0, rows, checked)
-    y = Y + c * Z
-    if r.shape[0]:
-        # samples the rounding moved across a table entry or an input sample: their own taps
-        keys = np.stack([col, dn, off, offR], 1)
-        uniq, which = np.unique(keys, axis=0, return_inverse=True)
-        which = which.ravel()
-        key_t = tuple(tuple(int(v) for v in k) for k in uniq)
-        Yv, Zv = _products(pl.matrices(precision, key_t), X, X32, rows, len(key_t), precision)
-        y[r, col] = Yv[r, which] + c[r, col] * Zv[r, which]
-    return y.ravel()
-
-
-def _block(pl: Plan, x: np.ndarray, residual: np.ndarray | None, q0: int, rows: int,
-           checked, w: _Work) -> np.ndarray | None:
-    """Outputs of rows q0 .. q0 + rows, flat (rows * Lr,) float64; None where the block's
-    input is not finite (resampy's loop then computes it: NaN and inf reach exactly the
-    outputs resampy's taps reach, not the whole window of a product)."""
-    n_in = x.shape[0]
-    start = q0 * pl.Mr - pl.pad
-    size = (rows + pl.rows_extra) * pl.Mr
-    a, b = max(0, start), min(n_in, start + size)
-    bufs = [w.buf[:size]] + ([] if w.buf32 is None else [w.buf32[:size]])
-    for buf in bufs:
-        buf[: a - start] = 0
-        buf[b - start :] = 0
-        buf[a - start : b - start] = x[a:b]
-    if residual is not None:
-        bufs[0][a - start : b - start] += residual[a:b]
-    if not np.isfinite(bufs[0].sum()):  # also where a huge finite input overflows the sum
-        return None
-    X = bufs[0].reshape(-1, pl.Mr)
-    X32 = bufs[1].reshape(-1, pl.Mr) if len(bufs) > 1 else None  # the drift term's (float32)
-    Y, Z = w.Y[:rows], w.Z[:rows]
-    _products(pl.matrices(w.precision), X, X32, Y, Z, w)
+            np.add(x[a:b], residual[a:b], out=X[a - start : b - start], dtype=np.float64)
+    if not np.isfinite(X.sum()):  # also where a huge finite input overflows the sum
+        return False
+    X32 = None
+    if w.buf32 is not None:  # float64: the drift term's float32 input (the residual is below its needs)
+        if inside and x.dtype == np.float32:
+            X32 = x[a:b]
+        else:
+            X32 = w.buf32[:size]
+            X32[: a - start] = 0
+            X32[b - start :] = 0
+            X32[a - start : b - start] = x[a:b]
+        X32 = _rows(X32, rows, pl)
+    X = _rows(X, rows, pl)
     c, (r, col, dn, off, offR) = _positions(pl, q0, rows, checked, w)
-    if r.shape[0]:  # read before c is overwritten below
-        cr = c[r, col]
-    c *= Z
-    c += Y
+    if w.precision == "float32":  # the drift term in float32 too (|c z| ~ 1e-9 of |y|)
+        c32 = w.c32[: c.size].reshape(c.shape)
+        np.copyto(c32, c)
+        c = c32
+    cr = c[r, col]
+    _products(pl.matrices(w.precision), X, X32, c, out, w)
     if r.shape[0]:
         # samples the rounding moved across a table entry or an input sample: their own taps
         keys = np.stack([col, dn, off, offR], 1)
         uniq, which = np.unique(keys, axis=0, return_inverse=True)
         which = which.ravel()
         key_t = tuple(tuple(int(v) for v in k) for k in uniq)
-        Yv = np.empty((rows, len(key_t)), Y.dtype)
-        Zv = np.empty((rows, len(key_t)), np.float32)
-        _products(pl.matrices(w.precision, key_t), X, X32, Yv, Zv, w)
-        c[r, col] = Yv[r, which] + cr * Zv[r, which]
-    return c.ravel()
+        cv = np.zeros((rows, len(key_t)), c.dtype)
+        cv[r, which] = cr
+        ov = np.empty((rows, len(key_t)), out.dtype)
+        _products(pl.matrices(w.precision, key_t), X, X32, cv, ov, w)
+        out[r, col] = ov[r, which]
+    return True
 
 
 def resample(x: np.ndarray, sr_in: float, sr_out: float, filter: str = "kaiser_best",
@@ -448,19 +462,27 @@ def resample(x: np.ndarray, sr_in: float, sr_out: float, filter: str = "kaiser_b
         raise ValueError(f"Input signal length={n_in} is too small to resample from {sr_in}->{sr_out}")
     if not supported(sr_in, sr_out, filter):
         return resampy_loop(x, sr_in, sr_out, filter, precision, out_dtype, residual)
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
     pl = plan(sr_in, sr_out, filter)
     out = np.empty(n_out, out_dtype)
     rows = max(16, _BLOCK_OUT // pl.Lr)
     total = -(-n_out // pl.Lr)
     checked = _checked_columns(pl, n_in)
-    w = _Work(pl, rows, precision)
+    w = _work(pl, rows, precision)
+    last = None
     for q0 in range(0, total, rows):
         r = min(rows, total - q0)
         t0, t1 = q0 * pl.Lr, min(n_out, (q0 + r) * pl.Lr)
-        y = _block(pl, x, residual, q0, r, checked, w)
-        if y is None:
-            y = resampy_loop(x, sr_in, sr_out, filter, precision, precision, residual, (t0, t1))
-        out[t0:t1] = y[: t1 - t0]
+        if t1 - t0 == r * pl.Lr:  # whole rows: straight into the output
+            dest = out[t0:t1].reshape(r, pl.Lr)
+        else:
+            last = np.empty((r, pl.Lr), out_dtype)
+            dest = last
+        if not _block(pl, x, residual, q0, r, checked, w, dest):
+            out[t0:t1] = resampy_loop(x, sr_in, sr_out, filter, precision, precision, residual, (t0, t1))
+        elif dest is last:
+            out[t0:t1] = last.ravel()[: t1 - t0]
     return out
 
 
@@ -574,7 +596,7 @@ def resample_torch(x, sr_in: int, sr_out: int, filter: str = "kaiser_best", prec
     xs = x.to(tdt)
     x32 = x.to(torch.float32) if precision == "float64" else None
     consts = {k: torch.as_tensor(getattr(pl, k), device=dev)
-              for k in ("col_idx_ref", "sure_lo", "sure_hi", "col_base", "col_off", "col_offR")}
+              for k in ("col_frac", "sure_lo", "sure_hi", "col_base", "col_off", "col_offR")}
     out = torch.empty(n_out, dtype=tdt, device=dev)
     prec = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
@@ -601,33 +623,23 @@ def _torch_mats(pl: Plan, precision: str, keys: tuple | None, dev) -> list:
         cached = pl._torch.get(key) if keys is None else None
     if cached is None:
         to = lambda a: None if a is None else torch.from_numpy(a).to(dev)  # noqa: E731
-        cached = [(first, G, [(s, c0, c1, to(A), to(D)) for s, c0, c1, A, D in pieces])
-                  for first, G, pieces in pl.matrices(precision, keys)]
+        cached = [(sel, a, b, to(A), to(D)) for sel, a, b, A, D in pl.matrices(precision, keys)]
         if keys is None:
             with pl._lock:
                 pl._torch[key] = cached
     return cached
 
 
-def _torch_products(groups: list, X, X32, B: int, ncols: int):
-    import torch
-
-    Y = torch.empty((B, ncols), dtype=X.dtype, device=X.device)
-    Z = torch.empty((B, ncols), dtype=torch.float32, device=X.device)
-    for first, G, pieces in groups:
-        for i, (s, c0, c1, A, D) in enumerate(pieces):
-            if D is None:
-                yz = X[s : s + B, c0:c1] @ A
-                y, z = yz[:, :G], yz[:, G:]
-            else:
-                y, z = X[s : s + B, c0:c1] @ A, X32[s : s + B, c0:c1] @ D
-            if i == 0:
-                Y[:, first : first + G] = y
-                Z[:, first : first + G] = z
-            else:
-                Y[:, first : first + G] += y
-                Z[:, first : first + G] += z
-    return Y, Z
+def _torch_products(groups: list, X, X32, c, out) -> None:
+    """`_products` in torch: out[:, cols] = taps . x + c * (delta taps . x), per group."""
+    for sel, a, b, A, D in groups:
+        if D is None:
+            yz = X[:, a:b] @ A
+            G = A.shape[1] // 2
+            y, z = yz[:, :G], yz[:, G:]
+        else:
+            y, z = X[:, a:b] @ A, X32[:, a:b] @ D
+        out[:, sel] = (c[:, sel] * z + y).to(out.dtype)
 
 
 def _torch_block(pl: Plan, x, x32, q0: int, rows: int, checked, mats: list, k: dict, precision: str):
@@ -637,23 +649,21 @@ def _torch_block(pl: Plan, x, x32, q0: int, rows: int, checked, mats: list, k: d
     dev = x.device
     n_in = x.shape[0]
     start = q0 * pl.Mr - pl.pad
-    size = (rows + pl.rows_extra) * pl.Mr
+    size = (rows - 1) * pl.Mr + pl.width
     a, b = max(0, start), min(n_in, start + size)
     buf = torch.zeros(size, dtype=x.dtype, device=dev)
     buf[a - start : b - start] = x[a:b]
     if not bool(torch.isfinite(buf.sum())):
         return None
-    X = buf.view(-1, pl.Mr)
+    X = buf.as_strided((rows, pl.width), (pl.Mr, 1))
     X32 = None
     if x32 is not None:
         buf32 = torch.zeros(size, dtype=torch.float32, device=dev)
         buf32[a - start : b - start] = x32[a:b]
-        X32 = buf32.view(-1, pl.Mr)
-    Y, Z = _torch_products(mats, X, X32, rows, pl.Lr)
+        X32 = buf32.as_strided((rows, pl.width), (pl.Mr, 1))
     # resampy's positions, as in _positions (float64 on the device: the same IEEE operations)
-    K = pl.scale * pl.num_table
     tr = torch.arange(q0 * pl.Lr, (q0 + rows) * pl.Lr, dtype=torch.float64, device=dev) * pl.increment
-    c = ((tr - torch.floor(tr)) * K).view(rows, pl.Lr) - k["col_idx_ref"]
+    c = (tr - torch.floor(tr)).view(rows, pl.Lr) - k["col_frac"]
     cols = torch.arange(pl.Lr, device=dev)[checked]
     irregular = None
     if cols.numel():
@@ -671,15 +681,20 @@ def _torch_block(pl: Plan, x, x32, q0: int, rows: int, checked, mats: list, k: d
             bad = (dn != 0) | (off != k["col_off"][col]) | (offR != k["col_offR"][col])
             if bool(bad.any()):
                 r, col, dn, off, offR = r[bad], col[bad], dn[bad], off[bad], offR[bad]
-                c[r, col] += dn.to(torch.float64) * K
+                c[r, col] += dn.to(torch.float64)
                 irregular = (r, col, dn, off, offR)
-    cr = None if irregular is None else c[irregular[0], irregular[1]]
-    y = Y.to(torch.float64) + c * Z.to(torch.float64)
+    if precision == "float32":
+        c = c.to(torch.float32)
+    y = torch.empty((rows, pl.Lr), dtype=x.dtype, device=dev)
+    _torch_products(mats, X, X32, c, y)
     if irregular is not None:
         r, col, dn, off, offR = irregular
         keys = torch.stack([col, dn, off, offR], 1)
         uniq, which = torch.unique(keys, dim=0, return_inverse=True)
         key_t = tuple(tuple(int(v) for v in kk) for kk in uniq.tolist())
-        Yv, Zv = _torch_products(_torch_mats(pl, precision, key_t, dev), X, X32, rows, len(key_t))
-        y[r, col] = Yv[r, which].to(torch.float64) + cr * Zv[r, which].to(torch.float64)
-    return y.reshape(-1).to(x.dtype)
+        cv = torch.zeros((rows, len(key_t)), dtype=c.dtype, device=dev)
+        cv[r, which] = c[r, col]
+        ov = torch.empty((rows, len(key_t)), dtype=x.dtype, device=dev)
+        _torch_products(_torch_mats(pl, precision, key_t, dev), X, X32, cv, ov)
+        y[r, col] = ov[r, which]
+    return y.reshape(-1)
