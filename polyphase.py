@@ -110,7 +110,7 @@ class Plan:
         L, M = self.L, self.M
         # a row at least _MIN_ROW samples and as wide as a group's window (all taps + spread)
         taps = 2 * (win.shape[0] // self.index_step + 2)
-        self.k = max(1, -(-_MIN_ROW // M), -(-(taps + _GROUP * M // L + 8) // M))
+        self.k = max(1, -(-_MIN_ROW // M), -(-(taps + -(-_GROUP * M // L) + 8) // M))
         self.Lr, self.Mr = self.k * L, self.k * M
         # Each phase's exact time: n_p + r_p / L input samples after its period's start; its
         # table positions (float64, resampy's formulas at that exact time) and offsets.
@@ -138,7 +138,19 @@ class Plan:
         hi = max(c[0] + c[1].shape[0] for c in cols) + 2
         self.pad = max(0, -lo)  # buffer samples before the first row's first input sample
         self.width = self.pad + hi  # samples per (overlapping) matrix row
-        self.groups = self._groups(cols, np.arange(self.Lr))
+        # Regular columns in groups of G = _GROUP (the last padded with zero columns), their
+        # outputs computed group-major, (group, row, column in group), and copied to the
+        # block's (row, column) order once: contiguous work instead of strided numpy ops.
+        G = self.G = _GROUP
+        self.ng = -(-self.Lr // G)
+        self.gm_col = np.minimum(np.arange(self.ng * G), self.Lr - 1)  # the column each slot computes
+        self.gm_frac = self.col_frac[self.gm_col].reshape(self.ng, 1, G)
+        self.groups = []
+        for g in range(self.ng):
+            members = np.arange(g * G, min(self.Lr, (g + 1) * G))
+            (_, a, b, H, D), = self._groups(cols[g * G : (g + 1) * G], members)  # one group: k fits G
+            pad = G - H.shape[1]
+            self.groups.append((g, a, b, np.pad(H, ((0, 0), (0, pad))), np.pad(D, ((0, 0), (0, pad)))))
         self._typed: dict = {}
         self._torch: dict = {}  # (device, precision) -> the regular groups' matrices as tensors
         self._lock = threading.Lock()
@@ -233,15 +245,17 @@ def plan(sr_in: int, sr_out: int, filter: str = "kaiser_best") -> Plan:
 class _Work:
     """One call's block buffers, reused from block to block (rows: the most per block)."""
 
-    def __init__(self, pl: Plan, rows: int, precision: str) -> None:
+    def __init__(self, pl: Plan, rows: int, precision: str, out_dtype: np.dtype) -> None:
         self.size = (rows - 1) * pl.Mr + pl.width
         self.precision = precision
         self.buf = np.empty(self.size, precision)
         self.buf32 = np.empty(self.size, np.float32) if precision == "float64" else None
-        self.c = np.empty(rows * pl.Lr)
-        self.c32 = np.empty(rows * pl.Lr, np.float32) if precision == "float32" else None
-        self.t = np.arange(rows * pl.Lr, dtype=np.float64)
-        self.tr = np.empty(rows * pl.Lr)
+        shape = (pl.ng, rows, pl.G)  # group-major: (group, row, column in group)
+        self.t = np.arange(rows)[None, :, None] * float(pl.Lr) + pl.gm_col.reshape(pl.ng, 1, pl.G)
+        self.tr = np.empty(shape)
+        self.c = np.empty(shape)
+        self.c32 = np.empty(shape, np.float32) if precision == "float32" else None
+        self.gm_out = np.empty(shape, out_dtype)
         self._tmp: dict = {}
 
     def tmp(self, shape: tuple, dtype: type, role: str) -> np.ndarray:
@@ -254,17 +268,17 @@ class _Work:
 _LOCAL = threading.local()
 
 
-def _work(pl: Plan, rows: int, precision: str) -> _Work:
-    """This thread's buffers for (plan, rows, precision), kept from call to call: fresh
-    pages cost a page fault each on first write (~1 ms per call at 2^16 outputs a block)."""
+def _work(pl: Plan, rows: int, precision: str, out_dtype: np.dtype) -> _Work:
+    """This thread's buffers for (plan, rows, precision, out_dtype), kept from call to call
+    (fresh pages cost a page fault each on first write)."""
     cache = getattr(_LOCAL, "work", None)
     if cache is None:
         cache = _LOCAL.work = {}
-    key = (pl.sr_in, pl.sr_out, pl.filter, rows, precision)
+    key = (pl.sr_in, pl.sr_out, pl.filter, rows, precision, out_dtype.name)
     if key not in cache:
         if len(cache) >= 8:  # a few rate pairs per thread at most; the rest come and go
             cache.pop(next(iter(cache)))
-        cache[key] = _Work(pl, rows, precision)
+        cache[key] = _Work(pl, rows, precision, out_dtype)
     return cache[key]
 
 
@@ -291,25 +305,37 @@ def _rows(buf: np.ndarray, rows: int, pl: Plan) -> np.ndarray:
                                            writeable=False)
 
 
+def _group_products(X: np.ndarray, X32: np.ndarray | None, A: np.ndarray, D: np.ndarray | None,
+                    w: _Work) -> tuple[np.ndarray, np.ndarray]:
+    """(taps . x, delta taps . x), each (B, G), for one group's window rows X (B, K)."""
+    B = X.shape[0]
+    if D is None:  # float32: [taps | delta taps] in one product
+        yz = _matmul(X, A, w.tmp((B, A.shape[1]), A.dtype, "y"))
+        return yz[:, : A.shape[1] // 2], yz[:, A.shape[1] // 2 :]
+    return (_matmul(X, A, w.tmp((B, A.shape[1]), A.dtype, "y")),
+            _matmul(X32, D, w.tmp((B, D.shape[1]), D.dtype, "z")))
+
+
 def _products(groups: list, X: np.ndarray, X32: np.ndarray | None, c: np.ndarray, out: np.ndarray,
               w: _Work) -> None:
-    """out[:, cols] = taps . x + c * (delta taps . x) per group, for the block's rows (c: each
-    sample's drift, see _positions: float64 with float64 taps, float32 with float32 ones)."""
-    B = c.shape[0]
+    """Regular groups: out[g] = taps . x + c[g] * (delta taps . x), group-major (ng, B, G)
+    (c: each sample's drift, see _positions: float64 with float64 taps, float32 with
+    float32 ones)."""
+    for g, a, b, A, D in groups:
+        y, z = _group_products(X[:, a:b], None if X32 is None else X32[:, a:b], A, D, w)
+        cz = np.multiply(c[g], z, out=w.tmp(z.shape, c.dtype, "cz"))
+        np.add(cz, y, out=out[g])
+
+
+def _variant_products(groups: list, X: np.ndarray, X32: np.ndarray | None, c: np.ndarray,
+                      out: np.ndarray, w: _Work) -> None:
+    """Irregular samples' columns: out[:, cols] = taps . x + c * (delta taps . x), (B, nv)."""
     for sel, a, b, A, D in groups:
-        if D is None:  # float32: [taps | delta taps] in one product
-            yz = _matmul(X[:, a:b], A, w.tmp((B, A.shape[1]), A.dtype, "y"))
-            y, z = yz[:, : A.shape[1] // 2], yz[:, A.shape[1] // 2 :]
-        else:
-            G = A.shape[1]
-            y = _matmul(X[:, a:b], A, w.tmp((B, G), A.dtype, "y"))
-            z = _matmul(X32[:, a:b], D, w.tmp((B, G), D.dtype, "z"))
-        # contiguous temporaries: numpy's in-place and mixed-dtype ops on strided views are slow
-        cz = np.multiply(c[:, sel], z, out=w.tmp(z.shape, c.dtype, "cz"))
-        np.add(cz, y, out=out[:, sel])
+        y, z = _group_products(X[:, a:b], None if X32 is None else X32[:, a:b], A, D, w)
+        out[:, sel] = c[:, sel] * z + y
 
 
-def _checked_columns(pl: Plan, n_in: int) -> slice | np.ndarray:
+def _checked_columns(pl: Plan, n_in: int) -> np.ndarray:
     """Columns whose samples' integer positions may differ from the column's own: those
     at an exact integer time (r_p = 0: n may come out one lower) and those whose exact
     table positions lie within resampy's float64 drift of an integer (table offsets may
@@ -322,41 +348,34 @@ def _checked_columns(pl: Plan, n_in: int) -> slice | np.ndarray:
     bad = r0 | near(pl.idx_ref[pl.col_phase]) | near(pl.idxR_ref[pl.col_phase])
     if drift * pl.L >= 0.5 * pl.num_table:  # times so long that n itself may drift anywhere
         bad[:] = True
-    cols = np.flatnonzero(bad)
-    if cols.size == 0:
-        return slice(0, 0)
-    step = cols[1] - cols[0] if cols.size > 1 else 1
-    if np.array_equal(cols, np.arange(cols[0], cols[-1] + 1, step)):
-        return slice(int(cols[0]), int(cols[-1]) + 1, int(step))  # a view, not a gather
-    return cols
+    return np.flatnonzero(bad)
 
 
 _NONE = (np.empty(0, np.int64),) * 5
 
 
-def _positions(pl: Plan, q0: int, rows: int, checked, w: _Work) -> tuple:
+def _positions(pl: Plan, q0: int, rows: int, checked: np.ndarray, w: _Work) -> tuple:
     """resampy's per-sample positions for block rows q0 .. q0 + rows (its float64 arithmetic):
-    c (rows, Lr), each sample's time minus its column's exact one (input samples: the drift),
-    and the irregular samples (row, column, dn, off, offR): those whose n - base or table
-    offsets differ from their column's, c then taken from their own exact time."""
-    m = rows * pl.Lr
-    tr, c = w.tr[:m], w.c[:m]
-    np.add(w.t[:m], q0 * pl.Lr, out=tr)  # the output times, exact integers in float64
+    c (ng, rows, G) group-major, each sample's time minus its column's exact one (input
+    samples: the drift), and the irregular samples (row, column, dn, off, offR): those whose
+    n - base or table offsets differ from their column's, c then from their own exact time."""
+    tr, c = w.tr[:, :rows], w.c[:, :rows]
+    np.add(w.t[:, :rows], q0 * pl.Lr, out=tr)  # the output times, exact integers in float64
     tr *= pl.increment  # resampy's t_out: the float64 integer times the float64 increment
     np.floor(tr, out=c)
     np.subtract(tr, c, out=c)  # tr - n, exactly (resampy's frac / scale)
-    c = c.reshape(rows, pl.Lr)
-    c -= pl.col_frac
-    if isinstance(checked, slice) and checked.start == checked.stop:
+    c -= pl.gm_frac
+    if not checked.size:
         return c, _NONE
     # A sample is regular where c keeps both table positions on its column's entries;
     # c == 0 is its column's exact time. The others: resampy's arithmetic, one by one.
-    cc = c[:, checked]  # a strided view where the checked columns are evenly spaced
-    sure = ((cc >= pl.sure_lo[checked]) & (cc < pl.sure_hi[checked])) | (cc == 0)
+    gi, ii = checked // pl.G, checked % pl.G
+    cc = c[gi, :, ii]  # (checked, rows)
+    sure = ((cc >= pl.sure_lo[checked, None]) & (cc < pl.sure_hi[checked, None])) | (cc == 0)
     if sure.all():
         return c, _NONE
-    r, j = np.nonzero(~sure)
-    col = np.arange(pl.Lr)[checked][j]
+    j, r = np.nonzero(~sure)
+    col = checked[j]
     tr = ((q0 + r) * pl.Lr + col).astype(np.float64) * pl.increment
     n = np.floor(tr)
     frac = pl.scale * (tr - n)
@@ -365,12 +384,12 @@ def _positions(pl: Plan, q0: int, rows: int, checked, w: _Work) -> tuple:
     dn = (n - (q0 + r) * pl.Mr - pl.col_base[col]).astype(np.int64)
     bad = (dn != 0) | (off != pl.col_off[col]) | (offR != pl.col_offR[col])
     r, col, dn = r[bad], col[bad], dn[bad]
-    c[r, col] += dn  # n one lower: the variant's exact time is one sample on
+    c[col // pl.G, r, col % pl.G] += dn  # n one lower: the variant's exact time is one sample on
     return c, (r, col, dn, off[bad].astype(np.int64), offR[bad].astype(np.int64))
 
 
 def _block(pl: Plan, x: np.ndarray, residual: np.ndarray | None, q0: int, rows: int,
-           checked, w: _Work, out: np.ndarray) -> bool:
+           checked: np.ndarray, w: _Work, out: np.ndarray) -> bool:
     """Outputs of rows q0 .. q0 + rows into out (rows, Lr); False (nothing written) where
     the block's input is not finite: resampy's loop computes it then (NaN and inf reach
     exactly the outputs resampy's taps reach, not a whole product's window)."""
@@ -404,11 +423,17 @@ def _block(pl: Plan, x: np.ndarray, residual: np.ndarray | None, q0: int, rows: 
     X = _rows(X, rows, pl)
     c, (r, col, dn, off, offR) = _positions(pl, q0, rows, checked, w)
     if w.precision == "float32":  # the drift term in float32 too (|c z| ~ 1e-9 of |y|)
-        c32 = w.c32[: c.size].reshape(c.shape)
+        c32 = w.c32[:, :rows]
         np.copyto(c32, c)
         c = c32
-    cr = c[r, col]
-    _products(pl.matrices(w.precision), X, X32, c, out, w)
+    cr = c[col // pl.G, r, col % pl.G]
+    gm = w.gm_out[:, :rows]
+    _products(pl.matrices(w.precision), X, X32, c, gm, w)
+    # group-major to the block's (row, column) order: one copy
+    G, full = pl.G, pl.Lr // pl.G
+    out[:, : full * G].reshape(rows, full, G)[...] = gm[:full].transpose(1, 0, 2)
+    if full < pl.ng:
+        out[:, full * G :] = gm[full, :, : pl.Lr - full * G]
     if r.shape[0]:
         # samples the rounding moved across a table entry or an input sample: their own taps
         keys = np.stack([col, dn, off, offR], 1)
@@ -418,7 +443,7 @@ def _block(pl: Plan, x: np.ndarray, residual: np.ndarray | None, q0: int, rows: 
         cv = np.zeros((rows, len(key_t)), c.dtype)
         cv[r, which] = cr
         ov = np.empty((rows, len(key_t)), out.dtype)
-        _products(pl.matrices(w.precision, key_t), X, X32, cv, ov, w)
+        _variant_products(pl.matrices(w.precision, key_t), X, X32, cv, ov, w)
         out[r, col] = ov[r, which]
     return True
 
@@ -469,7 +494,8 @@ def resample(x: np.ndarray, sr_in: float, sr_out: float, filter: str = "kaiser_b
     rows = max(16, _BLOCK_OUT // pl.Lr)
     total = -(-n_out // pl.Lr)
     checked = _checked_columns(pl, n_in)
-    w = _work(pl, rows, precision)
+    rows = min(rows, total)
+    w = _work(pl, max(16, _BLOCK_OUT // pl.Lr), precision, out_dtype)
     last = None
     for q0 in range(0, total, rows):
         r = min(rows, total - q0)
