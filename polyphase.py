@@ -205,6 +205,13 @@ class Plan:
             i = j
         return out
 
+    def block_rows(self, precision: str) -> tuple[int, int]:
+        """(rows per block, rows per product): about _BLOCK_OUT outputs, a multiple of the
+        rows that one product of a regular group takes (see _matmul): one call each."""
+        K = max(b - a for _, a, b, _, _ in self.groups)
+        R = max(1, _MAX_MNK // (K * self.G * (2 if precision == "float32" else 1)))
+        return max(R, max(16, _BLOCK_OUT // self.Lr) // R * R), R
+
     def matrices(self, precision: str, keys: tuple | None = None) -> list:
         """The groups as the products take them (built once per precision): float32 [H | D]
         in one product, or float64 H and float32 D (the drift term needs no more).
@@ -256,6 +263,7 @@ class _Work:
         self.c = np.empty(shape)
         self.c32 = np.empty(shape, np.float32) if precision == "float32" else None
         self.gm_out = np.empty(shape, out_dtype)
+        self.R = 0  # rows per product of a regular group (Plan.block_rows)
         self._tmp: dict = {}
 
     def tmp(self, shape: tuple, dtype: type, role: str) -> np.ndarray:
@@ -282,13 +290,14 @@ def _work(pl: Plan, rows: int, precision: str, out_dtype: np.dtype) -> _Work:
     return cache[key]
 
 
-def _matmul(X: np.ndarray, A: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """out = X @ A in row chunks of at most _MAX_MNK multiply-adds each: OpenBLAS runs
-    a product that small on the calling thread, whatever its thread count (a threaded
-    product in a prefetch thread beside the model's threads is many times slower)."""
+def _matmul(X: np.ndarray, A: np.ndarray, out: np.ndarray, R: int = 0) -> np.ndarray:
+    """out = X @ A in chunks of R rows (default: the most with at most _MAX_MNK
+    multiply-adds): OpenBLAS runs a product that small on the calling thread, whatever
+    its thread count (a threaded product in a prefetch thread beside the model's threads
+    is many times slower)."""
     B, K = X.shape
     N = A.shape[1]
-    R = max(1, _MAX_MNK // (K * N))
+    R = R or max(1, _MAX_MNK // (K * N))
     nb = B // R
     if nb > 1:  # one call: numpy loops over the stack of (R, K) @ (K, N) products in C
         np.matmul(X[: nb * R].reshape(nb, R, K), A, out=out[: nb * R].reshape(nb, R, N))
@@ -306,14 +315,14 @@ def _rows(buf: np.ndarray, rows: int, pl: Plan) -> np.ndarray:
 
 
 def _group_products(X: np.ndarray, X32: np.ndarray | None, A: np.ndarray, D: np.ndarray | None,
-                    w: _Work) -> tuple[np.ndarray, np.ndarray]:
+                    w: _Work, R: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(taps . x, delta taps . x), each (B, G), for one group's window rows X (B, K)."""
     B = X.shape[0]
     if D is None:  # float32: [taps | delta taps] in one product
-        yz = _matmul(X, A, w.tmp((B, A.shape[1]), A.dtype, "y"))
+        yz = _matmul(X, A, w.tmp((B, A.shape[1]), A.dtype, "y"), R)
         return yz[:, : A.shape[1] // 2], yz[:, A.shape[1] // 2 :]
-    return (_matmul(X, A, w.tmp((B, A.shape[1]), A.dtype, "y")),
-            _matmul(X32, D, w.tmp((B, D.shape[1]), D.dtype, "z")))
+    return (_matmul(X, A, w.tmp((B, A.shape[1]), A.dtype, "y"), R),
+            _matmul(X32, D, w.tmp((B, D.shape[1]), D.dtype, "z"), R))
 
 
 def _products(groups: list, X: np.ndarray, X32: np.ndarray | None, c: np.ndarray, out: np.ndarray,
@@ -322,7 +331,7 @@ def _products(groups: list, X: np.ndarray, X32: np.ndarray | None, c: np.ndarray
     (c: each sample's drift, see _positions: float64 with float64 taps, float32 with
     float32 ones)."""
     for g, a, b, A, D in groups:
-        y, z = _group_products(X[:, a:b], None if X32 is None else X32[:, a:b], A, D, w)
+        y, z = _group_products(X[:, a:b], None if X32 is None else X32[:, a:b], A, D, w, w.R)
         cz = np.multiply(c[g], z, out=w.tmp(z.shape, c.dtype, "cz"))
         np.add(cz, y, out=out[g])
 
@@ -491,11 +500,12 @@ def resample(x: np.ndarray, sr_in: float, sr_out: float, filter: str = "kaiser_b
         x = np.ascontiguousarray(x)
     pl = plan(sr_in, sr_out, filter)
     out = np.empty(n_out, out_dtype)
-    rows = max(16, _BLOCK_OUT // pl.Lr)
+    rows, R = pl.block_rows(precision)
     total = -(-n_out // pl.Lr)
     checked = _checked_columns(pl, n_in)
+    w = _work(pl, rows, precision, out_dtype)
+    w.R = R
     rows = min(rows, total)
-    w = _work(pl, max(16, _BLOCK_OUT // pl.Lr), precision, out_dtype)
     last = None
     for q0 in range(0, total, rows):
         r = min(rows, total - q0)
