@@ -7,7 +7,9 @@ L / M in lowest terms, so output t + L sits M input samples after output t at th
 fractional offset: the taps repeat with period L. Here each phase's taps are computed once,
 with resampy's own table interpolation (same filter file, rolloff, scaling, wings and tap
 counts), and the filter runs as matrix products over a block of periods (BLAS), in the
-arithmetic resampy uses for the input's dtype (float32 or float64 taps and sums).
+arithmetic resampy uses for the input's dtype (float32 or float64 taps and sums). One
+per-sample pass (compiled with numba, resampy's own compiler) computes each output's time
+as resampy does and adds the drift term below; `resample_torch` does the same in torch.
 
 resampy's own times are not exactly periodic: tr = t * (1 / ratio) is rounded in float64,
 so a phase's fractional offset drifts by up to ~|tr| * 3.3e-16 samples (4e-10 at 30 s).
@@ -126,7 +128,7 @@ class Plan:
         self.col_off = self.idx_ref[pp].astype(np.int64)
         self.col_offR = self.idxR_ref[pp].astype(np.int64)
         self.col_frac = self.frac_p[pp]
-        # the drift c (input samples, see _positions) within [sure_lo, sure_hi): both table
+        # the drift c (input samples, see _irregular) within [sure_lo, sure_hi): both table
         # offsets are the column's (margin: c's roundings, ~2 ulp(num_table) table entries)
         eta = self.idx_ref[pp] - self.col_off
         etaR = self.idxR_ref[pp] - self.col_offR
@@ -139,12 +141,9 @@ class Plan:
         self.pad = max(0, -lo)  # buffer samples before the first row's first input sample
         self.width = self.pad + hi  # samples per (overlapping) matrix row
         # Regular columns in groups of G = _GROUP (the last padded with zero columns), their
-        # outputs computed group-major, (group, row, column in group), and copied to the
-        # block's (row, column) order once: contiguous work instead of strided numpy ops.
+        # products stored group-major, (group, row, column in group), for the per-sample pass.
         G = self.G = _GROUP
         self.ng = -(-self.Lr // G)
-        self.gm_col = np.minimum(np.arange(self.ng * G), self.Lr - 1)  # the column each slot computes
-        self.gm_frac = self.col_frac[self.gm_col].reshape(self.ng, 1, G)
         self.groups = []
         for g in range(self.ng):
             members = np.arange(g * G, min(self.Lr, (g + 1) * G))
@@ -257,12 +256,11 @@ class _Work:
         self.precision = precision
         self.buf = np.empty(self.size, precision)
         self.buf32 = np.empty(self.size, np.float32) if precision == "float64" else None
-        shape = (pl.ng, rows, pl.G)  # group-major: (group, row, column in group)
-        self.t = np.arange(rows)[None, :, None] * float(pl.Lr) + pl.gm_col.reshape(pl.ng, 1, pl.G)
-        self.tr = np.empty(shape)
-        self.c = np.empty(shape)
-        self.c32 = np.empty(shape, np.float32) if precision == "float32" else None
-        self.gm_out = np.empty(shape, out_dtype)
+        # the regular groups' products, group-major: (group, row, column in group)
+        if precision == "float32":  # [taps . x | delta taps . x]
+            self.Y, self.Z = np.empty((pl.ng, rows, 2 * pl.G), np.float32), None
+        else:
+            self.Y, self.Z = np.empty((pl.ng, rows, pl.G)), np.empty((pl.ng, rows, pl.G), np.float32)
         self.R = 0  # rows per product of a regular group (Plan.block_rows)
         self._tmp: dict = {}
 
@@ -325,17 +323,6 @@ def _group_products(X: np.ndarray, X32: np.ndarray | None, A: np.ndarray, D: np.
             _matmul(X32, D, w.tmp((B, D.shape[1]), D.dtype, "z"), R))
 
 
-def _products(groups: list, X: np.ndarray, X32: np.ndarray | None, c: np.ndarray, out: np.ndarray,
-              w: _Work) -> None:
-    """Regular groups: out[g] = taps . x + c[g] * (delta taps . x), group-major (ng, B, G)
-    (c: each sample's drift, see _positions: float64 with float64 taps, float32 with
-    float32 ones)."""
-    for g, a, b, A, D in groups:
-        y, z = _group_products(X[:, a:b], None if X32 is None else X32[:, a:b], A, D, w, w.R)
-        cz = np.multiply(c[g], z, out=w.tmp(z.shape, c.dtype, "cz"))
-        np.add(cz, y, out=out[g])
-
-
 def _variant_products(groups: list, X: np.ndarray, X32: np.ndarray | None, c: np.ndarray,
                       out: np.ndarray, w: _Work) -> None:
     """Irregular samples' columns: out[:, cols] = taps . x + c * (delta taps . x), (B, nv)."""
@@ -360,41 +347,65 @@ def _checked_columns(pl: Plan, n_in: int) -> np.ndarray:
     return np.flatnonzero(bad)
 
 
-_NONE = (np.empty(0, np.int64),) * 5
+_NONE = (np.empty(0, np.int64),) * 5 + (np.empty(0),)
 
 
-def _positions(pl: Plan, q0: int, rows: int, checked: np.ndarray, w: _Work) -> tuple:
-    """resampy's per-sample positions for block rows q0 .. q0 + rows (its float64 arithmetic):
-    c (ng, rows, G) group-major, each sample's time minus its column's exact one (input
-    samples: the drift), and the irregular samples (row, column, dn, off, offR): those whose
-    n - base or table offsets differ from their column's, c then from their own exact time."""
-    tr, c = w.tr[:, :rows], w.c[:, :rows]
-    np.add(w.t[:, :rows], q0 * pl.Lr, out=tr)  # the output times, exact integers in float64
-    tr *= pl.increment  # resampy's t_out: the float64 integer times the float64 increment
-    np.floor(tr, out=c)
-    np.subtract(tr, c, out=c)  # tr - n, exactly (resampy's frac / scale)
-    c -= pl.gm_frac
+def _irregular(pl: Plan, q0: int, rows: int, checked: np.ndarray) -> tuple:
+    """Among the checked columns of block rows q0 .. q0 + rows, the samples whose integer
+    positions differ from their column's (resampy's float64 arithmetic, sample by sample):
+    (row, column, dn, off, offR, c) with c their drift from their own exact time."""
     if not checked.size:
-        return c, _NONE
-    # A sample is regular where c keeps both table positions on its column's entries;
-    # c == 0 is its column's exact time. The others: resampy's arithmetic, one by one.
-    gi, ii = checked // pl.G, checked % pl.G
-    cc = c[gi, :, ii]  # (checked, rows)
-    sure = ((cc >= pl.sure_lo[checked, None]) & (cc < pl.sure_hi[checked, None])) | (cc == 0)
-    if sure.all():
-        return c, _NONE
-    j, r = np.nonzero(~sure)
-    col = checked[j]
-    tr = ((q0 + r) * pl.Lr + col).astype(np.float64) * pl.increment
+        return _NONE
+    r = np.repeat(np.arange(rows), checked.size)
+    col = np.tile(checked, rows)
+    tr = ((q0 + r) * pl.Lr + col).astype(np.float64) * pl.increment  # resampy's times
     n = np.floor(tr)
+    c = (tr - n) - pl.col_frac[col]
+    # regular where c keeps both table positions on the column's entries (c == 0: its exact time)
+    sure = ((c >= pl.sure_lo[col]) & (c < pl.sure_hi[col])) | (c == 0)
+    if sure.all():
+        return _NONE
+    u = ~sure
+    r, col, tr, n, c = r[u], col[u], tr[u], n[u], c[u]
     frac = pl.scale * (tr - n)
     off = np.floor(frac * pl.num_table)
     offR = np.floor((pl.scale - frac) * pl.num_table)
     dn = (n - (q0 + r) * pl.Mr - pl.col_base[col]).astype(np.int64)
     bad = (dn != 0) | (off != pl.col_off[col]) | (offR != pl.col_offR[col])
-    r, col, dn = r[bad], col[bad], dn[bad]
-    c[col // pl.G, r, col % pl.G] += dn  # n one lower: the variant's exact time is one sample on
-    return c, (r, col, dn, off[bad].astype(np.int64), offR[bad].astype(np.int64))
+    # n one lower: the variant's exact time is one sample on
+    return (r[bad], col[bad], dn[bad], off[bad].astype(np.int64), offR[bad].astype(np.int64),
+            c[bad] + dn[bad])
+
+
+_FINISH = None
+
+
+def _finish_kernel():
+    """The per-sample pass, compiled with numba (resampy's own compiler, so its float64
+    times are the same IEEE operations as resampy's loop): out[q, col] = taps . x +
+    c * (delta taps . x), c = (t * increment - floor(t * increment)) - frac[col]."""
+    global _FINISH
+    if _FINISH is None:
+        import math
+
+        from numba import njit
+
+        @njit(cache=True, nogil=True)
+        def finish(q0, Lr, inc, frac, Y, Z, zoff, out):  # pragma: no cover (compiled)
+            ng, rows, G = Y.shape[0], out.shape[0], Y.shape[2] if zoff == 0 else zoff
+            for q in range(rows):
+                base = (q0 + q) * Lr
+                for g in range(ng):
+                    for i in range(G):
+                        col = g * G + i
+                        if col >= Lr:
+                            break
+                        tr = (base + col) * inc
+                        c = (tr - math.floor(tr)) - frac[col]
+                        out[q, col] = Y[g, q, i] + c * Z[g, q, zoff + i]
+
+        _FINISH = finish
+    return _FINISH
 
 
 def _block(pl: Plan, x: np.ndarray, residual: np.ndarray | None, q0: int, rows: int,
@@ -430,26 +441,24 @@ def _block(pl: Plan, x: np.ndarray, residual: np.ndarray | None, q0: int, rows: 
             X32[a - start : b - start] = x[a:b]
         X32 = _rows(X32, rows, pl)
     X = _rows(X, rows, pl)
-    c, (r, col, dn, off, offR) = _positions(pl, q0, rows, checked, w)
-    if w.precision == "float32":  # the drift term in float32 too (|c z| ~ 1e-9 of |y|)
-        c32 = w.c32[:, :rows]
-        np.copyto(c32, c)
-        c = c32
-    cr = c[col // pl.G, r, col % pl.G]
-    gm = w.gm_out[:, :rows]
-    _products(pl.matrices(w.precision), X, X32, c, gm, w)
-    # group-major to the block's (row, column) order: one copy
-    G, full = pl.G, pl.Lr // pl.G
-    out[:, : full * G].reshape(rows, full, G)[...] = gm[:full].transpose(1, 0, 2)
-    if full < pl.ng:
-        out[:, full * G :] = gm[full, :, : pl.Lr - full * G]
+    G = pl.G
+    for g, ga, gb, A, D in pl.matrices(w.precision):
+        if D is None:  # float32: [taps | delta taps] in one product
+            _matmul(X[:, ga:gb], A, w.Y[g, :rows], w.R)
+        else:
+            _matmul(X[:, ga:gb], A, w.Y[g, :rows], w.R)
+            _matmul(X32[:, ga:gb], D, w.Z[g, :rows], w.R)
+    Y = w.Y[:, :rows]
+    Z, zoff = (Y, G) if w.Z is None else (w.Z[:, :rows], 0)
+    _finish_kernel()(q0, pl.Lr, pl.increment, pl.col_frac, Y, Z, zoff, out)
+    r, col, dn, off, offR, cr = _irregular(pl, q0, rows, checked)
     if r.shape[0]:
         # samples the rounding moved across a table entry or an input sample: their own taps
         keys = np.stack([col, dn, off, offR], 1)
         uniq, which = np.unique(keys, axis=0, return_inverse=True)
         which = which.ravel()
         key_t = tuple(tuple(int(v) for v in k) for k in uniq)
-        cv = np.zeros((rows, len(key_t)), c.dtype)
+        cv = np.zeros((rows, len(key_t)), np.float32 if w.precision == "float32" else np.float64)
         cv[r, which] = cr
         ov = np.empty((rows, len(key_t)), out.dtype)
         _variant_products(pl.matrices(w.precision, key_t), X, X32, cv, ov, w)
@@ -666,15 +675,19 @@ def _torch_mats(pl: Plan, precision: str, keys: tuple | None, dev) -> list:
     return cached
 
 
-def _torch_products(groups: list, X, X32, c, out) -> None:
-    """`_products` in torch: out[:, cols] = taps . x + c * (delta taps . x), per group."""
+def _torch_products(groups: list, X, X32, c, out, G: int = 0) -> None:
+    """out[:, cols] = taps . x + c * (delta taps . x) per group (a regular group g: columns
+    g G .. g G + G, its padding columns dropped; an irregular one: its own columns)."""
     for sel, a, b, A, D in groups:
         if D is None:
             yz = X[:, a:b] @ A
-            G = A.shape[1] // 2
-            y, z = yz[:, :G], yz[:, G:]
+            n = A.shape[1] // 2
+            y, z = yz[:, :n], yz[:, n:]
         else:
             y, z = X[:, a:b] @ A, X32[:, a:b] @ D
+        if isinstance(sel, int):  # regular
+            sel = slice(sel * G, min(out.shape[1], sel * G + G))
+            y, z = y[:, : sel.stop - sel.start], z[:, : sel.stop - sel.start]
         out[:, sel] = (c[:, sel] * z + y).to(out.dtype)
 
 
@@ -697,7 +710,7 @@ def _torch_block(pl: Plan, x, x32, q0: int, rows: int, checked, mats: list, k: d
         buf32 = torch.zeros(size, dtype=torch.float32, device=dev)
         buf32[a - start : b - start] = x32[a:b]
         X32 = buf32.as_strided((rows, pl.width), (pl.Mr, 1))
-    # resampy's positions, as in _positions (float64 on the device: the same IEEE operations)
+    # resampy's times, as in _finish and _irregular (float64 on the device: the same IEEE operations)
     tr = torch.arange(q0 * pl.Lr, (q0 + rows) * pl.Lr, dtype=torch.float64, device=dev) * pl.increment
     c = (tr - torch.floor(tr)).view(rows, pl.Lr) - k["col_frac"]
     cols = torch.arange(pl.Lr, device=dev)[checked]
@@ -722,7 +735,7 @@ def _torch_block(pl: Plan, x, x32, q0: int, rows: int, checked, mats: list, k: d
     if precision == "float32":
         c = c.to(torch.float32)
     y = torch.empty((rows, pl.Lr), dtype=x.dtype, device=dev)
-    _torch_products(mats, X, X32, c, y)
+    _torch_products(mats, X, X32, c, y, pl.G)
     if irregular is not None:
         r, col, dn, off, offR = irregular
         keys = torch.stack([col, dn, off, offR], 1)
