@@ -602,14 +602,17 @@ _TORCH_BLOCK_OUT = 1 << 20  # larger blocks on a GPU: fewer, larger products
 
 
 def resample_torch(x, sr_in: int, sr_out: int, filter: str = "kaiser_best", precision: str | None = None,
-                   block_out: int | None = None):
+                   block_out: int | None = None, residual=None):
     """`resample` for a 1-D torch tensor, computed on its device (e.g. CUDA): the same taps,
-    positions and irregular samples as the NumPy path, the products in torch.
+    times and irregular samples as the NumPy path, the products and the per-sample pass in
+    torch (one block of 2^20 outputs at a time by default: `block_out`).
 
     x: (n,) float32 or float64 tensor. precision as in `resample` (None: the tensor's
-    dtype). Returns a (int(n * sr_out / sr_in),) tensor of dtype `precision` on x's device.
-    float32 products run in IEEE float32 (TF32 is switched off around them). Rates that
-    `supported` refuses, and blocks with non-finite input, run resampy's loop on the CPU.
+    dtype); residual (float64 only): an (n,) tensor added to x in float64. Returns an
+    (int(n * sr_out / sr_in),) tensor of dtype `precision` on x's device. float32 products
+    run in IEEE float32: torch's float32 matmul precision is set to "highest" around them
+    (a process-wide setting, restored after). Rates that `supported` refuses, and blocks
+    with non-finite input, run resampy's loop on the CPU.
     """
     import torch
 
@@ -620,17 +623,20 @@ def resample_torch(x, sr_in: int, sr_out: int, filter: str = "kaiser_best", prec
     if precision not in PRECISIONS:
         raise ValueError(f"unknown resampling precision {precision!r}; known: {', '.join(PRECISIONS)}")
     tdt = torch.float64 if precision == "float64" else torch.float32
+    if residual is not None and (precision != "float64" or tuple(residual.shape) != tuple(x.shape)):
+        raise ValueError("a residual goes with float64 precision and a 1-D signal of its length")
     if sr_in <= 0 or sr_out <= 0:
         raise ValueError(f"Invalid sample rates: sr_orig={sr_in}, sr_new={sr_out}")
     if sr_in == sr_out:
-        return x.to(tdt)
+        return x.to(tdt) if residual is None else x.to(tdt) + residual.to(x.device, tdt)
     n_in = x.shape[0]
     n_out = int(n_in * float(sr_out) / float(sr_in))
     if n_out < 1:
         raise ValueError(f"Input signal length={n_in} is too small to resample from {sr_in}->{sr_out}")
+    xn = (lambda: x.detach().cpu().numpy())  # noqa: E731
+    rn = None if residual is None else residual.detach().cpu().numpy()
     if not supported(sr_in, sr_out, filter):
-        y = resampy_loop(x.detach().cpu().numpy(), sr_in, sr_out, filter, precision)
-        return torch.from_numpy(y).to(x.device)
+        return torch.from_numpy(resampy_loop(xn(), sr_in, sr_out, filter, precision, None, rn)).to(x.device)
     pl = plan(sr_in, sr_out, filter)
     dev = x.device
     rows = max(16, (block_out or _TORCH_BLOCK_OUT) // pl.Lr)
@@ -638,7 +644,7 @@ def resample_torch(x, sr_in: int, sr_out: int, filter: str = "kaiser_best", prec
     rows = min(rows, total)
     checked = _checked_columns(pl, n_in)
     mats = _torch_mats(pl, precision, None, dev)
-    xs = x.to(tdt)
+    xs = x.to(tdt) if residual is None else x.to(tdt) + residual.to(dev, tdt)
     x32 = x.to(torch.float32) if precision == "float64" else None
     consts = {k: torch.as_tensor(getattr(pl, k), device=dev)
               for k in ("col_frac", "sure_lo", "sure_hi", "col_base", "col_off", "col_offR")}
@@ -651,8 +657,7 @@ def resample_torch(x, sr_in: int, sr_out: int, filter: str = "kaiser_best", prec
             t0, t1 = q0 * pl.Lr, min(n_out, (q0 + r) * pl.Lr)
             y = _torch_block(pl, xs, x32, q0, r, checked, mats, consts, precision)
             if y is None:
-                xn = x.detach().cpu().numpy()
-                y = torch.from_numpy(resampy_loop(xn, sr_in, sr_out, filter, precision, None, None,
+                y = torch.from_numpy(resampy_loop(xn(), sr_in, sr_out, filter, precision, None, rn,
                                                   (t0, t1))).to(dev)
             out[t0:t1] = y[: t1 - t0]
     finally:

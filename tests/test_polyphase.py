@@ -242,9 +242,12 @@ def test_torch_equals_resampy(sr_in, sr_out):
     assert got32.dtype == torch.float32
     err = np.abs(got32.numpy().astype(np.float64) - polyphase.resampy_loop(x32, sr_in, sr_out))
     assert (err <= bound(x32, sr_in, sr_out, "kaiser_best", U32)).all()
-    # from a float32 tensor in float64 (the driver's float32 audio for openl3's arithmetic)
-    got = polyphase.resample_torch(torch.from_numpy(x32), sr_in, sr_out, precision="float64")
-    want = resampy.resample(x32.astype(np.float64), sr_in, sr_out)
+    # from a float32 tensor in float64, with the residual (the driver's float32 audio for
+    # openl3's arithmetic)
+    lo = (np.random.default_rng(1).standard_normal(x32.shape[0]) * 1e-9).astype(np.float32)
+    got = polyphase.resample_torch(torch.from_numpy(x32), sr_in, sr_out, precision="float64",
+                                   residual=torch.from_numpy(lo))
+    want = resampy.resample(x32.astype(np.float64) + lo, sr_in, sr_out)
     assert np.abs(got.numpy() - want).max() <= 1e-12 * np.abs(want).max()
 
 
