@@ -29,8 +29,8 @@ S_delta = sum_i |delta_i x_i| over resampy's taps and table slopes, and c_max = 
 tests/test_polyphase.py, measured in BENCHMARKS.md:
 - float64: |ours - resampy| <= (2 n + 3) eps64 S + (c_max (n + 2) u32 + 1e-11) S_delta:
   the same float64 products summed in another order (BLAS), plus the drift term's float32
-  sum (eps64 = 2^-53). Measured: max |ours - resampy| / max |resampy| ~1e-15 (goal: 1e-12), per
-  sample <= ~20 eps64 S.
+  sum (eps64 = 2^-53). Measured: max |ours - resampy| / max |resampy| ~2e-15 (goal: 1e-12), per
+  sample <= ~25 eps64 S.
 - float32: resampy adds each float64 product into a float32 sum (rounded per tap); ours
   rounds the taps to float32 and sums in float32 (BLAS order, then the drift term):
   |ours - resampy| <= (2 n + 3) u32 S + the same drift term, u32 = 2^-24. Measured per
@@ -261,6 +261,7 @@ class _Work:
             self.Y, self.Z = np.empty((pl.ng, rows, 2 * pl.G), np.float32), None
         else:
             self.Y, self.Z = np.empty((pl.ng, rows, pl.G)), np.empty((pl.ng, rows, pl.G), np.float32)
+        self.flags = np.empty(rows * pl.Lr, np.int64)  # samples the per-sample pass flags
         self.R = 0  # rows per product of a regular group (Plan.block_rows)
         self._tmp: dict = {}
 
@@ -332,8 +333,8 @@ def _variant_products(groups: list, X: np.ndarray, X32: np.ndarray | None, c: np
 
 
 def _checked_columns(pl: Plan, n_in: int) -> np.ndarray:
-    """Columns whose samples' integer positions may differ from the column's own: those
-    at an exact integer time (r_p = 0: n may come out one lower) and those whose exact
+    """(Lr,) bool: the columns whose samples' integer positions may differ from the column's
+    own: those at an exact integer time (r_p = 0: n may come out one lower) and those whose exact
     table positions lie within resampy's float64 drift of an integer (table offsets may
     come out one lower or higher), for times up to n_in. Elsewhere the drift, at most
     ~3.3e-16 |t / ratio| samples (three roundings: 1 / ratio's two and the product's),
@@ -344,29 +345,23 @@ def _checked_columns(pl: Plan, n_in: int) -> np.ndarray:
     bad = r0 | near(pl.idx_ref[pl.col_phase]) | near(pl.idxR_ref[pl.col_phase])
     if drift * pl.L >= 0.5 * pl.num_table:  # times so long that n itself may drift anywhere
         bad[:] = True
-    return np.flatnonzero(bad)
+    return bad
 
 
 _NONE = (np.empty(0, np.int64),) * 5 + (np.empty(0),)
 
 
-def _irregular(pl: Plan, q0: int, rows: int, checked: np.ndarray) -> tuple:
-    """Among the checked columns of block rows q0 .. q0 + rows, the samples whose integer
-    positions differ from their column's (resampy's float64 arithmetic, sample by sample):
-    (row, column, dn, off, offR, c) with c their drift from their own exact time."""
-    if not checked.size:
+def _irregular(pl: Plan, q0: int, flagged: np.ndarray) -> tuple:
+    """Of the flagged samples (block-local indices q Lr + col that the per-sample pass could
+    not clear), those whose integer positions differ from their column's, by resampy's
+    float64 arithmetic: (row, column, dn, off, offR, c), c their drift from their own
+    exact time."""
+    if not flagged.size:
         return _NONE
-    r = np.repeat(np.arange(rows), checked.size)
-    col = np.tile(checked, rows)
+    r, col = flagged // pl.Lr, flagged % pl.Lr
     tr = ((q0 + r) * pl.Lr + col).astype(np.float64) * pl.increment  # resampy's times
     n = np.floor(tr)
     c = (tr - n) - pl.col_frac[col]
-    # regular where c keeps both table positions on the column's entries (c == 0: its exact time)
-    sure = ((c >= pl.sure_lo[col]) & (c < pl.sure_hi[col])) | (c == 0)
-    if sure.all():
-        return _NONE
-    u = ~sure
-    r, col, tr, n, c = r[u], col[u], tr[u], n[u], c[u]
     frac = pl.scale * (tr - n)
     off = np.floor(frac * pl.num_table)
     offR = np.floor((pl.scale - frac) * pl.num_table)
@@ -381,9 +376,12 @@ _FINISH = None
 
 
 def _finish_kernel():
-    """The per-sample pass, compiled with numba (resampy's own compiler, so its float64
-    times are the same IEEE operations as resampy's loop): out[q, col] = taps . x +
-    c * (delta taps . x), c = (t * increment - floor(t * increment)) - frac[col]."""
+    """The per-sample pass, compiled with numba (resampy's own compiler: its float64 times
+    are the same IEEE operations as resampy's loop). For each output of the block:
+    c = (t * increment - floor(t * increment)) - frac[col], the drift from the column's exact
+    time; out[q, col] = taps . x + c * (delta taps . x). A checked column's sample is
+    flagged (its index q Lr + col in `flags`; the count is returned) unless c keeps both
+    its table positions on the column's entries, c in [lo, hi), or c == 0 (its exact time)."""
     global _FINISH
     if _FINISH is None:
         import math
@@ -391,8 +389,9 @@ def _finish_kernel():
         from numba import njit
 
         @njit(cache=True, nogil=True)
-        def finish(q0, Lr, inc, frac, Y, Z, zoff, out):  # pragma: no cover (compiled)
+        def finish(q0, Lr, inc, frac, check, lo, hi, Y, Z, zoff, out, flags):  # pragma: no cover
             ng, rows, G = Y.shape[0], out.shape[0], Y.shape[2] if zoff == 0 else zoff
+            nflag = 0
             for q in range(rows):
                 base = (q0 + q) * Lr
                 for g in range(ng):
@@ -402,7 +401,11 @@ def _finish_kernel():
                             break
                         tr = (base + col) * inc
                         c = (tr - math.floor(tr)) - frac[col]
+                        if check[col] and not ((c >= lo[col] and c < hi[col]) or c == 0.0):
+                            flags[nflag] = q * Lr + col
+                            nflag += 1
                         out[q, col] = Y[g, q, i] + c * Z[g, q, zoff + i]
+            return nflag
 
         _FINISH = finish
     return _FINISH
@@ -441,17 +444,19 @@ def _block(pl: Plan, x: np.ndarray, residual: np.ndarray | None, q0: int, rows: 
             X32[a - start : b - start] = x[a:b]
         X32 = _rows(X32, rows, pl)
     X = _rows(X, rows, pl)
-    G = pl.G
+    # the products (C-contiguous, as the compiled pass is specialized for)
+    Y, Z = w.Y, w.Z
+    if rows < Y.shape[1]:  # a short signal's one block
+        Y = np.empty((pl.ng, rows, Y.shape[2]), Y.dtype)
+        Z = None if Z is None else np.empty((pl.ng, rows, pl.G), Z.dtype)
     for g, ga, gb, A, D in pl.matrices(w.precision):
-        if D is None:  # float32: [taps | delta taps] in one product
-            _matmul(X[:, ga:gb], A, w.Y[g, :rows], w.R)
-        else:
-            _matmul(X[:, ga:gb], A, w.Y[g, :rows], w.R)
-            _matmul(X32[:, ga:gb], D, w.Z[g, :rows], w.R)
-    Y = w.Y[:, :rows]
-    Z, zoff = (Y, G) if w.Z is None else (w.Z[:, :rows], 0)
-    _finish_kernel()(q0, pl.Lr, pl.increment, pl.col_frac, Y, Z, zoff, out)
-    r, col, dn, off, offR, cr = _irregular(pl, q0, rows, checked)
+        _matmul(X[:, ga:gb], A, Y[g], w.R)  # float32: [taps | delta taps] in one product
+        if D is not None:
+            _matmul(X32[:, ga:gb], D, Z[g], w.R)
+    Z, zoff = (Y, pl.G) if Z is None else (Z, 0)
+    nflag = _finish_kernel()(q0, pl.Lr, pl.increment, pl.col_frac, checked, pl.sure_lo, pl.sure_hi,
+                             Y, Z, zoff, out, w.flags)
+    r, col, dn, off, offR, cr = _irregular(pl, q0, w.flags[:nflag])
     if r.shape[0]:
         # samples the rounding moved across a table entry or an input sample: their own taps
         keys = np.stack([col, dn, off, offR], 1)
@@ -718,7 +723,7 @@ def _torch_block(pl: Plan, x, x32, q0: int, rows: int, checked, mats: list, k: d
     # resampy's times, as in _finish and _irregular (float64 on the device: the same IEEE operations)
     tr = torch.arange(q0 * pl.Lr, (q0 + rows) * pl.Lr, dtype=torch.float64, device=dev) * pl.increment
     c = (tr - torch.floor(tr)).view(rows, pl.Lr) - k["col_frac"]
-    cols = torch.arange(pl.Lr, device=dev)[checked]
+    cols = torch.as_tensor(np.flatnonzero(checked), device=dev)
     irregular = None
     if cols.numel():
         cc = c[:, cols]
