@@ -1,8 +1,13 @@
 """embedkit: media collections to research features.
 
     import embedkit
-    embedkit.registry.available()          # the model plugins
-    embedkit.ConfigError                   # what the library raises for a configuration mistake
+    crepe = embedkit.load("crepe", capacity="tiny")         # a configured extractor
+    f = embedkit.extract(crepe, "song.wav")                 # Features(data, timestamps, extras)
+    embedkit.open_results("out")["melspec"].items           # what a run wrote (embedkit.results)
+    embedkit.registry.available()                           # the model plugins
+    embedkit.ConfigError                                    # raised for a configuration mistake
+
+The API is `embedkit.api` (README "From Python").
 
 Every module has one name, `embedkit.<module>`; importing the package loads nothing heavy
 (torch, the plugins, the search stores load when used) and leaves sys.path as it is.
@@ -17,13 +22,17 @@ import importlib as _importlib
 from embedkit.extractors.base import ConfigError, SkipFile, WeightsError
 from embedkit.media import MediaError
 
-__all__ = ["ConfigError", "MediaError", "SkipFile", "WeightsError", "registry"]
+__all__ = ["ConfigError", "MediaError", "SkipFile", "WeightsError", "extract", "load", "open_results",
+           "registry", "results"]
 
-_LAZY_MODULES = ("registry",)
+_API = ("extract", "load", "open_results")
+_LAZY_MODULES = ("registry", "results")
 
 
 def __getattr__(name: str):
-    # submodules on first use, so `import embedkit` stays cheap
+    # the API and submodules on first use, so `import embedkit` stays cheap
+    if name in _API:
+        return getattr(_importlib.import_module("embedkit.api"), name)
     if name in _LAZY_MODULES:
         return _importlib.import_module(f"embedkit.{name}")
     raise AttributeError(f"module 'embedkit' has no attribute {name!r}")

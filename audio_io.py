@@ -424,6 +424,29 @@ def load(path: str | os.PathLike, residual: bool = False) -> Decoded:
     return Decoded(audio, sr, lo, residual)
 
 
+def from_array(samples: np.ndarray, sample_rate: int, residual: bool = False) -> Decoded:
+    """An in-memory signal as a decoded file: (n,) or (n, channels); float as it is, integers
+    scaled to [-1, 1) as soundfile reads PCM (int16 / 32768, ...); mixed to mono as files are."""
+    x = np.asarray(samples)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise MediaError(f"audio must be (n,) or (n, channels) with n > 0, got shape {np.shape(samples)}")
+    if x.dtype.kind in "iu":
+        info = np.iinfo(x.dtype)
+        offset = (int(info.max) + 1) // 2 if x.dtype.kind == "u" else 0  # unsigned PCM is offset binary
+        x = (x.astype(np.float64) - offset) / float(int(info.max) + 1 - offset)
+    elif x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
+    if not np.isfinite(x).all():
+        raise MediaError("audio contains NaN/Inf samples")
+    mono = _Mono(x.shape[0], residual)
+    mono.sr = int(sample_rate)
+    mono.add(x)
+    audio, sr, lo = mono.result()
+    return Decoded(audio, sr, lo, residual)
+
+
 def one_line(exc: BaseException) -> str:
     msg = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {msg[-1] if msg else ''}".strip()

@@ -1,5 +1,6 @@
 """`pip install .` gives an `embedkit` command that runs the job from anywhere, without the checkout."""
 
+import json
 import os
 import subprocess
 import sys
@@ -63,3 +64,63 @@ def test_installed_command_runs_the_job(installed, tmp_path):
     assert (installed / "embedkit" / "crepe" / "core.py").is_file()
     bad = embedkit(installed, "extrct", cwd=tmp_path)
     assert bad.returncode == 2 and "did you mean 'extract'" in bad.stderr
+
+
+NOTEBOOK = r"""
+import json, sys
+import export, results  # the notebook's own modules, imported before embedkit
+path_before = list(sys.path)
+import embedkit
+import embedkit.export
+import embedkit.results
+import media, pipeline, registry, search, weights  # imported after embedkit: still the notebook's
+import numpy as np
+
+out = {"path_unchanged": sys.path == path_before,
+       "user_modules": {m: getattr(sys.modules[m], "WHO", None) for m in USER},
+       "ours": [embedkit.export.__name__, embedkit.results.__name__, embedkit.registry.__name__]}
+# every module of the package is loaded once, under its embedkit name
+pkg = embedkit.__path__[0]
+out["twice"] = sorted(name for name, mod in list(sys.modules.items())
+                      if (getattr(mod, "__file__", None) or "").startswith(pkg)
+                      and not name.startswith("embedkit"))
+try:
+    embedkit.registry.get("melspc")
+except embedkit.ConfigError as exc:  # the class a user reaches catches what the library raises
+    out["caught"] = str(exc)
+mel = embedkit.load("melspec", n_mels=32)
+f = embedkit.extract(mel, SWEEP)
+run = embedkit.open_results(OUT)
+item = run["melspec"].item("sweep_110_880.wav")
+out["same_as_run"] = bool(np.array_equal(f.data, item.load()))
+out["shape"] = list(f.data.shape)
+print("RESULT", json.dumps(out))
+"""
+
+
+def test_import_embedkit_leaves_a_notebooks_own_modules_alone(installed, tmp_path):
+    """A notebook folder holding its own results.py, export.py, search.py, ... : `import embedkit`
+    leaves sys.path and those modules alone, loads each of its modules once, and its public API
+    gives what a run wrote."""
+    user = ["results", "export", "search", "media", "pipeline", "weights", "registry"]
+    notebook = tmp_path / "notebook"
+    notebook.mkdir()
+    for name in user:
+        (notebook / f"{name}.py").write_text("WHO = 'the notebook'\n")
+    out = tmp_path / "out"
+    res = embedkit(installed, "extract", "--audio_dir", str(ROOT / "examples" / "audio"), "--output_base",
+                   str(out), "--models", "melspec", "--set", "melspec.n_mels=32", "--no_progress",
+                   cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    code = (f"USER = {user!r}; SWEEP = {str(ROOT / 'examples' / 'audio' / 'sweep_110_880.wav')!r}; "
+            f"OUT = {str(out)!r}\n" + NOTEBOOK)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=notebook,
+                         env={**os.environ, "PYTHONPATH": str(installed)}, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout.split("RESULT ", 1)[1])
+    assert got["path_unchanged"]
+    assert got["user_modules"] == {name: "the notebook" for name in user}
+    assert got["ours"] == ["embedkit.export", "embedkit.results", "embedkit.registry"]
+    assert got["twice"] == []
+    assert "unknown model 'melspc'" in got["caught"]
+    assert got["same_as_run"] and got["shape"][1] == 32
