@@ -281,15 +281,20 @@ def table(result: dict) -> str:
                       f"{p['balanced_accuracy']:.3f}", f"{p['chance']:.3f}",
                       *[("-" if r[k] is None else f"{r[k]:.3f}") for k in ks],
                       "-" if r["mAP"] is None else f"{r['mAP']:.3f}"])
-    widths = [max(len(head[i]), *(len(ln[i]) for ln in lines if len(ln) > 2 or i < 2)) for i in range(len(head))]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    full = [ln for ln in lines if len(ln) == len(head)]
+    widths = [max([len(head[i])] + [len(ln[i]) for ln in full]) for i in range(len(head))]
+
+    def fmt(cells: list[str]) -> str:
+        if len(cells) != len(head):  # a model that could not be scored: its name and why
+            return f"{cells[0].ljust(widths[0])}  {cells[2]}"
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
     grouped = f", grouped by {result['groups']} groups" if result.get("groups") else ""
     folds = next((e["probe"]["folds"] for e in result["models"].values() if "probe" in e), result["folds"])
     title = (f"{result['labelled_files']} labelled files, labels "
              + ", ".join(f"{k} ({v})" for k, v in result["labels"].items())
              + f"; probe: logistic regression, {folds}-fold cross-validation (seed {result['seed']}){grouped}")
-    body = [fmt(ln) if len(ln) > 3 else "  ".join([ln[0].ljust(widths[0]), ln[1].ljust(widths[1]), ln[2]])
-            for ln in lines]
+    body = [fmt(ln) for ln in lines]
     return "\n".join([title, fmt(head), *body])
 
 

@@ -26,6 +26,7 @@ import argparse
 import errno
 import ipaddress
 import signal
+import socket
 import sys
 
 DEFAULT_PORT = 8765
@@ -124,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     webapp.quiet_werkzeug(args.verbose)
     from werkzeug.serving import make_server
 
-    try:
-        server = make_server(args.host, args.port, None, threaded=True)
+    try:  # bound here: Werkzeug would print its own lines and exit 1 on a port in use
+        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        sock = socket.create_server((args.host, args.port), family=family)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             log(f"configuration error: port {args.port} on {args.host} is in use (another embedkit browse?); "
@@ -133,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log(f"configuration error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
         return 2
-    port = server.server_port
+    server = make_server(args.host, sock.getsockname()[1], None, threaded=True, fd=sock.fileno())
+    sock.close()  # the server holds its own duplicate of the socket
+    port = server.socket.getsockname()[1]
     if allowed is not None:
         allowed |= {f"{h}:{port}" for h in ("127.0.0.1", "localhost", "[::1]")}
         if args.host not in LOOPBACK:

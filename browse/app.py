@@ -82,6 +82,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 2**20)
     app.config["MAX_FORM_MEMORY_SIZE"] = 1 << 20
     app.json.sort_keys = False
+    app.url_map.merge_slashes = False  # `/media//etc/x` is refused, not redirected to `/media/etc/x`
     compare_cache: dict = {}
     compare_lock = threading.Lock()
 
@@ -182,7 +183,7 @@ def create_app(
         model, name = pick()
         api = url_for("map_api", model=model, **({"c": name} if name else {}))
         return render_template("map.html", view=view, problem=problem, api=api,
-                               item_base=url_for("item", rel="x")[:-1], **nav())
+                               item_base=url_for("item", rel="x")[:-1], **nav()), 409 if problem else 200
 
     @app.get("/api/map")
     def map_api():
@@ -290,7 +291,7 @@ def create_app(
                     finally:
                         shutil.rmtree(tmp, ignore_errors=True)
         return render_template("query.html", view=view, problem=problem, hits=hits, shown=shown, error=error,
-                               max_upload_mb=max_upload_mb, **nav())
+                               max_upload_mb=max_upload_mb, **nav()), 409 if problem else 200
 
     @app.get("/compare")
     def compare():

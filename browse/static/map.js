@@ -53,6 +53,7 @@
   }
   const sx = x => canvas.clientWidth / 2 + (x - view.cx) * view.scale;
   const sy = y => canvas.clientHeight / 2 - (y - view.cy) * view.scale;
+  canvas.ekScreen = i => [sx(M.x[i]), sy(M.y[i])];  // where point i is drawn (canvas pixels), for scripts
 
   function groupsOf() {
     const c = M.d.colourings[colouring];
