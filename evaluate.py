@@ -76,7 +76,9 @@ def read_labelled(path: str | os.PathLike) -> list[Labelled]:
                 group = cells[2] if len(cells) > 2 and cells[2] else None
                 old = rows.get(rel)
                 if old is not None and old.label != cells[1]:
-                    raise ConfigError(f"{path} line {i}: {rel} is labelled both {old.label!r} and {cells[1]!r}")
+                    raise ConfigError(
+                        f"{path} line {i}: {rel} is labelled both {old.label!r} and {cells[1]!r}"
+                    )
                 rows[rel] = Labelled(rel, cells[1], group)
     except OSError as exc:
         raise ConfigError(f"cannot read labels {path}: {exc.strerror or exc}") from None
@@ -87,7 +89,9 @@ def read_labelled(path: str | os.PathLike) -> list[Labelled]:
     grouped = [r.group is not None for r in rows.values()]
     if any(grouped) and not all(grouped):
         missing = next(r.path for r in rows.values() if r.group is None)
-        raise ConfigError(f"{path}: some rows have a group column and some do not (e.g. {missing}); give all or none")
+        raise ConfigError(
+            f"{path}: some rows have a group column and some do not (e.g. {missing}); give all or none"
+        )
     return list(rows.values())
 
 
@@ -135,7 +139,9 @@ def probe(
     y_arr = np.asarray(y)
     classes, counts = np.unique(y_arr, return_counts=True)
     if len(classes) < 2:
-        raise ConfigError(f"every labelled file has the label {classes[0]!r}: a probe needs two labels or more")
+        raise ConfigError(
+            f"every labelled file has the label {classes[0]!r}: a probe needs two labels or more"
+        )
     if groups is not None:
         g_arr = np.asarray(groups)
         per_class = {c: len(set(g_arr[y_arr == c])) for c in classes}
@@ -269,18 +275,34 @@ def table(result: dict) -> str:
         if "retrieval" in e:
             ks = [k for k in e["retrieval"] if k.startswith("precision@")]
             break
-    head = ["model", "dim", "probe acc", "(fold sd)", "balanced", "chance", *[k.replace("precision", "P") for k in ks],
-            "mAP"]
+    head = [
+        "model",
+        "dim",
+        "probe acc",
+        "(fold sd)",
+        "balanced",
+        "chance",
+        *[k.replace("precision", "P") for k in ks],
+        "mAP",
+    ]
     lines = []
     for model, e in result["models"].items():
         if "error" in e:
             lines.append([model, "-", f"error: {e['error']}"])
             continue
         p, r = e["probe"], e["retrieval"]
-        lines.append([model, str(e["dim"]), f"{p['accuracy']:.3f}", f"±{p['fold_std']:.3f}",
-                      f"{p['balanced_accuracy']:.3f}", f"{p['chance']:.3f}",
-                      *[("-" if r[k] is None else f"{r[k]:.3f}") for k in ks],
-                      "-" if r["mAP"] is None else f"{r['mAP']:.3f}"])
+        lines.append(
+            [
+                model,
+                str(e["dim"]),
+                f"{p['accuracy']:.3f}",
+                f"±{p['fold_std']:.3f}",
+                f"{p['balanced_accuracy']:.3f}",
+                f"{p['chance']:.3f}",
+                *[("-" if r[k] is None else f"{r[k]:.3f}") for k in ks],
+                "-" if r["mAP"] is None else f"{r['mAP']:.3f}",
+            ]
+        )
     full = [ln for ln in lines if len(ln) == len(head)]
     widths = [max([len(head[i])] + [len(ln[i]) for ln in full]) for i in range(len(head))]
 
@@ -291,9 +313,11 @@ def table(result: dict) -> str:
 
     grouped = f", grouped by {result['groups']} groups" if result.get("groups") else ""
     folds = next((e["probe"]["folds"] for e in result["models"].values() if "probe" in e), result["folds"])
-    title = (f"{result['labelled_files']} labelled files, labels "
-             + ", ".join(f"{k} ({v})" for k, v in result["labels"].items())
-             + f"; probe: logistic regression, {folds}-fold cross-validation (seed {result['seed']}){grouped}")
+    title = (
+        f"{result['labelled_files']} labelled files, labels "
+        + ", ".join(f"{k} ({v})" for k, v in result["labels"].items())
+        + f"; probe: logistic regression, {folds}-fold cross-validation (seed {result['seed']}){grouped}"
+    )
     body = [fmt(ln) for ln in lines]
     return "\n".join([title, fmt(head), *body])
 
@@ -304,10 +328,17 @@ def bar_chart(result: dict) -> bytes:
 
     scored = {m: e for m, e in result["models"].items() if "probe" in e}
     names = list(scored)
-    ks = [k for k in (next(iter(scored.values()))["retrieval"] if scored else {}) if k.startswith("precision@")]
-    series = [("probe accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy")] + \
-        [(k.replace("precision", "P"), k) for k in ks] + [("mAP", "mAP")]
-    fig = Figure(figsize=(max(5.0, 1.2 + 1.1 * len(names) * len(series) / 3), 4.0), dpi=100, layout="constrained")
+    ks = [
+        k for k in (next(iter(scored.values()))["retrieval"] if scored else {}) if k.startswith("precision@")
+    ]
+    series = (
+        [("probe accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy")]
+        + [(k.replace("precision", "P"), k) for k in ks]
+        + [("mAP", "mAP")]
+    )
+    fig = Figure(
+        figsize=(max(5.0, 1.2 + 1.1 * len(names) * len(series) / 3), 4.0), dpi=100, layout="constrained"
+    )
     ax = fig.subplots()
     width = 0.8 / max(1, len(series))
     colours = ["#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#d62728"]
@@ -319,8 +350,15 @@ def bar_chart(result: dict) -> bytes:
             vals.append(src.get(key) or 0.0)
             errs.append(e["probe"]["fold_std"] if key == "accuracy" else 0.0)
         xs = np.arange(len(names)) + (j - (len(series) - 1) / 2) * width
-        ax.bar(xs, vals, width, yerr=errs if key == "accuracy" else None, label=title,
-               color=colours[j % len(colours)], capsize=2)
+        ax.bar(
+            xs,
+            vals,
+            width,
+            yerr=errs if key == "accuracy" else None,
+            label=title,
+            color=colours[j % len(colours)],
+            capsize=2,
+        )
     if scored:
         chance = next(iter(scored.values()))["probe"]["chance"]
         ax.axhline(chance, color="0.3", ls="--", lw=1, label=f"chance ({chance:.2f})")
@@ -328,7 +366,9 @@ def bar_chart(result: dict) -> bytes:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("score")
     ax.set_title(f"{result['labelled_files']} labelled files: probe and retrieval per model", fontsize=10)
-    fig.legend(*ax.get_legend_handles_labels(), fontsize=7, ncols=min(4, len(series) + 1), loc="outside lower center")
+    fig.legend(
+        *ax.get_legend_handles_labels(), fontsize=7, ncols=min(4, len(series) + 1), loc="outside lower center"
+    )
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=fig.dpi, metadata={"Software": "embedkit evaluate"})
     return buf.getvalue()
@@ -339,13 +379,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("output_base", nargs="?", help="the run's output folder (holds <model>/features.json)")
     p.add_argument("--output_base", dest="output_base_opt", metavar="OUTPUT_BASE", help="same, as an option")
-    p.add_argument("--labels", required=True, help="CSV path,label[,group]; paths relative to the input folder")
+    p.add_argument(
+        "--labels", required=True, help="CSV path,label[,group]; paths relative to the input folder"
+    )
     p.add_argument("--models", nargs="+", help="model folders to compare (default: every embedding folder)")
-    p.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help=f"cross-validation folds (default {DEFAULT_FOLDS})")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"fold shuffling seed (default {DEFAULT_SEED})")
-    p.add_argument("--k", type=int, nargs="+", default=list(DEFAULT_KS), help="precision@k cut-offs (default 1 5 10)")
-    p.add_argument("--shuffle_labels", type=int, metavar="SEED",
-                   help="permute the labels first (per group when grouped): a control that should score near chance")
+    p.add_argument(
+        "--folds", type=int, default=DEFAULT_FOLDS, help=f"cross-validation folds (default {DEFAULT_FOLDS})"
+    )
+    p.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help=f"fold shuffling seed (default {DEFAULT_SEED})"
+    )
+    p.add_argument(
+        "--k", type=int, nargs="+", default=list(DEFAULT_KS), help="precision@k cut-offs (default 1 5 10)"
+    )
+    p.add_argument(
+        "--shuffle_labels",
+        type=int,
+        metavar="SEED",
+        help="permute the labels first (per group when grouped): a control that should score near chance",
+    )
     p.add_argument("--out", help="folder for the JSON and the PNG (default <OUTPUT_BASE>/evaluation)")
     p.add_argument("--json", action="store_true", help="print the JSON on stdout instead of the table")
     return p.parse_args(argv)
@@ -356,7 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     base = args.output_base or args.output_base_opt
     try:
         if not base:
-            raise ConfigError("give the run's output folder (embedkit evaluate OUTPUT_BASE --labels labels.csv)")
+            raise ConfigError(
+                "give the run's output folder (embedkit evaluate OUTPUT_BASE --labels labels.csv)"
+            )
         if args.folds < 2:
             raise ConfigError("--folds must be at least 2")
         if any(k < 1 for k in args.k):
@@ -374,7 +428,9 @@ def main(argv: list[str] | None = None) -> int:
     from embedkit import outputs
 
     out_dir = Path(args.out) if args.out else Path(base) / "evaluation"
-    stem = Path(args.labels).stem + (f"-shuffled{args.shuffle_labels}" if args.shuffle_labels is not None else "")
+    stem = Path(args.labels).stem + (
+        f"-shuffled{args.shuffle_labels}" if args.shuffle_labels is not None else ""
+    )
     json_path, png_path = out_dir / f"{stem}.json", out_dir / f"{stem}.png"
     try:
         outputs.atomic_write_json(json_path, result)

@@ -37,17 +37,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("output_base", help="the run's output folder (holds <model>/features.json)")
     p.add_argument("--model", help="model whose index the pages open with (default: the first one indexed)")
-    p.add_argument("--labels", help="CSV path,label[,group] (paths relative to the input folder): "
-                   "colours the map, enables the model comparison page")
+    p.add_argument(
+        "--labels",
+        help="CSV path,label[,group] (paths relative to the input folder): "
+        "colours the map, enables the model comparison page",
+    )
     p.add_argument("--audio_dir", help="the input folder (default: the one the run's run_report.json names)")
-    p.add_argument("--db", help="where the index lives when not in <model>/.search: a folder or postgresql://...")
-    p.add_argument("--collection", action="append", default=[], metavar="NAME",
-                   help="collection name(s) to show (default: every one found for each model)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free one)")
-    p.add_argument("--map", default="auto", choices=("auto", "pca", "umap"),
-                   help="map projection (auto: UMAP when umap-learn is installed and <= 50000 points, else PCA)")
+    p.add_argument(
+        "--db", help="where the index lives when not in <model>/.search: a folder or postgresql://..."
+    )
+    p.add_argument(
+        "--collection",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="collection name(s) to show (default: every one found for each model)",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free one)"
+    )
+    p.add_argument(
+        "--map",
+        default="auto",
+        choices=("auto", "pca", "umap"),
+        help="map projection (auto: UMAP when umap-learn is installed and <= 50000 points, else PCA)",
+    )
     p.add_argument("--max_upload_mb", type=float, default=200.0, help="largest query upload (default 200 MB)")
     p.add_argument("--verbose", action="store_true", help="log every request")
     return p.parse_args(argv)
@@ -67,8 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import flask  # noqa: F401
     except ImportError:
-        print("embedkit browse needs the web dependencies (Flask), not installed here: "
-              "pip install -r requirements-ui.txt", file=sys.stderr)
+        print(
+            "embedkit browse needs the web dependencies (Flask), not installed here: "
+            "pip install -r requirements-ui.txt",
+            file=sys.stderr,
+        )
         return 2
     from embedkit.browse import app as webapp
     from embedkit.browse import data
@@ -88,33 +108,45 @@ def main(argv: list[str] | None = None) -> int:
     indexed = [m for m in searchable if coll.collections_of(m)]
     if args.model:
         if args.model not in coll.models:
-            log(f"configuration error: no model folder {args.model!r} in {coll.base} (there: {', '.join(coll.models)})")
+            log(
+                f"configuration error: no model folder {args.model!r} in {coll.base} "
+                f"(there: {', '.join(coll.models)})"
+            )
             return 2
         why = coll.why_not_searchable(args.model)
         if why:
             log(f"configuration error: --model {args.model}: {why.splitlines()[0]}")
             return 2
         if not coll.collections_of(args.model):
-            log(f"configuration error: {args.model} has no search index yet; build it with: "
-                f"{coll.how_to_index(args.model)}")
+            log(
+                f"configuration error: {args.model} has no search index yet; build it with: "
+                f"{coll.how_to_index(args.model)}"
+            )
             return 2
         default_model = args.model
     elif indexed:
         default_model = indexed[0]
     else:
         hint = searchable[0] if searchable else "MODEL"
-        log(f"configuration error: no search index under {coll.base}; build one first: {coll.how_to_index(hint)}")
+        log(
+            f"configuration error: no search index under {coll.base}; "
+            f"build one first: {coll.how_to_index(hint)}"
+        )
         return 2
     try:  # open it now: an index of another configuration is said here, and its pages say it again
         coll.index(default_model)
     except data.BrowseError as exc:
         log(f"warning: {exc}")
     if coll.input_dir is None:
-        log(f"warning: the input folder of {coll.base} is unknown (no run_report.json names it): "
-            "players stay silent; restart with --audio_dir DIR")
+        log(
+            f"warning: the input folder of {coll.base} is unknown (no run_report.json names it): "
+            "players stay silent; restart with --audio_dir DIR"
+        )
     elif not coll.input_dir.is_dir():
-        log(f"warning: the input folder {coll.input_dir} does not exist here: players stay silent; "
-            "restart with --audio_dir DIR")
+        log(
+            f"warning: the input folder {coll.input_dir} does not exist here: players stay silent; "
+            "restart with --audio_dir DIR"
+        )
     labels = webapp.Labels(args.labels, coll)
     if labels.problem:
         log(f"warning: {labels.problem}")
@@ -130,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         sock = socket.create_server((args.host, args.port), family=family)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            log(f"configuration error: port {args.port} on {args.host} is in use (another embedkit browse?); "
-                "pass --port N, or --port 0 for any free one")
+            log(
+                f"configuration error: port {args.port} on {args.host} is in use (another embedkit browse?); "
+                "pass --port N, or --port 0 for any free one"
+            )
         else:
             log(f"configuration error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
         return 2

@@ -29,9 +29,11 @@ from embedkit.browse import data, projection
 
 DEFAULT_K = 10
 MAX_K = 200
-CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self'; style-src 'self'; "
-       "script-src 'self'; connect-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; "
-       "form-action 'self'")
+CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; media-src 'self'; style-src 'self'; "
+    "script-src 'self'; connect-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'self'"
+)
 
 
 class Labels:
@@ -55,8 +57,10 @@ class Labels:
         known = set(coll.sources)
         unknown = [r.path for r in rows if r.path not in known]
         if unknown:
-            self.problem = (f"labels not used: {len(unknown)} path(s) of {path} are not in the collection "
-                            f"(e.g. {unknown[0]}); paths are relative to the input folder")
+            self.problem = (
+                f"labels not used: {len(unknown)} path(s) of {path} are not in the collection "
+                f"(e.g. {unknown[0]}); paths are relative to the input folder"
+            )
             return
         self.rows = rows
         self.by_source = {r.path: r.label for r in rows}
@@ -117,17 +121,38 @@ def create_app(
         models = []
         for m in coll.models:
             why = coll.why_not_searchable(m)
-            models.append({"name": m, "searchable": why is None, "collections": coll.collections_of(m) if not why else []})
-        return {"models": models, "model": model, "collection": name, "labels": labels,
-                "has_labels": bool(labels.rows), "base": str(coll.base)}
+            models.append(
+                {
+                    "name": m,
+                    "searchable": why is None,
+                    "collections": coll.collections_of(m) if not why else [],
+                }
+            )
+        return {
+            "models": models,
+            "model": model,
+            "collection": name,
+            "labels": labels,
+            "has_labels": bool(labels.rows),
+            "base": str(coll.base),
+        }
 
     def neighbour_rows(hits: list[data.Neighbour], model: str, name: str | None) -> list[dict]:
         rows = []
         for rank, h in enumerate(hits, 1):
-            rows.append({"rank": rank, "path": h.path, "score": h.score, "start": h.start, "end": h.end,
-                         "kind": coll.kind(h.path), "label": labels.by_source.get(h.path),
-                         "item_url": item_url(h.path, model, name, h.start),
-                         "media_url": media_url(h.path, h.start, h.end)})
+            rows.append(
+                {
+                    "rank": rank,
+                    "path": h.path,
+                    "score": h.score,
+                    "start": h.start,
+                    "end": h.end,
+                    "kind": coll.kind(h.path),
+                    "label": labels.by_source.get(h.path),
+                    "item_url": item_url(h.path, model, name, h.start),
+                    "media_url": media_url(h.path, h.start, h.end),
+                }
+            )
         return rows
 
     def k_arg() -> int:
@@ -140,8 +165,14 @@ def create_app(
     @app.before_request
     def check_host():
         if allowed_hosts is not None and request.host.lower() not in allowed_hosts:
-            abort(Response(f"host {request.host!r} refused: this server answers only to "
-                           f"{', '.join(sorted(allowed_hosts))}\n", 421, mimetype="text/plain"))
+            abort(
+                Response(
+                    f"host {request.host!r} refused: this server answers only to "
+                    f"{', '.join(sorted(allowed_hosts))}\n",
+                    421,
+                    mimetype="text/plain",
+                )
+            )
 
     @app.after_request
     def headers(resp: Response) -> Response:
@@ -159,8 +190,10 @@ def create_app(
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc):
-        msg = (f"the upload is larger than the limit of {max_upload_mb:g} MB; restart with --max_upload_mb N "
-               "for larger files")
+        msg = (
+            f"the upload is larger than the limit of {max_upload_mb:g} MB; restart with --max_upload_mb N "
+            "for larger files"
+        )
         return render_template("message.html", message=msg, **nav()), 413
 
     @app.errorhandler(Exception)
@@ -169,7 +202,8 @@ def create_app(
             return exc
         log(f"error on {request.path}: {type(exc).__name__}: {exc}")
         traceback.print_exc()
-        msg = f"internal error on this page: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        msg = f"internal error on this page: {type(exc).__name__}: {first}"
         return render_template("message.html", message=msg, **nav()), 500
 
     # -- pages
@@ -182,8 +216,9 @@ def create_app(
         view, problem = view_or_error()
         model, name = pick()
         api = url_for("map_api", model=model, **({"c": name} if name else {}))
-        return render_template("map.html", view=view, problem=problem, api=api,
-                               item_base=url_for("item", rel="x")[:-1], **nav()), 409 if problem else 200
+        return render_template(
+            "map.html", view=view, problem=problem, api=api, item_base=url_for("item", rel="x")[:-1], **nav()
+        ), 409 if problem else 200
 
     @app.get("/api/map")
     def map_api():
@@ -201,15 +236,24 @@ def create_app(
         for key, groups in colourings.items():
             gnames, gidx = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
             out_col[key] = {"names": [str(g) for g in gnames], "index": _b64(gidx.astype(np.uint16))}
-        return jsonify({
-            "model": view.model, "collection": view.name, "level": view.level,
-            "points": int(len(m.src)), "total": m.total, "method": m.method, "axes": m.axes,
-            "names": m.names, "src": _b64(m.src.astype(np.uint32)),
-            "x": _b64(m.coords[:, 0].astype(np.float32)), "y": _b64(m.coords[:, 1].astype(np.float32)),
-            "start": _b64(m.start.astype(np.float32)) if m.start is not None else None,
-            "colourings": out_col,
-            "item_query": f"?model={quote(view.model)}&c={quote(view.name)}",
-        })
+        return jsonify(
+            {
+                "model": view.model,
+                "collection": view.name,
+                "level": view.level,
+                "points": int(len(m.src)),
+                "total": m.total,
+                "method": m.method,
+                "axes": m.axes,
+                "names": m.names,
+                "src": _b64(m.src.astype(np.uint32)),
+                "x": _b64(m.coords[:, 0].astype(np.float32)),
+                "y": _b64(m.coords[:, 1].astype(np.float32)),
+                "start": _b64(m.start.astype(np.float32)) if m.start is not None else None,
+                "colourings": out_col,
+                "item_query": f"?model={quote(view.model)}&c={quote(view.name)}",
+            }
+        )
 
     @app.get("/item/<path:rel>")
     def item(rel: str):
@@ -238,9 +282,20 @@ def create_app(
             except data.BrowseError as exc:
                 problems.append(str(exc))
         return render_template(
-            "item.html", rel=rel, kind=coll.kind(rel), playable=playable, problems=problems,
-            media_url=media_url(rel, t), panels_api=url_for("panels_api", rel=rel), view=view, hits=hits, t=t,
-            label=labels.by_source.get(rel), models_with_outputs=sorted(coll.outputs_of(rel)), **nav())
+            "item.html",
+            rel=rel,
+            kind=coll.kind(rel),
+            playable=playable,
+            problems=problems,
+            media_url=media_url(rel, t),
+            panels_api=url_for("panels_api", rel=rel),
+            view=view,
+            hits=hits,
+            t=t,
+            label=labels.by_source.get(rel),
+            models_with_outputs=sorted(coll.outputs_of(rel)),
+            **nav(),
+        )
 
     @app.get("/api/panels/<path:rel>")
     def panels_api(rel: str):
@@ -279,7 +334,9 @@ def create_app(
                 shown = Path(f.filename).name
                 ext = Path(shown).suffix.lower()
                 if media.kind_of(shown) is None:
-                    error = f"{shown}: not a media file embedkit reads (audio, video or image by its extension)"
+                    error = (
+                        f"{shown}: not a media file embedkit reads (audio, video or image by its extension)"
+                    )
                 else:
                     tmp = Path(tempfile.mkdtemp(prefix="embedkit-browse-upload-"))
                     try:
@@ -290,8 +347,16 @@ def create_app(
                         error = str(exc)
                     finally:
                         shutil.rmtree(tmp, ignore_errors=True)
-        return render_template("query.html", view=view, problem=problem, hits=hits, shown=shown, error=error,
-                               max_upload_mb=max_upload_mb, **nav()), 409 if problem else 200
+        return render_template(
+            "query.html",
+            view=view,
+            problem=problem,
+            hits=hits,
+            shown=shown,
+            error=error,
+            max_upload_mb=max_upload_mb,
+            **nav(),
+        ), 409 if problem else 200
 
     @app.get("/compare")
     def compare():
@@ -318,8 +383,10 @@ def create_app(
 
     def comparison() -> tuple[dict | None, str | None]:
         if not labels.path:
-            return None, ("start with --labels FILE.csv (path,label[,group]; paths relative to the input folder) "
-                          "to compare the models on your labels")
+            return None, (
+                "start with --labels FILE.csv (path,label[,group]; paths relative to the input folder) "
+                "to compare the models on your labels"
+            )
         if labels.problem:
             return None, labels.problem
         from embedkit import evaluate
@@ -352,11 +419,28 @@ def _fmt_time(t: float | None) -> str:
     return f"{int(m)}:{s:05.2f}"
 
 
-_MIME = {".wav": "audio/wav", ".flac": "audio/flac", ".mp3": "audio/mpeg", ".ogg": "audio/ogg",
-         ".opus": "audio/ogg", ".m4a": "audio/mp4", ".aac": "audio/aac", ".mp4": "video/mp4",
-         ".webm": "video/webm", ".mkv": "video/x-matroska", ".mov": "video/quicktime", ".avi": "video/x-msvideo",
-         ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
-         ".bmp": "image/bmp", ".webp": "image/webp", ".tif": "image/tiff", ".tiff": "image/tiff"}
+_MIME = {
+    ".wav": "audio/wav",
+    ".flac": "audio/flac",
+    ".mp3": "audio/mpeg",
+    ".ogg": "audio/ogg",
+    ".opus": "audio/ogg",
+    ".m4a": "audio/mp4",
+    ".aac": "audio/aac",
+    ".mp4": "video/mp4",
+    ".webm": "video/webm",
+    ".mkv": "video/x-matroska",
+    ".mov": "video/quicktime",
+    ".avi": "video/x-msvideo",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".bmp": "image/bmp",
+    ".webp": "image/webp",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+}
 
 
 def _mimetype(path: Path) -> str:

@@ -9,7 +9,7 @@ map cache (projection.py) is written beside the index, under the index's own fol
     coll = Collection("output/example_study")                 # models, sources, the input folder
     view = coll.index("melspec")                               # an IndexView: the search index, read-only
     view.neighbours("dir/song.wav", k=10)                      # list of Neighbour, best first
-    coll.media_file("dir/song.wav")                             # the source file, refused outside the input folder
+    coll.media_file("dir/song.wav")                             # the file; refused outside the input folder
     coll.panels("dir/song.wav")                                 # what each model wrote for it, ready to draw
     X, found, missing = file_vectors(base, "melspec", sources)  # (N, D) file-level vectors for the probe
 """
@@ -35,15 +35,28 @@ from embedkit.extractors.base import ConfigError
 # What this adapter calls (the lead ports these when the reader's API lands):
 USES = {
     "embedkit.results": [
-        "model_names", "ModelFolder.open", "ModelFolder.{extractor,axes,time_axis,extras,meta}",
-        "ModelFolder.{load,load_extra,timestamps,path}", "read_manifest", "ResultsError",
+        "model_names",
+        "ModelFolder.open",
+        "ModelFolder.{extractor,axes,time_axis,extras,meta}",
+        "ModelFolder.{load,load_extra,timestamps,path}",
+        "read_manifest",
+        "ResultsError",
     ],
     "embedkit.search": [
-        "ModelFolder.open", "ModelFolder.{config,check_level,default_store,axes_for}", "Index.open",
-        "Index.{info,files,search,vectors_of,close,__len__}", "Index.store (EmbeddedStore._segments, .db: "
-        "bulk read of every vector for the map; falls back to vectors_of per file)", "collection_name",
-        "describe_config", "is_postgres", "query_vector", "vectors_from_array", "QueryEmbedder",
-        "retrieval_metrics", "SearchError",
+        "ModelFolder.open",
+        "ModelFolder.{config,check_level,default_store,axes_for}",
+        "Index.open",
+        "Index.{info,files,search,vectors_of,close,__len__}",
+        "Index.store (EmbeddedStore._segments, .db: "
+        "bulk read of every vector for the map; falls back to vectors_of per file)",
+        "collection_name",
+        "describe_config",
+        "is_postgres",
+        "query_vector",
+        "vectors_from_array",
+        "QueryEmbedder",
+        "retrieval_metrics",
+        "SearchError",
     ],
 }
 
@@ -61,7 +74,7 @@ class BrowseError(Exception):
         self.status = status
 
 
-# -- the input folder ---------------------------------------------------------------------------------
+# -- the input folder ------------------------------------------------------------------------------
 def input_dir_of(output_base: str | os.PathLike, given: str | os.PathLike | None = None) -> Path | None:
     """The run's input folder: `given`, else the `audio_dir` its run_report.json names; None if unknown."""
     if given:
@@ -87,7 +100,7 @@ def safe_relative(rel: str) -> PurePosixPath:
     return PurePosixPath(rel)
 
 
-# -- hits -----------------------------------------------------------------------------------------------
+# -- hits ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Neighbour:
     """One search result: `path` relative to the input folder, cosine `score`, `start`/`end` s or None."""
@@ -108,7 +121,7 @@ class Neighbour:
         return {"path": self.path, "score": round(self.score, 6), "start": self.start, "end": self.end}
 
 
-# -- one index ------------------------------------------------------------------------------------------
+# -- one index -------------------------------------------------------------------------------------
 class IndexView:
     """One collection of a search index, opened read-only, with every call made on one worker thread.
 
@@ -156,7 +169,9 @@ class IndexView:
 
     def fingerprint(self) -> str:
         """Changes whenever the index's content does (files added, changed or removed)."""
-        rows = sorted((out, r["source"], r.get("sha256") or "", int(r["n"])) for out, r in self.files().items())
+        rows = sorted(
+            (out, r["source"], r.get("sha256") or "", int(r["n"])) for out, r in self.files().items()
+        )
         h = hashlib.sha256(json.dumps([self.level, self.window, self.config, rows]).encode())
         return h.hexdigest()
 
@@ -222,8 +237,10 @@ class IndexView:
                 "ORDER BY v.id"
             ).fetchall()
             order = np.argsort(ids, kind="stable")
-            if vecs is not None and len(rows) == len(ids) and np.array_equal(
-                ids[order], np.fromiter((r[0] for r in rows), np.int64, len(rows))
+            if (
+                vecs is not None
+                and len(rows) == len(ids)
+                and np.array_equal(ids[order], np.fromiter((r[0] for r in rows), np.int64, len(rows)))
             ):
                 starts = np.array([np.nan if r[2] is None else r[2] for r in rows], np.float64)
                 ends = np.array([np.nan if r[3] is None else r[3] for r in rows], np.float64)
@@ -247,7 +264,7 @@ class IndexView:
         )
 
 
-# -- the collection ---------------------------------------------------------------------------------------
+# -- the collection --------------------------------------------------------------------------------
 class Collection:
     """A run's output folder: its model folders, the sources they hold, the input folder, the indexes."""
 
@@ -278,7 +295,9 @@ class Collection:
         self.db = db
         self.collection_names = list(collections or [])
         manifest = results.read_manifest(self.base)
-        self._outputs: dict[str, dict[str, str]] = {}  # source -> {model: output relative to the model folder}
+        self._outputs: dict[
+            str, dict[str, str]
+        ] = {}  # source -> {model: output relative to the model folder}
         for (model, rel), rec in manifest.items():
             src = rec.get("source")
             if model in self.folders and src and self.folders[model].path(rel).is_file():
@@ -345,7 +364,9 @@ class Collection:
         built from another configuration than the model folder now holds.
         """
         if model not in self.folders:
-            raise BrowseError(f"no model folder {model!r} in {self.base} (there: {', '.join(self.models)})", 404)
+            raise BrowseError(
+                f"no model folder {model!r} in {self.base} (there: {', '.join(self.models)})", 404
+            )
         why = self.why_not_searchable(model)
         if why:
             raise BrowseError(f"{model} has no index: {why.splitlines()[0]}", 409)
@@ -399,7 +420,8 @@ class Collection:
             raise BrowseError(f"{source} is not an item of this collection", 404)
         if self.input_dir is None:
             raise BrowseError(
-                f"the input folder of {self.base} is unknown (no run_report.json): restart with --audio_dir DIR",
+                f"the input folder of {self.base} is unknown (no run_report.json): "
+                "restart with --audio_dir DIR",
                 404,
             )
         root = self.input_dir.resolve()
@@ -462,21 +484,35 @@ def _panel(folder: results.ModelFolder, model: str, rel: str) -> dict:
         raise ValueError("no frame times")
     if folder.extractor in PITCH_EXTRACTORS or cols[:2] == ["f0_hz", "confidence"]:
         idx = _decimate(len(t), MAX_CURVE_POINTS)
-        return {**base, "kind": "pitch", "t": t[idx].round(4).tolist(),
-                "f0": a[idx, 0].astype(float).round(2).tolist(), "conf": a[idx, 1].astype(float).round(3).tolist()}
+        return {
+            **base,
+            "kind": "pitch",
+            "t": t[idx].round(4).tolist(),
+            "f0": a[idx, 0].astype(float).round(2).tolist(),
+            "conf": a[idx, 1].astype(float).round(3).tolist(),
+        }
     if folder.extractor in BEAT_EXTRACTORS or a.ndim == 1:
         y = a.reshape(a.shape[0], -1)[:, 0].astype(np.float64)
         beats = folder.load_extra("beats", rel) if "beats" in folder.extras else None
         idx = _decimate(len(t), MAX_CURVE_POINTS)
         yy = _block_max(y, MAX_CURVE_POINTS) if len(y) > MAX_CURVE_POINTS else y
-        return {**base, "kind": "beats" if folder.extractor in BEAT_EXTRACTORS else "curve",
-                "t": t[idx].round(4).tolist(), "y": yy.round(4).tolist(),
-                "beats": None if beats is None else np.asarray(beats, float).reshape(-1).round(4).tolist()}
+        return {
+            **base,
+            "kind": "beats" if folder.extractor in BEAT_EXTRACTORS else "curve",
+            "t": t[idx].round(4).tolist(),
+            "y": yy.round(4).tolist(),
+            "beats": None if beats is None else np.asarray(beats, float).reshape(-1).round(4).tolist(),
+        }
     x = a.reshape(a.shape[0], -1).astype(np.float64)
     if cols and len(cols) == x.shape[1] and len(cols) <= 8:
         idx = _decimate(len(t), MAX_CURVE_POINTS)
-        return {**base, "kind": "curves", "t": t[idx].round(4).tolist(), "columns": cols,
-                "y": x[idx].T.round(4).tolist()}
+        return {
+            **base,
+            "kind": "curves",
+            "t": t[idx].round(4).tolist(),
+            "columns": cols,
+            "y": x[idx].T.round(4).tolist(),
+        }
     # frames of an embedding: a heat map (time across, dimensions up), block means, 8 bits
     tc = np.linspace(0, x.shape[0], min(MAX_HEAT_COLS, x.shape[0]) + 1).astype(np.int64)
     x = np.add.reduceat(x, tc[:-1], axis=0) / np.diff(tc)[:, None]
@@ -484,11 +520,19 @@ def _panel(folder: results.ModelFolder, model: str, rel: str) -> dict:
     x = np.add.reduceat(x, dr[:-1], axis=1) / np.diff(dr)[None, :]
     lo, hi = np.percentile(x, [1, 99]) if x.size else (0.0, 1.0)
     q = np.clip((x - lo) / (hi - lo if hi > lo else 1.0) * 255, 0, 255).astype(np.uint8)
-    return {**base, "kind": "heatmap", "t0": float(t[0]), "t1": float(t[-1]), "cols": int(q.shape[0]),
-            "rows": int(q.shape[1]), "dims": int(a.reshape(a.shape[0], -1).shape[1]), "data": _b64(q.T[::-1])}
+    return {
+        **base,
+        "kind": "heatmap",
+        "t0": float(t[0]),
+        "t1": float(t[-1]),
+        "cols": int(q.shape[0]),
+        "rows": int(q.shape[1]),
+        "dims": int(a.reshape(a.shape[0], -1).shape[1]),
+        "data": _b64(q.T[::-1]),
+    }
 
 
-# -- file-level vectors for the probe --------------------------------------------------------------------------
+# -- file-level vectors for the probe --------------------------------------------------------------
 def file_vectors(
     output_base: str | os.PathLike, model: str, sources: list[str]
 ) -> tuple[np.ndarray, list[str], list[str]]:
@@ -519,7 +563,9 @@ def file_vectors(
         found.append(src)
     dims = {r.shape[0] for r in rows}
     if len(dims) > 1:
-        raise ConfigError(f"{model} mixes vector lengths {sorted(dims)}: re-extract into a clean --output_base")
+        raise ConfigError(
+            f"{model} mixes vector lengths {sorted(dims)}: re-extract into a clean --output_base"
+        )
     return (np.stack(rows) if rows else np.zeros((0, 0))), found, missing
 
 
@@ -532,7 +578,11 @@ def retrieval_figures(
     labelled items. With `groups`, a query's own group is left out of its ranking and of its relevant
     set as well (another sentence of the same speaker would otherwise be an easy match).
     """
-    unit = search.normalize_rows(np.asarray(vectors, np.float32)) if len(vectors) else np.zeros((0, 0), np.float32)
+    unit = (
+        search.normalize_rows(np.asarray(vectors, np.float32))
+        if len(vectors)
+        else np.zeros((0, 0), np.float32)
+    )
     n = len(unit)
     keys = [str(i) for i in range(n)]
     lab = dict(zip(keys, labels))
@@ -548,7 +598,14 @@ def retrieval_figures(
         pool = [keys[i]] + [keys[j] for j in others]
         per_query.append(search.retrieval_metrics([(keys[i], [keys[j] for j in others])], lab, ks, pool=pool))
     counted = [m for m in per_query if m["queries"]]
-    out = {key: (round(float(np.mean([m[key] for m in counted])), 4) if counted else None)
-           for key in per_query[0] if key != "queries"} if per_query else {}
+    out = (
+        {
+            key: (round(float(np.mean([m[key] for m in counted])), 4) if counted else None)
+            for key in per_query[0]
+            if key != "queries"
+        }
+        if per_query
+        else {}
+    )
     out["queries"] = len(counted)
     return out

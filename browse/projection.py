@@ -51,7 +51,7 @@ def pca_2d(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, list[str]]:
     comps *= np.where(signs == 0, 1.0, signs)[:, None]
     coords = np.zeros((n, 2), np.float32)
     for s in range(0, n, 100_000):  # bounded memory
-        coords[s:s + 100_000, :len(comps)] = ((x[s:s + 100_000] - mean) @ comps.T).astype(np.float32)
+        coords[s : s + 100_000, : len(comps)] = ((x[s : s + 100_000] - mean) @ comps.T).astype(np.float32)
     total = float(np.clip(w, 0, None).sum())
     ratio = [float(w[i]) / total if total > 0 else 0.0 for i in order] + [0.0, 0.0]
     return coords, [f"PC{i + 1} ({100 * ratio[i]:.1f} % of variance)" for i in range(2)]
@@ -61,8 +61,9 @@ def umap_2d(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, list[str]]:
     import umap
 
     n = len(x)
-    coords = umap.UMAP(n_components=2, n_neighbors=max(2, min(15, n - 1)), metric="cosine",
-                       random_state=seed).fit_transform(np.asarray(x, np.float32))
+    coords = umap.UMAP(
+        n_components=2, n_neighbors=max(2, min(15, n - 1)), metric="cosine", random_state=seed
+    ).fit_transform(np.asarray(x, np.float32))
     return np.asarray(coords, np.float32), ["UMAP 1", "UMAP 2"]
 
 
@@ -105,8 +106,17 @@ def _load(path: Path, fingerprint: str, method: str) -> MapData | None:
             if meta["fingerprint"] != fingerprint or meta["requested"] != method:
                 return None
             start = z["start"]
-            return MapData(meta["names"], z["src"], start if len(start) else None, z["coords"], meta["total"],
-                           meta["method"], meta["axes"], fingerprint, meta["seconds"])
+            return MapData(
+                meta["names"],
+                z["src"],
+                start if len(start) else None,
+                z["coords"],
+                meta["total"],
+                meta["method"],
+                meta["axes"],
+                fingerprint,
+                meta["seconds"],
+            )
     except (OSError, ValueError, KeyError):
         return None
 
@@ -134,9 +144,17 @@ def collection_map(view, method: str = "auto", log=None) -> MapData:
             coords, axes = (umap_2d if used == "umap" else pca_2d)(vecs)
             names, src = np.unique(np.asarray(sources, dtype=object)[rows].astype(str), return_inverse=True)
             seg = view.level == "segment"
-            m = MapData([str(s) for s in names], src.astype(np.uint32),
-                        starts[rows].astype(np.float32) if seg else None, coords, total, used, axes, fp,
-                        round(time.perf_counter() - t0, 3))
+            m = MapData(
+                [str(s) for s in names],
+                src.astype(np.uint32),
+                starts[rows].astype(np.float32) if seg else None,
+                coords,
+                total,
+                used,
+                axes,
+                fp,
+                round(time.perf_counter() - t0, 3),
+            )
             if path is not None:
                 try:
                     _save(path, m, method)
@@ -153,8 +171,20 @@ def _save(path: Path, m: MapData, requested: str) -> None:
     from embedkit import outputs
 
     buf = io.BytesIO()
-    meta = {"names": m.names, "total": m.total, "method": m.method, "requested": requested, "axes": m.axes,
-            "fingerprint": m.fingerprint, "seconds": m.seconds}
-    np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), src=m.src, coords=m.coords,
-             start=m.start if m.start is not None else np.zeros(0, np.float32))
+    meta = {
+        "names": m.names,
+        "total": m.total,
+        "method": m.method,
+        "requested": requested,
+        "axes": m.axes,
+        "fingerprint": m.fingerprint,
+        "seconds": m.seconds,
+    }
+    np.savez(
+        buf,
+        meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+        src=m.src,
+        coords=m.coords,
+        start=m.start if m.start is not None else np.zeros(0, np.float32),
+    )
     outputs.atomic_write_bytes(path, buf.getvalue())

@@ -103,7 +103,9 @@ def synthesise(
     return labels
 
 
-def synthesise_speakers(out_dir: str | Path, per_gender: int = 8, per_voice: int = 3) -> list[tuple[str, str, str]]:
+def synthesise_speakers(
+    out_dir: str | Path, per_gender: int = 8, per_voice: int = 3
+) -> list[tuple[str, str, str]]:
     """Several sentences per voice, for evaluation grouped by speaker (`embedkit evaluate`).
 
     Writes OUT_DIR/speakers/<gender>/<voice>_<i>.wav (sentence i differs within a voice and

@@ -31,9 +31,17 @@ from conftest import ROOT, need_tool, run_cli
 from embedkit import run_search, search
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1280,900"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,900",
+]
 
 
 def need_ui() -> None:
@@ -43,13 +51,18 @@ def need_ui() -> None:
 class Server:
     """run_browse.py in a subprocess; ready when it prints its URL."""
 
-    def __init__(self, out: Path, *args: str, env: dict | None = None, log: Path, timeout: float = 120) -> None:
+    def __init__(
+        self, out: Path, *args: str, env: dict | None = None, log: Path, timeout: float = 120
+    ) -> None:
         self.log = log
         self.err = open(log, "w")
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "run_browse.py"), str(out), "--port", "0", *args],
-            stdout=subprocess.PIPE, stderr=self.err, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1",
-                                                                       **(env or {})})
+            stdout=subprocess.PIPE,
+            stderr=self.err,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
         self.url = self._wait_for_url(timeout)
         parts = urlsplit(self.url)
         self.host, self.port = parts.hostname, parts.port
@@ -105,8 +118,19 @@ def site(speaker_collection, tmp_path_factory):
     (out / "stale" / "features.json").write_text(json.dumps(meta))
     tmp = root / "tmp"
     tmp.mkdir()
-    server = Server(out, "--audio_dir", str(inp), "--labels", str(c / "speakers.csv"), "--model", "melspec",
-                    "--max_upload_mb", "1", env={"TMPDIR": str(tmp)}, log=root / "server.log")
+    server = Server(
+        out,
+        "--audio_dir",
+        str(inp),
+        "--labels",
+        str(c / "speakers.csv"),
+        "--model",
+        "melspec",
+        "--max_upload_mb",
+        "1",
+        env={"TMPDIR": str(tmp)},
+        log=root / "server.log",
+    )
     yield {"server": server, "out": out, "input": inp, "labels": c / "speakers.csv", "tmp": tmp, "root": root}
     code = server.stop()
     assert code == 0 and "stopped" in server.log.read_text()
@@ -141,8 +165,10 @@ def wait_for(driver, script: str, timeout: float = 60):
 
 def numpy_neighbours(out: Path, source: str, sources: list[str]) -> list[tuple[str, float]]:
     """Cosine ranking of mean-pooled melspec frames, from the arrays (the item itself left out)."""
-    vec = {s: np.load(out / "melspec" / Path(s).with_suffix(".npy")).astype(np.float64).mean(axis=0)
-           for s in sources}
+    vec = {
+        s: np.load(out / "melspec" / Path(s).with_suffix(".npy")).astype(np.float64).mean(axis=0)
+        for s in sources
+    }
     unit = {s: v / np.linalg.norm(v) for s, v in vec.items()}
     scores = [(s, float(unit[s] @ unit[source])) for s in sources if s != source]
     return sorted(scores, key=lambda p: -p[1])
@@ -153,31 +179,40 @@ def same_origin_only(driver, base: str) -> None:
     assert urls and all(u.startswith(base) for u in urls), urls
 
 
-# -- pages in the browser --------------------------------------------------------------------------------
+# -- pages in the browser --------------------------------------------------------------------------
 def test_item_page_lists_the_nearest_neighbours_and_its_player_seeks(site, browser):
     s = site["server"]
     sources = sorted(p.relative_to(site["input"]).as_posix() for p in site["input"].rglob("*.wav"))
     browser.get(s.url + "item/female/f3_1.wav")
     names = [e.text for e in browser.find_elements("css selector", "li.neighbour .name")]
-    scores = [float(e.get_attribute("data-score")) for e in browser.find_elements("css selector", "li.neighbour")]
+    scores = [
+        float(e.get_attribute("data-score")) for e in browser.find_elements("css selector", "li.neighbour")
+    ]
     truth = numpy_neighbours(site["out"], "female/f3_1.wav", sources)[:10]
     assert names == [p for p, _ in truth]
     assert np.allclose(scores, [sc for _, sc in truth], atol=1e-5)
     # the player: present, its metadata loads, and it seeks (HTTP Range through Chromium's media stack)
     assert browser.find_element("css selector", "audio#player")
-    duration = wait_for(browser, "const p = document.getElementById('player'); "
-                        "return p.readyState >= 1 && isFinite(p.duration) ? p.duration : null")
+    duration = wait_for(
+        browser,
+        "const p = document.getElementById('player'); "
+        "return p.readyState >= 1 && isFinite(p.duration) ? p.duration : null",
+    )
     info = sf.info(site["input"] / "female" / "f3_1.wav")
     assert abs(duration - info.frames / info.samplerate) < 0.05
     got = browser.execute_async_script(
         "const done = arguments[0], p = document.getElementById('player');"
         "p.addEventListener('seeked', () => done([p.currentTime, p.seekable.end(0)]), {once: true});"
-        "p.currentTime = 2.0;")
+        "p.currentTime = 2.0;"
+    )
     assert abs(got[0] - 2.0) < 0.05 and got[1] > 2.0
     assert len(browser.find_elements("css selector", "li.neighbour audio.player")) == 10
     # what the run wrote, drawn: the frames as a heat map and the pooled vector
-    kinds = wait_for(browser, "const b = document.getElementById('panels'); return b.dataset.panels && "
-                     "[...b.querySelectorAll('.panel')].map(p => p.dataset.model + ':' + p.dataset.kind)")
+    kinds = wait_for(
+        browser,
+        "const b = document.getElementById('panels'); return b.dataset.panels && "
+        "[...b.querySelectorAll('.panel')].map(p => p.dataset.model + ':' + p.dataset.kind)",
+    )
     assert sorted(kinds) == ["melspec:heatmap", "melspec_mean:vector"]
     same_origin_only(browser, s.url)
 
@@ -192,7 +227,9 @@ def test_map_shows_every_point_the_index_holds(site, browser):
         drawn = wait_for(browser, "const m = document.getElementById('map'); return +m.dataset.drawn || null")
         assert drawn == n, (name, drawn, n)
         legend = [e.text for e in browser.find_elements("css selector", "#legend li")]
-        assert legend == ["female (24)", "male (24)"] or name != "melspec_file", legend  # coloured by --labels
+        assert legend == ["female (24)", "male (24)"] or name != "melspec_file", (
+            legend
+        )  # coloured by --labels
     assert n > 48  # segment level: one point per 1 s window
     # hover a point: its name; click: its item page
     browser.get(f"{s.url}map?model=melspec")
@@ -200,10 +237,13 @@ def test_map_shows_every_point_the_index_holds(site, browser):
     from selenium.webdriver.common.action_chains import ActionChains
 
     w, h, px, py = browser.execute_script(  # where point 0 is drawn, in canvas pixels
-        "const c = document.getElementById('map'); return [c.clientWidth, c.clientHeight, ...c.ekScreen(0)];")
+        "const c = document.getElementById('map'); return [c.clientWidth, c.clientHeight, ...c.ekScreen(0)];"
+    )
     canvas = browser.find_element("id", "map")
     ActionChains(browser).move_to_element_with_offset(canvas, int(px - w / 2), int(py - h / 2)).perform()
-    name = wait_for(browser, "const t = document.getElementById('tooltip'); return !t.hidden && t.textContent")
+    name = wait_for(
+        browser, "const t = document.getElementById('tooltip'); return !t.hidden && t.textContent"
+    )
     path = name.split(" · ")[0]
     ActionChains(browser).click().perform()
     wait_for(browser, "return location.pathname.startsWith('/item/')")
@@ -219,7 +259,9 @@ def test_query_by_upload_finds_the_file_itself_and_keeps_nothing(site, browser, 
     browser.get(s.url + "query?model=melspec")
     browser.find_element("id", "query-file").send_keys(str(copy))
     browser.find_element("id", "query-submit").click()
-    wait_for(browser, "return document.getElementById('query-name') || document.getElementById('query-error')")
+    wait_for(
+        browser, "return document.getElementById('query-name') || document.getElementById('query-error')"
+    )
     first = browser.find_element("css selector", "li.neighbour")
     assert first.find_element("css selector", ".name").text == "female/f5_2.wav"
     assert float(first.get_attribute("data-score")) > 0.9999
@@ -233,12 +275,22 @@ def test_query_by_upload_finds_the_file_itself_and_keeps_nothing(site, browser, 
 
 def post_file(s: Server, path: str, payload: bytes, name: str) -> tuple[int, bytes]:
     boundary = "----embedkittest"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode() + payload + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + payload
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     conn = http.client.HTTPConnection(s.host, s.port, timeout=60)
     try:
-        conn.request("POST", path, body, {"Content-Type": f"multipart/form-data; boundary={boundary}",
-                                          "Host": f"{s.host}:{s.port}"})
+        conn.request(
+            "POST",
+            path,
+            body,
+            {"Content-Type": f"multipart/form-data; boundary={boundary}", "Host": f"{s.host}:{s.port}"},
+        )
         r = conn.getresponse()
         return r.status, r.read()
     finally:
@@ -247,25 +299,35 @@ def post_file(s: Server, path: str, payload: bytes, name: str) -> tuple[int, byt
 
 def test_comparison_page_shows_the_probe_per_model(site, browser):
     browser.get(site["server"].url + "compare")
-    rows = {r.get_attribute("data-model"): r for r in browser.find_elements("css selector", "#comparison tbody tr")}
+    rows = {
+        r.get_attribute("data-model"): r
+        for r in browser.find_elements("css selector", "#comparison tbody tr")
+    }
     assert {"melspec", "melspec_mean"} <= set(rows)
     for m in ("melspec", "melspec_mean"):
         assert float(rows[m].find_element("css selector", ".acc").text) >= 0.9
-    assert wait_for(browser, "const i = document.getElementById('comparison-chart'); "
-                    "return i.complete && i.naturalWidth > 0")
+    assert wait_for(
+        browser,
+        "const i = document.getElementById('comparison-chart'); return i.complete && i.naturalWidth > 0",
+    )
 
 
-# -- safety: only the collection's files ----------------------------------------------------------------------
+# -- safety: only the collection's files -----------------------------------------------------------
 def test_traversal_absolute_paths_and_symlinks_out_are_refused(site):
     s = site["server"]
     secret = Path("/etc/hostname").read_bytes() if Path("/etc/hostname").is_file() else b"\x00never"
     outside = (site["root"] / "outside" / "m1_2.wav").read_bytes()
     attempts = [
-        "/media/../../../../etc/hostname", "/media/%2e%2e/%2e%2e/%2e%2e/etc/hostname",
-        "/media/female/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/hostname", "/media/female/..%2f..%2f..%2fetc%2fhostname",
-        "/media//etc/hostname", "/media/%2fetc%2fhostname", "/media/female%5c..%5c..%5cetc%5chostname",
+        "/media/../../../../etc/hostname",
+        "/media/%2e%2e/%2e%2e/%2e%2e/etc/hostname",
+        "/media/female/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/hostname",
+        "/media/female/..%2f..%2f..%2fetc%2fhostname",
+        "/media//etc/hostname",
+        "/media/%2fetc%2fhostname",
+        "/media/female%5c..%5c..%5cetc%5chostname",
         "/media/male/m1_2.wav",  # a symlink in the input folder that leads out of it
-        "/item/%2e%2e/%2e%2e/etc/hostname", "/api/panels/%2e%2e/%2e%2e/etc/hostname",
+        "/item/%2e%2e/%2e%2e/etc/hostname",
+        "/api/panels/%2e%2e/%2e%2e/etc/hostname",
         "/media/speakers.csv",  # inside the folder's parent, not an item
         "/media/female/f1_0.npy",
     ]
@@ -280,7 +342,7 @@ def test_traversal_absolute_paths_and_symlinks_out_are_refused(site):
     assert s.get("/map", {"Host": "evil.example:80"})[0] == 421
 
 
-# -- bad input: one line, and the other pages keep working ------------------------------------------------------
+# -- bad input: one line, and the other pages keep working -----------------------------------------
 def test_bad_input_is_one_line_and_the_server_keeps_serving(site):
     s = site["server"]
     vanished = site["input"] / "male" / "m2_0.wav"
@@ -291,7 +353,9 @@ def test_bad_input_is_one_line_and_the_server_keeps_serving(site):
         assert status == 410 and b"has vanished" in body and body.count(b"\n") == 1
         status, _, body = s.get("/item/male/m2_0.wav")
         page = body.decode()
-        assert status == 200 and "has vanished" in page and 'class="neighbour"' in page  # its neighbours still
+        assert (
+            status == 200 and "has vanished" in page and 'class="neighbour"' in page
+        )  # its neighbours still
     finally:
         shutil.move(kept, vanished)
     status, _, body = s.get("/map?model=stale")
@@ -309,22 +373,33 @@ def test_bad_input_is_one_line_and_the_server_keeps_serving(site):
 def test_startup_problems_are_one_line(site, tmp_path):
     s = site["server"]
     # a port already in use
-    res = subprocess.run([sys.executable, str(ROOT / "run_browse.py"), str(site["out"]), "--port", str(s.port)],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "run_browse.py"), str(site["out"]), "--port", str(s.port)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 2 and "is in use" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     # an output folder without any index
     bare = tmp_path / "bare"
-    shutil.copytree(site["out"] / "melspec_mean", bare / "melspec_mean", ignore=shutil.ignore_patterns(".search"))
-    res = subprocess.run([sys.executable, str(ROOT / "run_browse.py"), str(bare)], capture_output=True, text=True,
-                         timeout=120)
+    shutil.copytree(
+        site["out"] / "melspec_mean", bare / "melspec_mean", ignore=shutil.ignore_patterns(".search")
+    )
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "run_browse.py"), str(bare)], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
     assert f"embedkit search index --output_base {bare} --model melspec_mean" in res.stderr
     # a labels CSV with a path outside the input folder: said once, and the server serves without it
     bad = tmp_path / "bad.csv"
     bad.write_text("path,label\nfemale/f1_0.wav,female\n../../etc/hostname,male\n")
-    other = Server(site["out"], "--audio_dir", str(site["input"]), "--labels", str(bad), log=tmp_path / "bad.log")
+    other = Server(
+        site["out"], "--audio_dir", str(site["input"]), "--labels", str(bad), log=tmp_path / "bad.log"
+    )
     try:
-        warnings = [ln for ln in (tmp_path / "bad.log").read_text().splitlines() if "outside the input folder" in ln]
+        warnings = [
+            ln for ln in (tmp_path / "bad.log").read_text().splitlines() if "outside the input folder" in ln
+        ]
         assert len(warnings) == 1 and "line 3" in warnings[0]
         status, _, body = other.get("/map")
         assert status == 200 and b"labels not used" in body
@@ -334,9 +409,18 @@ def test_startup_problems_are_one_line(site, tmp_path):
 
 
 def test_plain_install_needs_no_web_framework(monkeypatch, capsys):
-    res = subprocess.run([sys.executable, "-c", "import _checkout, embedkit, embedkit.browse.data, embedkit.evaluate, "
-                          "embedkit.run_extraction, sys; print('flask' in sys.modules, 'werkzeug' in sys.modules)"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import _checkout, embedkit, embedkit.browse.data, embedkit.evaluate, "
+            "embedkit.run_extraction, sys; print('flask' in sys.modules, 'werkzeug' in sys.modules)",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.stdout.split() == ["False", "False"], res.stderr
     from embedkit import run_browse
 
@@ -345,7 +429,7 @@ def test_plain_install_needs_no_web_framework(monkeypatch, capsys):
     assert "pip install -r requirements-ui.txt" in capsys.readouterr().err
 
 
-# -- the bundled example: pitch, beats, frames ------------------------------------------------------------------
+# -- the bundled example: pitch, beats, frames -----------------------------------------------------
 @pytest.mark.slow
 def test_bundled_example_item_pages_draw_pitch_and_beats(tmp_path, browser):
     need_ui()
@@ -362,13 +446,19 @@ def test_bundled_example_item_pages_draw_pitch_and_beats(tmp_path, browser):
         f0, conf, t = map(np.array, (pitch["f0"], pitch["conf"], pitch["t"]))
         sure = conf > 0.5
         # the sweep runs 110 -> 880 Hz: early frames near 110, late ones near 880 (examples/make_examples.py)
-        assert 90 < np.median(f0[sure & (t < 0.5)]) < 140 and 700 < np.median(f0[sure & (t > t.max() - 0.5)]) < 1000
+        assert (
+            90 < np.median(f0[sure & (t < 0.5)]) < 140
+            and 700 < np.median(f0[sure & (t > t.max() - 0.5)]) < 1000
+        )
         panels = {p["model"]: p for p in json.loads(server.get("/api/panels/beat_120bpm.flac")[2])["panels"]}
         beats = np.array(panels["madmom"]["beats"])
         assert abs(np.median(np.diff(beats)) - 0.5) < 0.03  # 120 bpm
         browser.get(server.url + "item/beat_120bpm.flac")
-        kinds = wait_for(browser, "const b = document.getElementById('panels'); return b.dataset.panels && "
-                         "[...b.querySelectorAll('.panel')].map(p => p.dataset.kind)")
+        kinds = wait_for(
+            browser,
+            "const b = document.getElementById('panels'); return b.dataset.panels && "
+            "[...b.querySelectorAll('.panel')].map(p => p.dataset.kind)",
+        )
         assert sorted(kinds) == ["beats", "heatmap", "pitch", "vector"]
         assert len(browser.find_elements("css selector", "li.neighbour")) == 2  # the other two files
         browser.get(server.url + "map")

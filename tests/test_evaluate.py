@@ -25,7 +25,7 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-# -- on espeak-ng voices: known gender, speaker groups ---------------------------------------------------
+# -- on espeak-ng voices: known gender, speaker groups ---------------------------------------------
 @pytest.mark.slow
 def test_probe_finds_gender_and_falls_to_chance_on_shuffled_labels(speaker_collection, tmp_path, capsys):
     out, labels = speaker_collection["out"], speaker_collection["labels"]
@@ -50,8 +50,19 @@ def test_probe_finds_gender_and_falls_to_chance_on_shuffled_labels(speaker_colle
 
     accs, precisions = [], []
     for seed in range(1, 6):  # labels permuted between speakers: nothing left to learn
-        code, text, err = run(capsys, str(out), "--labels", str(labels), "--out", str(tmp_path),
-                              "--shuffle_labels", str(seed), "--models", "melspec", "--json")
+        code, text, err = run(
+            capsys,
+            str(out),
+            "--labels",
+            str(labels),
+            "--out",
+            str(tmp_path),
+            "--shuffle_labels",
+            str(seed),
+            "--models",
+            "melspec",
+            "--json",
+        )
         assert code == 0, err
         r = json.loads(text)
         assert r["labels"] == {"female": 24, "male": 24}  # a permutation, still balanced
@@ -63,7 +74,7 @@ def test_probe_finds_gender_and_falls_to_chance_on_shuffled_labels(speaker_colle
     assert abs(np.mean(precisions) - 0.5) < 0.2, precisions
 
 
-# -- synthetic truth ----------------------------------------------------------------------------------------
+# -- synthetic truth -------------------------------------------------------------------------------
 def test_grouped_folds_keep_a_group_on_one_side():
     """Labels random per group; each group has its own direction: only a leak across folds predicts them."""
     rng = np.random.default_rng(0)
@@ -93,12 +104,14 @@ def test_probe_on_separable_classes_is_perfect_and_figures_match_numpy():
     assert r["precision@1"] == round(float(np.mean(np.array(y)[top1] == np.array(y))), 4)
 
 
-# -- bad input: one line, exit 2 ---------------------------------------------------------------------------------
+# -- bad input: one line, exit 2 -------------------------------------------------------------------
 @pytest.fixture
 def small_run(tmp_path):
     """Two embedding folders and a pitch-like folder, 6 files in 2 sub-folders, vectors by construction."""
     rng = np.random.default_rng(2)
-    arrays = {f"{d}/{i}.wav": rng.normal(size=(4, 8)) + (3 if d == "a" else -3) for d in "ab" for i in range(3)}
+    arrays = {
+        f"{d}/{i}.wav": rng.normal(size=(4, 8)) + (3 if d == "a" else -3) for d in "ab" for i in range(3)
+    }
     base = tmp_path / "out"
     write_model_folder(base, arrays, alias="emb")
     write_model_folder(base, {k: v[0] for k, v in arrays.items()}, alias="pooled", axes=("dim",))
@@ -117,14 +130,18 @@ def test_errors_are_one_line_with_exit_2(small_run, tmp_path, capsys):
         "absolute": (["/etc/passwd,a"], "outside the input folder"),
         "unknown": (good + ["c/9.wav,a,c9"], "not in the collection"),
         "one label": ([r.replace(",b,", ",a,") for r in good], "two labels or more"),
-        "one group": (["a/0.wav,a,g1", "a/1.wav,a,g2", "b/0.wav,b,g3", "b/1.wav,b,g3"], "only one of its groups"),
+        "one group": (
+            ["a/0.wav,a,g1", "a/1.wav,a,g2", "b/0.wav,b,g3", "b/1.wav,b,g3"],
+            "only one of its groups",
+        ),
         "mixed groups": (["a/0.wav,a,g", "b/0.wav,b"], "some rows have a group column"),
         "twice": (["a/0.wav,a", "a/0.wav,b"], "labelled both"),
     }
     for name, (rows, expect) in cases.items():
         labels = write_labels(tmp_path / f"{name.replace(' ', '_')}.csv", rows)
-        code, out, err = run(capsys, str(small_run), "--labels", str(labels), "--models", "emb",
-                             "--out", str(tmp_path / "ev"))
+        code, out, err = run(
+            capsys, str(small_run), "--labels", str(labels), "--models", "emb", "--out", str(tmp_path / "ev")
+        )
         if name == "one label" or name == "one group":  # the model's row says it; the run exits 1
             assert code == 1 and expect in err, (name, err)
             continue

@@ -63,3 +63,13 @@ def test_installed_command_runs_the_job(installed, tmp_path):
     assert (installed / "embedkit" / "crepe" / "core.py").is_file()
     bad = embedkit(installed, "extrct", cwd=tmp_path)
     assert bad.returncode == 2 and "did you mean 'extract'" in bad.stderr
+
+
+def test_installed_browse_app_has_its_pages_and_assets(installed, tmp_path):
+    browse = installed / "embedkit" / "browse"
+    for name in ("templates/base.html", "templates/item.html", "templates/map.html", "static/map.js",
+                 "static/item.js", "static/common.js", "static/style.css", "static/favicon.svg"):
+        assert (browse / name).is_file(), name
+    for command, usage in (("browse", "usage: embedkit browse"), ("evaluate", "usage: embedkit evaluate")):
+        res = embedkit(installed, command, "--help", cwd=tmp_path)
+        assert res.returncode == 0 and res.stdout.startswith(usage), res.stderr
