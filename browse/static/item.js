@@ -83,7 +83,7 @@
         ctx.fillRect(X(p.t[i]) - 1, h - (Math.log(f) - lo) / (hi - lo) * h - 1, 2, 2);
       }
       ctx.fillStyle = "#5d6677"; ctx.font = "10px sans-serif";
-      [100, 400, 1600].forEach(f => ctx.fillText(f + " Hz", 2, h - (Math.log(f) - lo) / (hi - lo) * h));
+      [100, 200, 400, 800].forEach(f => ctx.fillText(f + " Hz", 2, h - (Math.log(f) - lo) / (hi - lo) * h + 3));
     } else if (p.kind === "beats" || p.kind === "curve" || p.kind === "curves") {
       const ys = p.kind === "curves" ? p.y : [p.y];
       ys.forEach((y, k) => {
@@ -111,7 +111,7 @@
       });
     }
     if (timed && p.kind !== "vector" && !isNaN(player.currentTime)) {
-      ctx.strokeStyle = "rgba(0,0,0,.75)"; ctx.lineWidth = 1;
+      ctx.strokeStyle = "rgba(29,35,48,.85)"; ctx.lineWidth = 2;
       ctx.beginPath(); ctx.moveTo(X(player.currentTime), 0); ctx.lineTo(X(player.currentTime), h); ctx.stroke();
     }
   }
