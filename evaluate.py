@@ -138,6 +138,7 @@ def probe(
     x = np.asarray(x, np.float64)
     y_arr = np.asarray(y)
     classes, counts = np.unique(y_arr, return_counts=True)
+    classes = [str(c) for c in classes]  # plain str: messages say 'rhythm', not np.str_('rhythm')
     if len(classes) < 2:
         raise ConfigError(
             f"every labelled file has the label {classes[0]!r}: a probe needs two labels or more"
@@ -319,6 +320,8 @@ def table(result: dict) -> str:
         + f"; probe: logistic regression, {folds}-fold cross-validation (seed {result['seed']}){grouped}"
     )
     body = [fmt(ln) for ln in lines]
+    if not full:  # no model could be scored: no columns to show
+        return "\n".join([title, *body])
     return "\n".join([title, fmt(head), *body])
 
 

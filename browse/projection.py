@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 MAX_POINTS = 200_000  # drawn on the map; above it a sample (segment-level indexes can hold millions)
-PCA_FIT_SAMPLE = 50_000
+PCA_FIT_SAMPLE = 20_000  # directions from a sample: plenty for a picture, and a second at 100k x 512
 UMAP_MAX_POINTS = 50_000  # above it UMAP takes minutes: PCA unless the user asked for UMAP
 METHODS = ("auto", "pca", "umap")
 
@@ -51,8 +51,10 @@ def pca_2d(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, list[str]]:
     signs = np.sign(comps[np.arange(len(comps)), np.argmax(np.abs(comps), axis=1)])
     comps *= np.where(signs == 0, 1.0, signs)[:, None]
     coords = np.zeros((n, 2), np.float32)
-    for s in range(0, n, 100_000):  # bounded memory
-        coords[s : s + 100_000, : len(comps)] = ((x[s : s + 100_000] - mean) @ comps.T).astype(np.float32)
+    c32 = comps.T.astype(np.float32)
+    shift = (mean @ comps.T).astype(np.float32)
+    for s in range(0, n, 100_000):  # bounded memory; float32: (x - mean) @ c = x @ c - mean @ c
+        coords[s : s + 100_000, : len(comps)] = x[s : s + 100_000] @ c32 - shift
     total = float(np.clip(w, 0, None).sum())
     ratio = [float(w[i]) / total if total > 0 else 0.0 for i in order] + [0.0, 0.0]
     return coords, [f"PC{i + 1} ({100 * ratio[i]:.1f} % of variance)" for i in range(2)]
