@@ -86,6 +86,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 2**20)
     app.config["MAX_FORM_MEMORY_SIZE"] = 1 << 20
     app.json.sort_keys = False
+    app.jinja_env.globals["fmt_time"] = _fmt_time  # also inside imported macros
     app.url_map.merge_slashes = False  # `/media//etc/x` is refused, not redirected to `/media/etc/x`
     compare_cache: dict = {}
     compare_lock = threading.Lock()
@@ -400,10 +401,6 @@ def create_app(
                 except ConfigError as exc:
                     compare_cache["result"], compare_cache["problem"] = None, str(exc)
             return compare_cache["result"], compare_cache["problem"]
-
-    @app.context_processor
-    def helpers():
-        return {"fmt_time": _fmt_time}
 
     return app
 

@@ -134,7 +134,11 @@ class IndexView:
         self.output_base = output_base
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"index-{name}")
         self._embedder = None
-        self._index = self._call(lambda: search.Index.open(where, name, create=None))
+        try:
+            self._index = self._call(lambda: search.Index.open(where, name, create=None))
+        except BaseException:
+            self._pool.shutdown(wait=False)
+            raise
         info = self._index.info
         self.level: str = info.level
         self.window: float = float(info.window_seconds)

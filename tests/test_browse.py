@@ -251,6 +251,27 @@ def test_map_shows_every_point_the_index_holds(site, browser):
     assert browser.find_elements("css selector", "li.neighbour")
 
 
+def test_segment_neighbours_are_moments_and_their_players_start_there(site, browser):
+    s = site["server"]
+    browser.get(s.url + "item/female/f2_0.wav?model=melspec&c=melspec_segment_1s&t=1.5")
+    rows = browser.find_elements("css selector", "li.neighbour")
+    assert len(rows) == 10 and all(r.find_element("css selector", ".span").text for r in rows)
+    # the moment at 1.5 s is the query: its nearest moments, from the index directly
+    with search.Index.open(site["out"] / "melspec" / ".search", "melspec_segment_1s") as index:
+        _, vecs, starts, ends = index.vectors_of("female/f2_0.wav")
+        row = int(np.flatnonzero((starts <= 1.5) & (1.5 < ends))[0])
+        truth = index.search(vecs[row], 10, exclude={"female/f2_0.wav"})
+    assert [r.find_element("css selector", ".name").text for r in rows] == [h.path for h in truth]
+    src = rows[0].find_element("css selector", "audio").get_attribute("src")
+    assert f"#t={truth[0].start:.3f}" in src
+    start = browser.execute_async_script(
+        "const done = arguments[0], a = document.querySelector('li.neighbour audio');"
+        "a.addEventListener('loadedmetadata', () => done(a.currentTime), {once: true});"
+        "a.preload = 'metadata'; a.load();"
+    )
+    assert abs(start - truth[0].start) < 0.05  # the media fragment: the player starts at the moment
+
+
 def test_query_by_upload_finds_the_file_itself_and_keeps_nothing(site, browser, tmp_path):
     s = site["server"]
     copy = tmp_path / "a copy of f5_2.wav"
@@ -390,6 +411,16 @@ def test_startup_problems_are_one_line(site, tmp_path):
     )
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
     assert f"embedkit search index --output_base {bare} --model melspec_mean" in res.stderr
+    # listening beyond this machine: said loudly
+    wide = Server(
+        site["out"], "--host", "0.0.0.0", "--audio_dir", str(site["input"]), log=tmp_path / "wide.log"
+    )
+    try:
+        text = (tmp_path / "wide.log").read_text()
+        assert "WARNING: listening on 0.0.0.0" in text and "no login" in text.lower()
+        assert wide.get("/map", {"Host": "example.org"})[0] == 200  # --host: any name may reach it
+    finally:
+        assert wide.stop() == 0
     # a labels CSV with a path outside the input folder: said once, and the server serves without it
     bad = tmp_path / "bad.csv"
     bad.write_text("path,label\nfemale/f1_0.wav,female\n../../etc/hostname,male\n")

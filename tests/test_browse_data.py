@@ -154,3 +154,20 @@ def test_segment_map_has_a_point_per_vector_with_times(run):
     hits = view.neighbours("a/0.wav", k=3, at=0.16)  # the moment at 0.16 s: its own frame's neighbours
     assert len(hits) == 3 and all(h.start is not None for h in hits)
     coll.close()
+
+
+def test_postgres_index_gives_the_same_neighbours_and_map(run, pg_uri):
+    base, _, _ = run
+    build(base, "emb", "--db", pg_uri, "--collection", "browse_emb_file")
+    emb = data.Collection(base)
+    pg = data.Collection(base, db=pg_uri, collections=["browse_emb_file"])
+    try:
+        a = [(h.path, round(h.score, 5)) for h in emb.index("emb").neighbours("b/6.wav", k=7)]
+        view = pg.index("emb")
+        assert view.is_postgres and view.name == "browse_emb_file"
+        assert [(h.path, round(h.score, 5)) for h in view.neighbours("b/6.wav", k=7)] == a
+        m = projection.collection_map(view)
+        assert m.total == 8 and sorted(m.names) == sorted(emb.sources)
+    finally:
+        emb.close()
+        pg.close()
