@@ -35,28 +35,18 @@ from embedkit.extractors.base import ConfigError
 # What this adapter calls (the lead ports these when the reader's API lands):
 USES = {
     "embedkit.results": [
-        "model_names",
-        "ModelFolder.open",
-        "ModelFolder.{extractor,axes,time_axis,extras,meta}",
-        "ModelFolder.{load,load_extra,timestamps,path}",
-        "read_manifest",
-        "ResultsError",
+        "model_names", "ResultsError", "read_manifest (source and output per model)",
+        "ModelFolder.open", "ModelFolder.{meta, extractor, axes, time_axis, extras}",
+        "ModelFolder.{path, load(mmap=True), load_extra, timestamps}",
     ],
     "embedkit.search": [
-        "ModelFolder.open",
-        "ModelFolder.{config,check_level,default_store,axes_for}",
-        "Index.open",
-        "Index.{info,files,search,vectors_of,close,__len__}",
-        "Index.store (EmbeddedStore._segments, .db: "
-        "bulk read of every vector for the map; falls back to vectors_of per file)",
-        "collection_name",
-        "describe_config",
-        "is_postgres",
-        "query_vector",
-        "vectors_from_array",
-        "QueryEmbedder",
-        "retrieval_metrics",
-        "SearchError",
+        "ModelFolder.open", "ModelFolder.{config, check_level('file'), default_store(), axes_for}",
+        "Index.open(where, name, create=None)",
+        "Index.{info, files, search(exclude=), vectors_of, close, len}",
+        "Index.store: EmbeddedStore._segments(), .db, .dim (every vector at once, for the map; any other "
+        "store: vectors_of file by file)",
+        "collection_name", "describe_config", "is_postgres", "query_vector", "normalize_rows",
+        "QueryEmbedder(info).embed", "retrieval_metrics", "SearchError", "EmbeddedStore",
     ],
 }
 
