@@ -72,8 +72,11 @@ def decode_mono(path: str | os.PathLike, residual: bool = False) -> tuple[np.nda
         except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError
             try:  # e.g. AAC in a file named .wav, or a WAV codec libsndfile lacks
                 mono = _decode_pyav(path, residual)
-            except MediaError:
-                raise MediaError(f"cannot decode: {one_line(exc)}{sniff_hint(path)}") from None
+            except MediaError as second:
+                # libsndfile's own words can mislead ("not a regular file (possibly a pipe?)"): say
+                # what it is first, then both decoders' details
+                raise MediaError(f"not a decodable audio file (libsndfile: {_unpath(one_line(exc), path)}; "
+                                 f"FFmpeg: {_unpath(_detail(second), path)}){sniff_hint(path)}") from None
         else:
             mono = _decode_soundfile(path, info, residual)
     else:
@@ -236,8 +239,32 @@ _MAGIC = (
 )
 
 
+def _detail(exc: MediaError) -> str:
+    """A MediaError's text without its hint (the caller adds the hint once)."""
+    return str(exc).split("; the file holds ")[0].removeprefix("cannot decode: ")
+
+
+def _unpath(text: str, path: str | os.PathLike) -> str:
+    """A decoder's message without the file's path (the report names the file already)."""
+    quoted = repr(str(path))
+    return text.replace(f"Error opening {quoted}: ", "").replace(f": {quoted}", "").rstrip(".")
+
+
+# What each content kind may be named: a hint only where the extension says something else.
+_AGREES = {
+    "a JPEG image": (".jpg", ".jpeg"), "a PNG image": (".png",), "a GIF image": (".gif",),
+    "a BMP image": (".bmp",), "a TIFF image": (".tif", ".tiff"), "FLAC audio": (".flac",),
+    "an Ogg file": (".ogg", ".oga", ".opus", ".ogv", ".spx"), "MP3 audio": (".mp3",),
+    "a Matroska/WebM file": (".mkv", ".mka", ".webm"), "a PDF document": (".pdf",),
+    "a zip archive": (".zip",), "WAV audio": (".wav", ".wave"), "a WebP image": (".webp",),
+    "an AVI video": (".avi",),
+    "an MP4/M4A file": (".mp4", ".m4a", ".m4v", ".m4b", ".mov", ".3gp", ".3g2"),
+}
+
+
 def sniff_hint(path: str | os.PathLike) -> str:
-    """'; the file holds a JPEG image (its extension says .wav)' when the content contradicts the name."""
+    """'; the file holds a JPEG image (its extension says .wav)' when the content contradicts the name
+    ('' when they agree: a damaged .mp4 that holds MP4 needs no hint)."""
     try:
         with open(path, "rb") as f:
             head = f.read(16)
@@ -253,8 +280,10 @@ def sniff_hint(path: str | os.PathLike) -> str:
             what = "text"
         else:
             return ""
-    ext = os.path.splitext(str(path))[1].lower() or "(none)"
-    return f"; the file holds {what} (its extension says {ext})"
+    ext = os.path.splitext(str(path))[1].lower()
+    if ext in _AGREES.get(what, ()):
+        return ""
+    return f"; the file holds {what} (its extension says {ext or '(none)'})"
 
 
 # resampy's arithmetic, per call: "float32" accumulates every filter tap into a float32 sample

@@ -6,8 +6,8 @@
     embedkit evaluate ...  compare models on your labels: probe and retrieval (evaluate.py)
     embedkit plot ...      pictures of the outputs (plotting.py)
     embedkit export ...    one file a training script loads (export.py)
-    embedkit openl3 ...    openl3's own command line (openl3_cli.py)
-    embedkit crepe ...     crepe's own command line (crepe/cli.py, `embedkit.crepe`)
+    embedkit openl3 ...    openl3's own command line (embedkit.openl3.cli)
+    embedkit crepe ...     crepe's own command line (embedkit.crepe.cli)
 
 Each command is the module's `main(argv)`; `python <module>.py ...` does the same from a checkout.
 """
@@ -27,7 +27,7 @@ COMMANDS = {
     "evaluate": ("evaluate", "compare models on your labels: linear probe and retrieval per model"),
     "plot": ("plotting", "plot per-file features and a map of the collection"),
     "export": ("export", "pack a model folder into one npz / hdf5 / parquet / csv file"),
-    "openl3": ("openl3_cli", "openl3's command line (audio | image | video)"),
+    "openl3": ("openl3.cli", "openl3's command line (audio | image | video)"),
     "crepe": ("crepe.cli", "crepe's command line (pitch of audio files -> <name>.f0.csv)"),
 }
 

@@ -48,6 +48,10 @@ FORMATS = {"npz": ".npz", "hdf5": ".h5", "parquet": ".parquet", "csv": ".csv"}
 EXPORT_VERSION = 1
 METADATA_KEY = "embedkit"  # parquet schema metadata key / hdf5 attribute holding the metadata JSON
 _ROW_GROUP_BYTES = 64 << 20  # parquet: files per row group up to about this many bytes of data
+# metadata "names" when some file name is not UTF-8: every format keeps the names' exact bytes
+_NAMES_BYTES = ("bytes: some file names are not UTF-8; their exact bytes are kept (npz: str with surrogate "
+                "escapes, hdf5: bytes, read .asstr(errors='surrogateescape'); parquet: binary columns; "
+                "csv: the bytes as they are)")
 
 
 class ExportError(RuntimeError):
@@ -57,15 +61,9 @@ class ExportError(RuntimeError):
 # -- planning: shapes from .npy headers, no data read ------------------------------------
 def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    except (OSError, ValueError, EOFError) as exc:
-        raise ExportError(f"{path} is not a readable .npy file ({exc}); rerun the extraction") from None
-    return tuple(int(s) for s in shape), np.dtype(dtype)
+        return results.npy_header(path)
+    except results.ResultsError as exc:
+        raise ExportError(str(exc)) from None
 
 
 @dataclass
@@ -144,12 +142,17 @@ def _plan_part(key: str, paths: list[Path], layout: str, axis: int | None) -> _P
 
 @dataclass
 class Plan:
-    """What one model folder's export holds, from the .npy headers alone."""
+    """What one export file holds (one model folder's items of one array layout), from the .npy headers.
+
+    kind: None for the model's own kind; "video" etc. for the files whose arrays features.json
+    describes apart (`per_kind`: an image model's videos are (time, dim), its images (dim,)).
+    """
 
     folder: results.ModelFolder
     items: list[PurePosixPath]
     sources: list[str]
     parts: list[_Part]  # main data first
+    kind: str | None = None
     fingerprint: str = ""
     metadata: dict = field(default_factory=dict)
 
@@ -158,27 +161,61 @@ class Plan:
         return self.parts[0]
 
     @property
+    def spec(self) -> dict:
+        return self.folder.spec(self.kind)
+
+    @property
+    def axes(self) -> list[str]:
+        return list(self.spec.get("axes") or [])
+
+    @property
+    def name(self) -> str:
+        """The export's file stem: `<model>`, or `<model>.<kind>` for a per-kind group."""
+        return self.folder.name + (f".{self.kind}" if self.kind else "")
+
+    @property
     def pooled(self) -> bool:
         """One 1-D vector per file: the case a CSV can hold."""
         return self.data.layout == "stacked" and len(self.data.tail) == 1
 
 
-def plan(output_base: str | os.PathLike, model: str, layout: str = "auto", compress: bool = False) -> Plan:
-    """Plan the export of `<output_base>/<model>`: items, shapes, layout, fingerprint, metadata.
+def groups(folder: results.ModelFolder) -> dict[str | None, list[results.Item]]:
+    """The folder's current items by array layout: None = the model's own kind, else a `per_kind` kind.
 
-    layout: "auto" = ragged along the time axis when the model has one, else stacked;
+    Each group goes to its own export file (`<model>.npz`, `<model>.video.npz`), so every file
+    holds arrays of one set of axes.
+    """
+    per_kind = set((folder.meta.get("per_kind") or {}))
+    out: dict[str | None, list[results.Item]] = {}
+    for item in folder.items:
+        out.setdefault(item.kind if item.kind in per_kind else None, []).append(item)
+    return out
+
+
+def plan(output_base: str | os.PathLike | results.ModelFolder, model: str | None = None, layout: str = "auto",
+         compress: bool = False, kind: str | None = None) -> Plan:
+    """Plan the export of `<output_base>/<model>` (its items of `kind`): items, shapes, layout, metadata.
+
+    layout: "auto" = ragged along the time axis when the arrays have one, else stacked;
     "stacked" needs every array to have the same shape; "ragged" concatenates along the
     time axis (axis 0 when there is none).
     """
-    folder = results.ModelFolder.open(output_base, model)
-    items = folder.outputs
-    if not items:
-        raise ExportError(f"{folder.dir} holds no arrays yet; run the extraction first")
-    time_axis = folder.time_axis
+    folder = output_base if isinstance(output_base, results.ModelFolder) else \
+        results.ModelFolder.open(output_base, model)
+    chosen = groups(folder).get(kind, [])
+    if not chosen:
+        raise ExportError(f"{folder.dir} holds no current arrays" + (f" of {kind} files" if kind else "")
+                          + (f" ({len(folder.excluded)} left out: stale or of another configuration)"
+                             if folder.excluded else "")
+                          + "; run the extraction first")
+    spec = folder.spec(kind)
+    axes = list(spec.get("axes") or [])
+    time_axis = axes.index("time") if "time" in axes else None
+    items = [i.output for i in chosen]
     main_layout = ("ragged" if time_axis is not None else "stacked") if layout == "auto" else layout
-    parts = [_plan_part("data", [folder.path(r) for r in items], main_layout, time_axis)]
-    if folder.timestamps_from_files:
-        paths = [folder.extra_path(results.TIMESTAMPS_EXTRA, r) for r in items]
+    parts = [_plan_part("data", [i.path for i in chosen], main_layout, time_axis)]
+    if chosen[0].times_from_file:
+        paths = [i.extra_path(results.TIMESTAMPS_EXTRA) for i in chosen]
         _require(paths, "timestamps")
         t = _plan_part("timestamps", paths, main_layout, 0)
         if main_layout == "ragged" and not np.array_equal(t.lengths, parts[0].lengths):
@@ -186,13 +223,11 @@ def plan(output_base: str | os.PathLike, model: str, layout: str = "auto", compr
                 f"{folder.name}: per-file timestamps and arrays disagree in length; rerun the extraction"
             )
         parts.append(t)
-    for extra in folder.extras:
-        paths = [folder.extra_path(extra, r) for r in items]
+    for extra in (e for e in spec.get("extras") or [] if e != results.TIMESTAMPS_EXTRA):
+        paths = [i.extra_path(extra) for i in chosen]
         _require(paths, extra)
         parts.append(_plan_part(f"extras/{extra}", paths, "ragged", 0))
-    manifest = results.read_manifest(output_base)
-    sources = [results.source_of(manifest, model, r) or "" for r in items]
-    p = Plan(folder, items, sources, parts)
+    p = Plan(folder, items, [i.source for i in chosen], parts, kind)
     p.fingerprint = _fingerprint(p, compress)
     p.metadata = _metadata(p)
     return p
@@ -201,7 +236,8 @@ def plan(output_base: str | os.PathLike, model: str, layout: str = "auto", compr
 def _require(paths: list[Path], what: str) -> None:
     missing = [p for p in paths if not p.is_file()]
     if missing:
-        raise ExportError(f"{len(missing)} {what} array(s) missing, e.g. {missing[0]}; rerun the extraction")
+        raise ExportError(f"{len(missing)} {what} array(s) missing, e.g. {results.display_name(missing[0])}; "
+                          "rerun the extraction")
 
 
 def _fingerprint(p: Plan, compress: bool) -> str:
@@ -218,20 +254,21 @@ def _fingerprint(p: Plan, compress: bool) -> str:
 
 
 def _metadata(p: Plan) -> dict:
-    folder, data = p.folder, p.data
-    axes = folder.axes or [f"axis{i}" for i in range(len(data.shapes[0]))]
+    folder, data, spec = p.folder, p.data, p.spec
+    axes = p.axes or [f"axis{i}" for i in range(len(data.shapes[0]))]
     if data.layout == "ragged":
         ragged_axis = axes[data.axis] if data.axis is not None and data.axis < len(axes) else "axis0"
         stored_axes = [ragged_axis] + [a for i, a in enumerate(axes) if i != data.axis]
     else:
         ragged_axis, stored_axes = None, ["file", *axes]
-    if folder.timestamps_from_files:
-        rule: dict | None = {"rule": "file", "key": "timestamps", "unit": "seconds"}
-    elif folder.time_axis is not None and folder.meta.get("hop_seconds"):
+    if any(part.key == "timestamps" for part in p.parts):
+        rule: dict | None = {"rule": "file", "key": "timestamps", "unit": "seconds",
+                             "meaning": spec.get("timestamp_note") or spec.get("timestamps")}
+    elif "time" in p.axes and spec.get("hop_seconds"):
         rule = {
             "rule": "formula",
-            "first_frame_seconds": float(folder.meta.get("first_frame_seconds") or 0.0),
-            "hop_seconds": float(folder.meta["hop_seconds"]),
+            "first_frame_seconds": float(spec.get("first_frame_seconds") or 0.0),
+            "hop_seconds": float(spec["hop_seconds"]),
             "formula": "t[i] = first_frame_seconds + i * hop_seconds (i: frame within its file)",
         }
     else:
@@ -240,7 +277,10 @@ def _metadata(p: Plan) -> dict:
         "format": "embedkit-export",
         "version": EXPORT_VERSION,
         "model": folder.name,
+        "kind": p.kind,
+        "axes": p.axes,
         "n_items": len(p.items),
+        "names": "utf-8" if all(map(results.is_utf8, [*map(str, p.items), *p.sources])) else _NAMES_BYTES,
         "layout": data.layout,
         "ragged_axis": ragged_axis,
         "stored_axes": stored_axes,
@@ -334,8 +374,10 @@ def write_hdf5(p: Plan, path: Path, compress: bool = False) -> None:
                 f.create_dataset(
                     "offsets" if part.key == "data" else f"{part.key}/offsets", data=part.offsets
                 )
-        f.create_dataset("paths", data=[str(r) for r in p.items], dtype=h5py.string_dtype())
-        f.create_dataset("sources", data=p.sources, dtype=h5py.string_dtype())
+        # names as bytes in UTF-8 strings: identical for UTF-8 names, and exact for the others
+        # (read them with .asstr(errors="surrogateescape"))
+        for key, values in (("paths", [str(r) for r in p.items]), ("sources", p.sources)):
+            f.create_dataset(key, data=[results.name_bytes(v) for v in values], dtype=h5py.string_dtype())
         f.attrs[METADATA_KEY] = json.dumps(p.metadata)
 
 
@@ -377,7 +419,13 @@ def write_parquet(p: Plan, path: Path, compress: bool = False) -> None:
         raise ExportError(
             f"{p.folder.name}: an extra output is named like a column ({names}); use npz or hdf5"
         )
-    fields = [pa.field("path", pa.string()), pa.field("source", pa.string())] + [
+    as_bytes = p.metadata["names"] != "utf-8"  # binary columns keep names that are not UTF-8 exactly
+    name_type = pa.binary() if as_bytes else pa.string()
+
+    def name_column(values: list[str]):
+        return pa.array([results.name_bytes(v) for v in values] if as_bytes else values, name_type)
+
+    fields = [pa.field("path", name_type), pa.field("source", name_type)] + [
         pa.field(n, _arrow_type(part.dtype, part.tail, part.layout == "ragged"))
         for n, part in zip(names[2:], p.parts)
     ]
@@ -390,10 +438,7 @@ def write_parquet(p: Plan, path: Path, compress: bool = False) -> None:
     with pq.ParquetWriter(path, schema, compression="zstd" if compress else "snappy") as w:
         for start in range(0, len(p.items), per_group):
             stop = min(len(p.items), start + per_group)
-            cols = [
-                pa.array([str(r) for r in p.items[start:stop]], pa.string()),
-                pa.array(p.sources[start:stop], pa.string()),
-            ]
+            cols = [name_column([str(r) for r in p.items[start:stop]]), name_column(p.sources[start:stop])]
             for part, it in zip(p.parts, iters):
                 cols.append(_arrow_column(part, [next(it) for _ in range(stop - start)]))
             w.write_batch(pa.record_batch(cols, schema=schema))
@@ -403,16 +448,16 @@ def write_csv(p: Plan, path: Path, compress: bool = False) -> None:
     """Pooled features: one row per file, `path,source,<one column per dim>`; float32 round-trips (%.9g)."""
     if not p.pooled:
         raise ExportError(
-            f"{p.folder.name}: CSV holds one vector per file; this model's arrays are "
-            f"{p.folder.axes} (use npz, hdf5 or parquet)"
+            f"{p.name}: CSV holds one vector per file; these arrays are {p.axes} (use npz, hdf5 or parquet)"
         )
     cols = p.folder.meta.get("columns") or []
     (dim,) = p.data.tail
     if len(cols) != dim:
-        axis = (p.folder.axes or ["dim"])[-1]
+        axis = (p.axes or ["dim"])[-1]
         cols = [f"{axis}_{j}" for j in range(dim)]
     fmt = "%.9g" if p.data.dtype.itemsize <= 4 else "%.17g"
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    # a file name that is not UTF-8 is written as its bytes (what the file system holds)
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         w = csv.writer(f)
         w.writerow(["path", "source", *cols])
         for rel, src, a in zip(p.items, p.sources, p.data.arrays(_load_npy)):
@@ -515,8 +560,8 @@ def load(path: str | os.PathLike) -> Exported:
             meta = json.loads(f.attrs[METADATA_KEY])
             return Exported(
                 meta,
-                list(f["paths"].asstr()[:]),
-                list(f["sources"].asstr()[:]),
+                list(f["paths"].asstr(errors="surrogateescape")[:]),
+                list(f["sources"].asstr(errors="surrogateescape")[:]),
                 f["data"][:],
                 f["offsets"][:] if "offsets" in f else None,
                 f["timestamps"][:] if "timestamps" in f else None,
@@ -535,14 +580,20 @@ def load(path: str | os.PathLike) -> Exported:
         extras = {n: _from_arrow(table.column(n), True) for n in meta["extras"]}
         return Exported(
             meta,
-            table.column("path").to_pylist(),
-            table.column("source").to_pylist(),
+            _names(table.column("path")),
+            _names(table.column("source")),
             data,
             offsets,
             stamps,
             extras,
         )
     raise ExportError(f"{path}: unknown export format (expected .npz, .h5 or .parquet)")
+
+
+def _names(column) -> list[str]:
+    """A path/source column as str: binary ones (names that are not UTF-8) via surrogate escapes."""
+    values = column.to_pylist()
+    return [v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v for v in values]
 
 
 def _from_arrow(column, ragged: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -574,25 +625,38 @@ def export_model(
     csv_for_pooled: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[Path]:
-    """Export one model folder in each format; returns the files (re)written or found up to date."""
-    p = plan(output_base, model, layout, compress)
-    formats = list(dict.fromkeys(formats + (["csv"] if csv_for_pooled and p.pooled else [])))
+    """Export one model folder in each format; returns the files (re)written or found up to date.
+
+    One file per array layout: `<model>.<ext>`, and `<model>.<kind>.<ext>` for files whose arrays
+    features.json describes apart (an image model's videos: frames with times).
+    """
+    folder = results.ModelFolder.open(output_base, model)
+    by_kind = groups(folder)
+    if not by_kind:
+        plan(folder, layout=layout, compress=compress)  # raises: says why nothing is there
     done: list[Path] = []
-    for fmt in formats:
-        target = Path(out_dir) / f"{model}{FORMATS[fmt]}"
-        old = read_metadata(target)
-        if not force and old and old.get("fingerprint") == p.fingerprint and target.is_file():
-            log(f"{model}: {target} is up to date ({len(p.items)} files)")
+    for kind in by_kind:
+        p = plan(folder, layout=layout, compress=compress, kind=kind)
+        wanted = list(dict.fromkeys(formats + (["csv"] if csv_for_pooled and p.pooled else [])))
+        for fmt in wanted:
+            target = Path(out_dir) / f"{p.name}{FORMATS[fmt]}"
+            if fmt == "csv" and not p.pooled and len(by_kind) > 1:  # e.g. an image model's videos
+                log(f"{p.name}: no CSV (its arrays are {p.axes}: CSV holds one vector per file)")
+                continue
+            old = read_metadata(target)
+            if not force and old and old.get("fingerprint") == p.fingerprint and target.is_file():
+                log(f"{p.name}: {target} is up to date ({len(p.items)} files)")
+                done.append(target)
+                continue
+            with _atomic_path(target) as tmp:
+                WRITERS[fmt](p, tmp, compress)
+            if fmt == "csv":  # written after the CSV: a crash between the two means a rebuild next time
+                outputs.atomic_write_json(_csv_sidecar(target), p.metadata)
+            size = target.stat().st_size
+            shown = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.0f} kB"
+            log(f"{p.name}: {len(p.items)} files ({p.data.layout}, {p.data.stored_shape}) -> {target} "
+                f"({shown})")
             done.append(target)
-            continue
-        with _atomic_path(target) as tmp:
-            WRITERS[fmt](p, tmp, compress)
-        if fmt == "csv":  # written after the CSV: a crash between the two means a rebuild next time
-            outputs.atomic_write_json(_csv_sidecar(target), p.metadata)
-        size = target.stat().st_size
-        shown = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.0f} kB"
-        log(f"{model}: {len(p.items)} files ({p.data.layout}, {p.data.stored_shape}) -> {target} ({shown})")
-        done.append(target)
     return done
 
 
@@ -636,10 +700,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         base, models = base.parent, [base.name]
     try:
-        available = results.model_names(base)
+        run = results.Results(base)
     except results.ResultsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    available = run.models
     models = models or available
     unknown = [m for m in models if m not in available]
     if unknown or not models:
@@ -653,6 +718,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for model in models:
         try:
+            for note in run.model(model).notes:
+                print(f"note: {note}", file=sys.stderr)
             export_model(
                 base, model, args.formats, out_dir, args.layout, args.compress, args.force, not args.no_csv
             )

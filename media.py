@@ -22,6 +22,7 @@ filter, each with its presentation time in seconds from the stream's first frame
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import threading
@@ -42,9 +43,23 @@ VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".m
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 ALL_EXTENSIONS = AUDIO_EXTENSIONS + VIDEO_EXTENSIONS + IMAGE_EXTENSIONS
 
-# Pillow refuses images above twice this many pixels (decompression bombs); a 108 MP
-# phone photo is fine, a 20000 x 20000 PNG is not.
-MAX_IMAGE_PIXELS = 178_956_970
+# The size guard, by pixels per frame, for images and video frames alike (a decompression bomb
+# or a scan too large for the machine). Checked from the header, before any pixel is decoded;
+# a 108 MP phone photo is fine, a 196 MP PNG is not. Configurable: `max_pixels_per_frame`.
+MAX_PIXELS_PER_FRAME = 178_956_970  # Pillow's own refusal threshold (2 x its warning limit)
+MAX_IMAGE_PIXELS = MAX_PIXELS_PER_FRAME  # the name earlier releases used
+# Decoded video frames held per chunk, by pixels: 16 frames up to 1080p (every chunk of an
+# ordinary video is 16 frames), fewer for larger frames, one for the largest, so the frames in
+# flight (chunks queued, FFmpeg's own threads) stay within a few GB whatever the frame size.
+FRAME_CHUNK_PIXELS = 16 * 1920 * 1080
+
+
+def too_large(what: str, width: int, height: int, limit: int) -> MediaError:
+    """The size guard's refusal, with the limit and how to change it."""
+    return MediaError(
+        f"{what} too large: {width}x{height} = {width * height / 1e6:.1f} megapixels, over the limit of "
+        f"{limit / 1e6:.1f} megapixels per frame (max_pixels_per_frame; raise it where this machine has "
+        f"about {width * height * 3 * 4 / 2**30:.1f} GB for it, or downscale the file)")
 
 
 def kind_of(path: str | os.PathLike) -> str | None:
@@ -62,79 +77,175 @@ def kind_of(path: str | os.PathLike) -> str | None:
 # -- discovery ---------------------------------------------------------------------
 @dataclass
 class Listing:
-    """Files found under a folder, and what was left out (with why)."""
+    """Files found under a folder, and what was left out (with why).
+
+    `names` maps each file to its output path (relative to a model folder), derived from
+    what its folder holds (`outputs.output_names` over every media file there, whatever
+    `extensions` or sub-folder options this run has), so a file's output name never depends
+    on the run's selection.
+    """
 
     files: list[Path]
     in_subfolders: int = 0  # media files below the top folder, not taken without `recursive`
     other_extensions: dict[str, int] = field(default_factory=dict)  # extension -> count, not taken
     hidden: int = 0
+    not_selected: int = 0  # media files whose extension is not in this run's `extensions`
+    excluded: list[Path] = field(default_factory=list)  # folders left out: the run's own output folder
+    unusable: list[tuple[str, str]] = field(default_factory=list)  # (relative path, why): symlink loops, ...
+    names: dict[Path, Path] = field(default_factory=dict)
 
     def left_out_lines(self) -> list[str]:
         """One line per reason, with what to do about it."""
         lines = []
+        for folder in self.excluded:
+            lines.append(f"the output folder {folder} (inside the input folder): never read as input")
         if self.in_subfolders:
             lines.append(f"{self.in_subfolders} media file(s) in sub-folders: add --recursive to take them")
+        if self.not_selected:
+            lines.append(f"{self.not_selected} media file(s) with extensions not in --extensions")
         if self.other_extensions:
             exts = ", ".join(f"{e or '(none)'} x{n}" for e, n in sorted(self.other_extensions.items()))
             total = sum(self.other_extensions.values())
             lines.append(f"{total} file(s) with extensions this run does not read: {exts}")
+        for rel, why in self.unusable[:10]:
+            lines.append(f"{rel}: {why}")
+        if len(self.unusable) > 10:
+            lines.append(f"... and {len(self.unusable) - 10} more that cannot be read")
         return lines
 
 
+def _is_media(name: str) -> bool:
+    return name.lower().endswith(ALL_EXTENSIONS)
+
+
 def discover(root: str | os.PathLike, extensions: tuple[str, ...] = ALL_EXTENSIONS,
-             recursive: bool = False) -> Listing:
+             recursive: bool = False, exclude: tuple[str | os.PathLike, ...] = ()) -> Listing:
     """Files under `root` with one of `extensions` (case-insensitive), relative to it, sorted.
 
     Hidden files and folders (leading '.') are ignored; with `recursive`, symlinked
-    folders are followed once (loops are cut).
+    folders are followed once (a link back to a folder already listed is reported as left
+    out). Folders in `exclude` (the run's output folder, when it lies inside the input
+    folder) are never entered. Entries that cannot be read (a symlink loop, a dangling link)
+    are left out with why.
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"input folder {root} does not exist (set --audio_dir)")
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise FileNotFoundError(f"input folder {root} {what} (set --audio_dir)")
     exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
     listing = Listing([])
     seen_dirs: set[tuple[int, int]] = set()
+    skip: dict[tuple[int, int], Path] = {}
+    for folder in exclude:
+        try:
+            st = os.stat(folder)
+            skip[(st.st_dev, st.st_ino)] = Path(folder)
+        except OSError:
+            pass
+    media_here: list[Path] = []  # every media file of the folders visited (for the names)
 
     def walk(d: Path, top: bool) -> None:
         try:
             st = d.stat()
-        except OSError:
+        except OSError as exc:
+            listing.unusable.append((d.relative_to(root).as_posix(), f"cannot be read ({exc.strerror})"))
             return
         if (st.st_dev, st.st_ino) in seen_dirs:
-            return  # symlink loop or a folder reached twice
+            listing.unusable.append((d.relative_to(root).as_posix(),
+                                     "a link to a folder already listed (a symlink loop, or a second "
+                                     "path to it): left out"))
+            return
         seen_dirs.add((st.st_dev, st.st_ino))
         try:
             entries = sorted(os.scandir(d), key=lambda e: e.name)
-        except OSError:
+        except OSError as exc:
+            listing.unusable.append((d.relative_to(root).as_posix() or ".",
+                                     f"folder cannot be listed ({exc.strerror})"))
             return
         for e in entries:
+            rel = Path(e.path).relative_to(root)
             if e.name.startswith("."):
                 listing.hidden += 1
                 continue
             try:
                 is_dir = e.is_dir()
-            except OSError:
+                if not is_dir and e.is_symlink():
+                    os.stat(e.path)  # a dangling link or a loop raises here
+            except OSError as exc:
+                why = "a symlink loop" if exc.errno == errno.ELOOP else \
+                    "a dangling symlink" if exc.errno == errno.ENOENT else "cannot be read"
+                listing.unusable.append((rel.as_posix(), f"{why} ({exc.strerror}): left out"))
                 continue
             if is_dir:
-                if recursive:
+                try:
+                    dst = e.stat()
+                    excluded = skip.get((dst.st_dev, dst.st_ino))
+                except OSError:
+                    excluded = None
+                if excluded is not None:
+                    listing.excluded.append(excluded)
+                elif recursive:
                     walk(Path(e.path), False)
                 else:
-                    listing.in_subfolders += _count_media(Path(e.path), exts)
+                    listing.in_subfolders += _count_media(Path(e.path), exts, set(skip))
             elif e.name.lower().endswith(exts):
-                listing.files.append(Path(e.path).relative_to(root))
+                listing.files.append(rel)
+                media_here.append(rel)
+            elif _is_media(e.name):
+                listing.not_selected += 1
+                media_here.append(rel)
             else:
                 ext = os.path.splitext(e.name)[1].lower()
                 listing.other_extensions[ext] = listing.other_extensions.get(ext, 0) + 1
 
     walk(root, True)
     listing.files.sort(key=lambda p: p.as_posix())
+    from embedkit import outputs
+
+    names = outputs.output_names(media_here)
+    listing.names = {f: names[f] for f in listing.files}
     return listing
 
 
-def _count_media(folder: Path, exts: tuple[str, ...], limit: int = 100_000) -> int:
+def output_name(root: str | os.PathLike, rel: Path, cache: dict | None = None) -> Path | None:
+    """The current output name of one input `rel` (relative to `root`), from what its folder holds
+    now; None when the file is gone. `cache` (folder -> names) spares listing a folder twice."""
+    from embedkit import outputs
+
+    cache = {} if cache is None else cache
+    parent = Path(rel).parent
+    if parent not in cache:
+        try:
+            here = [parent / e.name for e in os.scandir(Path(root) / parent)
+                    if not e.name.startswith(".") and _is_media(e.name) and not _is_dir(e)]
+        except OSError:
+            here = []
+        cache[parent] = outputs.output_names(here)
+    return cache[parent].get(Path(rel))
+
+
+def _is_dir(e: os.DirEntry) -> bool:
+    try:
+        return e.is_dir()
+    except OSError:
+        return False
+
+
+def _count_media(folder: Path, exts: tuple[str, ...], skip: set, limit: int = 100_000) -> int:
     n = 0
     for dirpath, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        kept = []
+        for d in dirs:
+            if d.startswith("."):
+                continue
+            try:
+                st = os.stat(os.path.join(dirpath, d))
+                if (st.st_dev, st.st_ino) in skip:
+                    continue
+            except OSError:
+                continue
+            kept.append(d)
+        dirs[:] = kept
         n += sum(1 for f in files if not f.startswith(".") and f.lower().endswith(exts))
         if n >= limit:
             break
@@ -142,17 +253,21 @@ def _count_media(folder: Path, exts: tuple[str, ...], limit: int = 100_000) -> i
 
 
 # -- images ------------------------------------------------------------------------
-def load_image(path: str | os.PathLike) -> np.ndarray:
+def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS_PER_FRAME) -> np.ndarray:
     """(H, W, 3) uint8 RGB pixels of an image file by the one image rule (module doc).
 
-    Raises MediaError for unreadable, truncated, empty or oversized images.
+    Raises MediaError for unreadable, truncated, empty or oversized images: more than
+    `max_pixels` pixels is refused from the header, before decoding.
     """
     from PIL import Image, ImageOps
 
     audio_io.check_not_empty(path)
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels  # only raised, never lowered: our guard is the one below
     try:
         with Image.open(path) as img:
+            if img.width * img.height > max_pixels:
+                raise too_large("image", img.width, img.height, max_pixels)
             img.seek(0)  # first frame of an animation
             img.load()
             img = ImageOps.exif_transpose(img) or img
@@ -364,16 +479,29 @@ def _info(stream, container) -> VideoInfo:
 
 
 def iter_frames(path: str | os.PathLike, chunk_frames: int = 16, prefetch: int = 2,
-                stop: threading.Event | None = None) -> tuple[VideoInfo, Iterator[FrameChunk]]:
+                stop: threading.Event | None = None, max_pixels: int = MAX_PIXELS_PER_FRAME,
+                notes: list[str] | None = None, chunk_pixels: int = FRAME_CHUNK_PIXELS,
+                ) -> tuple[VideoInfo, Iterator[FrameChunk]]:
     """(info, chunks) of the first video stream; frames are decoded in a background
     thread `prefetch` chunks ahead of the caller, so decoding overlaps the models.
 
-    A decode error mid-stream is raised from the iterator as MediaError.
+    Frames over `max_pixels` pixels are refused before decoding (MediaError); chunks hold
+    at most `chunk_frames` frames and at most `chunk_pixels` pixels (one frame at least).
+    Warnings the decoding thread meets go to `notes`. A decode error mid-stream is raised
+    from the iterator as MediaError.
     """
+    from embedkit import notes as _notes
+
     container = _open_video(path)
     stream = container.streams.video[0]
     info = _info(stream, container)
-    stream.thread_type = "AUTO"  # FFmpeg's own frame/slice threads
+    pixels = info.width * info.height
+    if pixels > max_pixels:
+        container.close()
+        raise too_large("video frames", info.width, info.height, max_pixels)
+    chunk_frames = max(1, min(chunk_frames, chunk_pixels // max(1, pixels)))
+    # FFmpeg's own frame threads hold a frame each: above 4K, slice threads only (same pixels)
+    stream.thread_type = "AUTO" if pixels <= 3840 * 2160 else "SLICE"
     q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
     scalers: dict = {}  # one scale filter graph per (size, interpolation), for the whole stream
     halt = threading.Event()  # this stream is closed (its own; `stop` is the caller's)
@@ -389,6 +517,12 @@ def iter_frames(path: str | os.PathLike, chunk_frames: int = 16, prefetch: int =
         return False
 
     def decode() -> None:
+        with _notes.capture() as got:
+            _decode()
+        if notes is not None:
+            notes.extend(n for n in got if n not in notes)
+
+    def _decode() -> None:
         frames, pts = [], []
         count = 0
         first = None
@@ -448,10 +582,15 @@ class Media:
     known after `probe()` (or the first decode).
     """
 
-    def __init__(self, path: str | os.PathLike, kind: str | None = None, residual: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, kind: str | None = None, residual: bool = False,
+                 max_pixels: int = MAX_PIXELS_PER_FRAME) -> None:
         """residual: decode with `audio_io.decode_mono`'s residual at once (a model will
-        ask for float64 resampling; otherwise the file is read a second time then)."""
+        ask for float64 resampling; otherwise the file is read a second time then).
+        max_pixels: the size guard for the image and the video frames (pixels per frame)."""
         self.path = Path(path)
+        self.max_pixels = max_pixels
+        self.notes: list[str] = []  # warnings met while decoding this file (decoder threads)
+        self.input: dict | None = None  # what the file was when read (outputs.input_fingerprint)
         self._want_residual = residual
         self.kind = kind or kind_of(path) or "audio"
         self.error: Exception | None = None  # set by the run loop when opening/decoding failed
@@ -530,10 +669,10 @@ class Media:
     # image
     def image(self) -> np.ndarray:
         if self._image is None:
-            self._image = load_image(self.path)
+            self._image = load_image(self.path, self.max_pixels)
         return self._image
 
     # video
     def frames(self, chunk_frames: int = 16, stop: threading.Event | None = None
                ) -> tuple[VideoInfo, Iterator[FrameChunk]]:
-        return iter_frames(self.path, chunk_frames, stop=stop)
+        return iter_frames(self.path, chunk_frames, stop=stop, max_pixels=self.max_pixels, notes=self.notes)

@@ -4,9 +4,11 @@ Layout under `output_base`:
     <model>/<relative dir>/<stem>.npy         main output of each input file
     <model>.<extra>/<relative dir>/<stem>.npy optional second outputs (e.g. madmom.beats)
     <model>/features.json                     what the arrays are (axes, hop, params, provenance)
-    manifest.jsonl                            one line per array written (source, output, shape, ...)
-    failures.json                             failures of the last run (file, model, cause)
-    run_report.json, reports/                 timing report of the last run / of every run
+    manifest.jsonl                            one line per array written (source, output, shape, config
+                                              digest, what the input was); the last line per
+                                              (model, source) is the current one
+    failures.json                             what is still failing in this folder (file, model, cause)
+    run_report.json, reports/                 report of the last run / of every run
 
 Every array is written to a hidden temporary file in its final folder, fsynced,
 then renamed: an output path holds a complete array or nothing. A `.lock` file
@@ -21,6 +23,7 @@ limit), is taken over.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import socket
@@ -34,6 +37,7 @@ from typing import Any, Iterable
 import numpy as np
 
 HOST = socket.gethostname()
+DIGEST_LIMIT = 256 << 20  # inputs up to this size get a sha256 in their manifest record (~0.25 s)
 _TMP_TAG = ".tmp-"
 _LOCK_SUFFIX = ".lock"
 LEASE_SECONDS = 300.0  # a lock not touched for this long is free to take over
@@ -77,6 +81,11 @@ def tmp_path(path: Path) -> Path:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` via temp file + fsync + rename; no partial file on failure."""
+    try:
+        if path.read_bytes() == data:  # the same configuration, written the same: nothing to write
+            return os.stat(path)
+    except OSError:
+        pass
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(path)
     try:
@@ -164,8 +173,8 @@ class OutputLock:
         # atomic and fails if the lock exists, so a lock file never lacks its owner
         # (an empty lock left by a kill would otherwise look held forever).
         tmp = tmp_path(self.path)
-        tmp.write_text(f"{HOST}:{os.getpid()}")
         try:
+            tmp.write_text(f"{HOST}:{os.getpid()}")  # a full disk fails here: the finally removes it
             for _ in range(3):
                 try:
                     os.link(tmp, self.path)
@@ -293,24 +302,190 @@ def clean_stale(folder: Path) -> int:
 
 # -- manifest -------------------------------------------------------------------
 def append_jsonl(path: Path, record: dict) -> None:
-    """Append one JSON line with a single write (atomic for small lines on local disks)."""
+    """Append one JSON line with a single write (atomic for small lines on local disks).
+
+    A line cut short earlier (a kill or a full disk mid-write) is ended first, so it never
+    swallows this one; readers skip the cut line.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(record, default=str) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
+        written = os.write(fd, line)
+        if written != len(line):  # only a full disk writes part of a small line
+            raise OSError(errno.ENOSPC, "No space left on device (manifest line cut short)", str(path))
     finally:
         os.close(fd)
+
+
+class ManifestIndex:
+    """The last record per (model, source) of a manifest.jsonl, read incrementally.
+
+    `refresh()` reads only what was appended since the last call (other drivers' lines
+    included); a line cut short by a kill is skipped. Records keep only what resuming needs:
+    output, config, input, run; `superseded` remembers the outputs earlier lines named for a
+    (model, source), to find the ones left under an old name.
+    """
+
+    KEEP = ("output", "config", "input", "run", "skipped")
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.last: dict[tuple[str, str], dict] = {}
+        self.superseded: dict[tuple[str, str], set[str]] = {}  # outputs an earlier line gave a source
+        self._offset = 0
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        with self._lock:
+            try:
+                if os.stat(self.path).st_size <= self._offset:  # nothing new: not even opened
+                    return
+                with open(self.path, "rb") as f:
+                    f.seek(self._offset)
+                    data = f.read()
+            except FileNotFoundError:
+                return
+            end = data.rfind(b"\n") + 1  # an unfinished last line waits for its newline
+            for raw in data[:end].splitlines():
+                try:
+                    rec = json.loads(raw)
+                    key = (rec["model"], rec["source"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+                before = self.last.get(key)
+                if before and before.get("output") and before["output"] != rec.get("output"):
+                    self.superseded.setdefault(key, set()).add(before["output"])
+                self.last[key] = {k: rec[k] for k in self.KEEP if k in rec}
+            self._offset += end
+
+    def get(self, model: str, source: str) -> dict | None:
+        with self._lock:
+            return self.last.get((model, source))
+
+    def items(self) -> list[tuple[tuple[str, str], dict]]:
+        with self._lock:
+            return list(self.last.items())
+
+
+# -- what an output was computed from -------------------------------------------
+def config_digest(extractor: str, params: dict, weights_setting: str | None) -> str:
+    """16 hex digits naming a model configuration (what features.json's extractor, params and
+    weights_setting say); equal configurations give equal digests on every machine."""
+    text = json.dumps({"extractor": extractor, "params": params, "weights_setting": weights_setting},
+                      sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def input_fingerprint(path: Path, digest_limit: int = DIGEST_LIMIT) -> dict:
+    """{"size", "mtime_ns"} of an input file, and its "sha256" when it is at most `digest_limit` bytes."""
+    import stat
+
+    st = os.stat(path)
+    out = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if stat.S_ISREG(st.st_mode) and st.st_size <= digest_limit:  # a pipe is read once, by the decoder
+        out["sha256"] = file_sha256(path)
+    return out
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def input_changed(recorded: dict, path: Path) -> str | None:
+    """Why `path` is no longer the input `recorded` describes, or None when it is the same.
+
+    Size and mtime equal: the same (no reading). Size equal, mtime not: the sha256 decides
+    where one was recorded (a copy or `touch` of the same bytes is the same input).
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"cannot stat it ({exc.strerror})"
+    if recorded.get("size") != st.st_size:
+        return f"its size changed ({recorded.get('size')} -> {st.st_size} bytes)"
+    if recorded.get("mtime_ns") == st.st_mtime_ns:
+        return None
+    if "sha256" in recorded and file_sha256(path) == recorded["sha256"]:
+        return None
+    return "its content changed (modification time and sha256)" if "sha256" in recorded \
+        else "its modification time changed (no sha256 recorded for files this large)"
+
+
+# -- features.json: one configuration per model folder ----------------------------
+class ConfigConflict(Exception):
+    """A model folder's features.json names another configuration than this run's."""
+
+
+def read_config_digest(meta: dict) -> str:
+    """The configuration digest of a features.json (computed for files written before it was recorded)."""
+    return meta.get("config_digest") or config_digest(meta.get("extractor"), meta.get("params"),
+                                                      meta.get("weights_setting"))
+
+
+def claim_config(path: Path, meta: dict, replace: bool = False) -> os.stat_result:
+    """Write features.json `meta` unless it holds another configuration: atomically, so of two
+    runs starting at once with different configurations exactly one writes it; the other gets
+    ConfigConflict before it writes any array. `replace` (--overwrite): write it whatever it holds.
+    Returns the file's stat (to notice later whether another run replaced it)."""
+    data = (json.dumps(meta, indent=2, default=str) + "\n").encode()
+    if replace:
+        atomic_write_bytes(path, data)
+        return os.stat(path)
+    try:
+        if path.read_bytes() == data:  # the same configuration, written the same: nothing to write
+            return os.stat(path)
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # atomic, and fails where the file exists: the first writer wins
+            return os.stat(path)
+        except FileExistsError:
+            pass
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigConflict(f"{path} cannot be read ({exc}); move it away or use --overwrite") from None
+        if read_config_digest(old) != meta["config_digest"]:
+            raise ConfigConflict(
+                f"{path} was written by {old.get('extractor')} with params {old.get('params')} and "
+                f"weights {old.get('weights_setting') or 'default'} (another run, perhaps still running), "
+                f"but this run asks {meta.get('extractor')} with {meta.get('params')} and weights "
+                f"{meta.get('weights_setting') or 'default'}. Use --overwrite to recompute, another "
+                "--output_base, or give this configuration its own name "
+                "(models: {my_name: {extractor: ...}}).")
+        if path.read_bytes() != data:  # the same configuration: refresh provenance (versions, ...)
+            os.replace(tmp, path)
+        return os.stat(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def explain_os_error(exc: OSError) -> str:
-    """One-line cause with advice for the write errors people actually hit."""
-    if exc.errno == errno.ENOSPC:
-        return f"disk full while writing ({exc}); free space or choose another --output_base, then rerun"
+def explain_os_error(exc: OSError, path: Path | str | None = None) -> str:
+    """One-line cause with advice for the write errors people actually hit (`path`: what was written)."""
+    where = path or exc.filename
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"disk full at {where}: free space or choose another --output_base, then rerun "
+                "(the rerun resumes)")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"cannot write ({exc}); check permissions of --output_base, then rerun"
+        return f"cannot write {where} ({exc.strerror}); check permissions of --output_base, then rerun"
     return f"{type(exc).__name__}: {exc}"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

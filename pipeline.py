@@ -4,8 +4,14 @@
     claim(item, leases)        -> the models this driver computes (leases on their outputs)
     decode(item, jobs)         -> Media: audio resampled per model, the image, the video's streams
     extract(item, jobs, media) -> Features per model (the plugins' code), as Results
-    store(item, job, feats)    -> atomic arrays + one manifest line
+    store(item, job, feats)    -> atomic arrays + one manifest line (config digest, input fingerprint)
     report                     -> RunStats (reporting.py) counts every Outcome
+
+What is already done is the `Ledger`'s answer: an output counts as complete when its array
+is whole, the manifest's last record for (model, source) names it, was made with this
+configuration and from the input as it is now (size, mtime, sha256 where cheap). Anything
+else is computed again: an array without its record (a kill between the two), a changed
+input, an array of another configuration.
 
 Each stage is one function here; an executor drives them. The local executor
 (`Runner`) claims and decodes the next files in a prefetch thread into a bounded
@@ -27,14 +33,14 @@ import signal
 import sys
 import threading
 import time
-import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from embedkit import audio_io, media, outputs
+from embedkit import audio_io, media, notes, outputs
 from embedkit.extractors.base import ConfigError, Extractor, Features, OutputSpec, SkipFile
 from embedkit.reporting import Outcome, RunStats
 
@@ -49,6 +55,38 @@ class ModelJob:
     out_dir: Path | None = None
     error: str | None = None  # load failure: every file this model takes fails with this cause
     _specs: dict = field(default_factory=dict, repr=False)
+    _meta_stat: tuple | None = field(default=None, repr=False)  # features.json as this job last saw it
+
+    @property
+    def config_digest(self) -> str:
+        """The configuration's digest: features.json's `config_digest`, each manifest line's `config`."""
+        ex = self.extractor
+        return outputs.config_digest(ex.name, json.loads(json.dumps(ex.config, default=str)), ex.weights_path)
+
+    def check_claim(self) -> None:
+        """ConfigConflict when features.json no longer names this configuration (another run
+        replaced it with --overwrite meanwhile): arrays of two configurations never share a folder.
+        One stat per call; the file is read again only when it changed."""
+        assert self.out_dir is not None
+        meta = self.out_dir / "features.json"
+        try:
+            st = os.stat(meta)
+        except FileNotFoundError:
+            raise outputs.ConfigConflict(f"{meta} was removed while this run was writing to {self.out_dir}; "
+                                         "rerun") from None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if key == self._meta_stat:
+            return
+        try:
+            theirs = outputs.read_config_digest(json.loads(meta.read_text()))
+        except (OSError, ValueError) as exc:
+            raise outputs.ConfigConflict(f"{meta} cannot be read ({exc}); rerun") from None
+        if theirs != self.config_digest:
+            raise outputs.ConfigConflict(
+                f"{meta} now describes another configuration ({theirs}, this run's is {self.config_digest}): "
+                "another run replaced it (with --overwrite?) while this one was writing; this run writes "
+                f"no more arrays to {self.out_dir}")
+        self._meta_stat = key
 
     def spec(self, kind: str) -> OutputSpec:
         """The output spec for files of `kind` (audio plugins: the same for audio and video)."""
@@ -91,6 +129,7 @@ class RunOptions:
     progress_every: float = 60.0
     lease_seconds: float = outputs.LEASE_SECONDS
     torch_threads: int | None = None  # torch's intra-op threads (None: the cores this process may use)
+    max_pixels_per_frame: int = media.MAX_PIXELS_PER_FRAME  # the size guard for images and video frames
 
 
 @dataclass
@@ -129,53 +168,151 @@ def shard_of(rel: Path, count: int) -> int:
 
 
 def output_names(files: list[Path], jobs: list[ModelJob]) -> dict[str, dict[Path, Path]]:
-    """alias -> {source: output path} from the FULL listing (never one shard of it).
+    """alias -> {source: output path}: the same names for every model (`outputs.output_names` over
+    `files`; a run gets them from `media.discover`, over everything each folder holds)."""
+    names = outputs.output_names(files)
+    return {job.alias: names for job in jobs}
 
-    Two files a model takes that would share an output (`a.wav`, `a.mp3`) keep their
-    extension; the same file always gets the same name whichever shard runs it.
+
+class Ledger:
+    """What the output folder holds for each (model, source), from the manifest and the arrays.
+
+    `check` says whether an output is complete and current; everything else is to do, with
+    the reason when it is done again (counted in the report): "unrecorded" (a whole array
+    without its manifest line: a run stopped between the two), "input" (the input changed
+    since), "config" (an array of another configuration, e.g. from an interrupted --overwrite).
+    Lines written before records named their configuration and input are trusted as they are.
     """
-    kinds = {f: media.kind_of(f) for f in files}
-    return {job.alias: outputs.output_names([f for f in files if kinds[f] in job.kinds]) for job in jobs}
+
+    def __init__(self, root: Path, output_base: Path) -> None:
+        self.root = Path(root)
+        self.output_base = Path(output_base)
+        self.index = outputs.ManifestIndex(self.output_base / "manifest.jsonl")
+        self.index.refresh()
+
+    def check(self, job: ModelJob, source: Path, rel_out: Path, kind: str) -> tuple[bool, str | None]:
+        """(complete and current, why it is computed again: None for outputs never written)."""
+        rec = self.index.get(job.alias, source.as_posix())
+        complete = job.is_done(rel_out, kind)
+        if rec is None:
+            return False, "unrecorded" if complete else None
+        if rec.get("config") not in (None, job.config_digest):
+            return False, "config"
+        if rec.get("output") is None:  # "nothing in it for this model" (a video without sound)
+            if "input" not in rec:
+                return False, None  # an older line: look again, and record what the input was
+            return (True, None) if outputs.input_changed(rec["input"], self.root / source) is None \
+                else (False, "input")
+        main = job.outputs(rel_out, kind)[-1].relative_to(self.output_base).as_posix()
+        if rec["output"] != main:  # recorded under another name (stale_outputs has the old one)
+            return False, "unrecorded" if complete else None
+        if not complete:
+            return False, None
+        if "input" in rec and outputs.input_changed(rec["input"], self.root / source) is not None:
+            return False, "input"
+        return True, None
+
+    def stale(self, names: dict[Path, Path]) -> list[dict]:
+        """Outputs still on disk under a name no longer current for their source (the folder's
+        contents changed, or an older release named it otherwise): [{output, model, source, current}].
+
+        `names`: this run's current names; sources outside them (other extensions, sub-folders
+        a run without --recursive does not take) are named from what their folder holds now.
+        Sources that are gone are not listed (their outputs are not stale by name).
+        """
+        cache: dict = {}
+        expected = {}
+        for (model, source), rec in self.index.items():
+            current = names.get(Path(source)) or media.output_name(self.root, Path(source), cache)
+            if current is not None:
+                expected[(model, source)] = f"{model}/{current.as_posix()}"
+        live = set(expected.values())  # never list a file that is some source's current output
+        out = []
+        for (model, source), rec in self.index.items():
+            if (model, source) not in expected:
+                continue
+            named = {*self.index.superseded.get((model, source), ()), rec.get("output") or ""} - {""}
+            for old in sorted(named - live):
+                if (self.output_base / old).is_file():
+                    out.append({"output": old, "model": model, "source": source,
+                                "current": expected[(model, source)]})
+        return out
 
 
 def plan(files: list[Path], jobs: list[ModelJob], overwrite: bool, stats: RunStats,
-         shard: tuple[int, int] | None = None) -> list[Item]:
-    """The items still to do; outputs already complete are counted as skipped."""
-    names = output_names(files, jobs)
+         shard: tuple[int, int] | None = None, names: dict[Path, Path] | None = None,
+         ledger: Ledger | None = None) -> list[Item]:
+    """The items still to do; outputs already complete are counted as skipped.
+
+    names: output name per source (default: `outputs.output_names(files)`); ledger: what the
+    output folder holds (default: an output counts as done when its arrays are whole).
+    """
+    names = names if names is not None else outputs.output_names(files)
     if shard:
         files = [f for f in files if shard_of(f, shard[1]) == shard[0]]
-    stats.files_total = len(files)
     items = []
     for src in files:
         kind = media.kind_of(src) or "audio"
+        takers = [job for job in jobs if kind in job.kinds]
+        if not takers:
+            stats.files_not_taken[kind] = stats.files_not_taken.get(kind, 0) + 1
+            continue
+        stats.files_total += 1
         stats.count_kind(kind)
         pending = []
-        for job in jobs:
-            if kind not in job.kinds:
-                continue
-            if not overwrite and not job.error and job.is_done(names[job.alias][src], kind):
+        for job in takers:
+            if overwrite or job.error:
+                done, why = False, None
+            elif ledger is not None:
+                done, why = ledger.check(job, src, names[src], kind)
+            else:
+                done, why = job.is_done(names[src], kind), None
+            if done:
                 stats.model(job.alias).skipped += 1
             else:
                 pending.append(job)
+                if why:
+                    stats.redo[why] += 1
         if pending:
-            items.append(Item(src, kind, {j.alias: names[j.alias][src] for j in pending}, pending))
+            items.append(Item(src, kind, {j.alias: names[src] for j in pending}, pending))
     return items
 
 
 # -- claim --------------------------------------------------------------------------------
-def claim(item: Item, leases: outputs.Leases, overwrite: bool
+def claim(item: Item, leases: outputs.Leases, overwrite: bool, ledger: Ledger | None = None
           ) -> tuple[list[ModelJob], list[outputs.OutputLock], list[Outcome]]:
-    """Lease the main output of each pending model; (jobs to run, locks held, outcomes of the rest)."""
+    """Lease the main output of each pending model; (jobs to run, locks held, outcomes of the rest).
+
+    With a lease held, the output is checked again (`ledger`, reading the manifest lines other
+    drivers appended meanwhile): finished elsewhere, it is not computed twice.
+    """
     jobs, locks, others = [], [], []
+    if ledger is not None:
+        ledger.index.refresh()
     for job in item.jobs:
         if job.error:
             jobs.append(job)
             continue
         rel_out = item.names[job.alias]
-        lock = leases.acquire(job.outputs(rel_out, item.kind)[-1])
+        main = job.outputs(rel_out, item.kind)[-1]
+        try:
+            lock = leases.acquire(main)
+        except OSError as exc:  # a full disk shows first here, at the lock's own little file
+            out = Outcome(item.source.as_posix(), job.alias, "failed")
+            out.fail(exc, "claim", cause=outputs.explain_os_error(exc, main.parent))
+            out.disk_full = str(main.parent) if outputs.is_disk_full(exc) else ""
+            others.append(out)
+            continue
         if not lock.held:
             others.append(Outcome(item.source.as_posix(), job.alias, "claimed", owner=lock.owner or "?"))
-        elif not overwrite and job.is_done(rel_out, item.kind):  # finished by another driver meanwhile
+            continue
+        if overwrite:
+            done = False
+        elif ledger is not None:
+            done = ledger.check(job, item.source, rel_out, item.kind)[0]
+        else:
+            done = job.is_done(rel_out, item.kind)
+        if done:  # finished by another driver meanwhile
             leases.release(lock)
             others.append(Outcome(item.source.as_posix(), job.alias, "claimed", owner="(finished)"))
         else:
@@ -185,15 +322,31 @@ def claim(item: Item, leases: outputs.Leases, overwrite: bool
 
 
 # -- decode -------------------------------------------------------------------------------
-def decode(root: Path, item: Item, jobs: list[ModelJob]) -> media.Media:
+def decode(root: Path, item: Item, jobs: list[ModelJob],
+           max_pixels: int = media.MAX_PIXELS_PER_FRAME) -> media.Media:
     """Open the file and decode what the models need now: audio (resampled once per
     (rate, method)) and images. Video frames are streamed later, during extraction.
 
-    Never raises: a decode error stays in the Media and fails each model that needs it.
+    What the file is (size, mtime, sha256 where cheap) is taken first, for the manifest;
+    warnings met while decoding become notes of this file. Never raises: a decode error stays
+    in the Media and fails each model that needs it.
     """
     live = [j for j in jobs if not j.error]
     m = media.Media(root / item.source, item.kind, residual=any(
-        j.extractor.modality == "audio" and j.extractor.resample_precision == "float64" for j in live))
+        j.extractor.modality == "audio" and j.extractor.resample_precision == "float64" for j in live),
+        max_pixels=max_pixels)
+    with notes.capture() as got:
+        _decode(m, item, live)
+    m.notes.extend(n for n in got if n not in m.notes)
+    return m
+
+
+def _decode(m: media.Media, item: Item, live: list[ModelJob]) -> None:
+    try:
+        m.input = outputs.input_fingerprint(m.path)
+    except OSError as exc:
+        m.error = audio_io.MediaError(f"cannot read: {exc.strerror}")
+        return
     try:
         if item.kind == "video":
             m.probe()
@@ -203,7 +356,7 @@ def decode(root: Path, item: Item, jobs: list[ModelJob]) -> media.Media:
             m.image()
     except Exception as exc:
         m.error = exc
-        return m
+        return
     if m.has_audio:
         for job in live:
             if job.extractor.modality == "audio":
@@ -211,7 +364,6 @@ def decode(root: Path, item: Item, jobs: list[ModelJob]) -> media.Media:
                     m.audio(*job.extractor.resample_key)
                 except Exception:
                     pass  # raised again in extract, for the models that need the sound only
-    return m
 
 
 # -- extract ------------------------------------------------------------------------------
@@ -247,13 +399,11 @@ def extract(item: Item, jobs: list[ModelJob], m: media.Media,
 
 
 def _capture_notes(fn: Callable[[], Features]) -> tuple[Features, list[str]]:
-    """Call `fn`, collecting every warning it issues as a note (each one, not only the first)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    """Call `fn`, collecting every warning it issues in this thread as a note (each one, not only
+    the first; `notes.capture`: another thread's warnings never land here)."""
+    with notes.capture() as got:
         features = fn()
-    notes = list(dict.fromkeys(str(w.message) for w in caught
-                               if not issubclass(w.category, DeprecationWarning)))
-    return features, notes
+    return features, got
 
 
 def _run_audio(job: ModelJob, m: media.Media, log: Callable[[str], None], jobs: list[ModelJob]) -> Result:
@@ -388,18 +538,25 @@ def store(output_base: Path, item: Item, res: Result, m: media.Media, run_id: st
     Ray engine's workers hand their lines to the driver, the file's only writer).
     """
     job, src = res.job, item.source.as_posix()
+    manifest_path = output_base / "manifest.jsonl"
     if manifest is None:
-        manifest = functools.partial(outputs.append_jsonl, output_base / "manifest.jsonl")
-    out = Outcome(src, job.alias, "ok", notes=res.notes, inference_seconds=res.seconds,
+        manifest = functools.partial(outputs.append_jsonl, manifest_path)
+    file_notes = list(dict.fromkeys([*m.notes, *res.notes]))  # the decoder's, then the model's
+    out = Outcome(src, job.alias, "ok", notes=file_notes, inference_seconds=res.seconds,
                   resample_seconds=res.resample_seconds)
     if isinstance(res.error, SkipFile):  # the plugin's documented choice, not a failure
         res.skipped, res.error = str(res.error), None
+    if res.error is None and job.out_dir is not None:
+        try:
+            job.check_claim()
+        except outputs.ConfigConflict as exc:
+            job.error = load_error_text(exc)  # this model's next files fail at once, with this cause
+            res.error, res.stage, res.skipped = exc, "write", None
     if res.skipped:
         out.status, out.notes = "skipped", [res.skipped]
-        manifest({
+        return _record(out, manifest, manifest_path, {
             "run": run_id, "model": job.alias, "source": src, "output": None, "skipped": res.skipped,
-            "written": outputs.now_iso()})
-        return out
+            "config": job.config_digest, "input": m.input, "written": outputs.now_iso()})
     if res.error is not None:
         out.fail(res.error, res.stage)
         return out
@@ -409,15 +566,18 @@ def store(output_base: Path, item: Item, res: Result, m: media.Media, run_id: st
     data = np.asarray(feats.data)
     paths = job.outputs(rel_out, item.kind)
     t0 = time.perf_counter()
+    path = paths[-1]
     try:
         for extra, path in zip(spec.extra_outputs, paths[:-1]):
             value = feats.timestamps if extra == "timestamps" else feats.extras[extra]
             outputs.atomic_save_npy(path, np.asarray(value,
                                                      dtype=np.float64 if extra == "timestamps" else None))
-        outputs.atomic_save_npy(paths[-1], data)
+        path = paths[-1]
+        outputs.atomic_save_npy(path, data)
     except OSError as exc:
         out.write_seconds = time.perf_counter() - t0
-        out.fail(exc, "write", cause=outputs.explain_os_error(exc))
+        out.fail(exc, "write", cause=outputs.explain_os_error(exc, path))
+        out.disk_full = str(path) if outputs.is_disk_full(exc) else ""
         return out
     out.write_seconds = time.perf_counter() - t0
     out.media_seconds = m.duration_seconds if item.kind != "image" else 0.0
@@ -431,23 +591,36 @@ def store(output_base: Path, item: Item, res: Result, m: media.Media, run_id: st
         "kind": item.kind,
         "audio_seconds": round(m.duration_seconds, 6) if m.decoded_audio else None,
         "source_sample_rate": m.source_sample_rate,
+        "config": job.config_digest,  # = features.json's config_digest
+        "input": m.input,  # what the output was computed from: size, mtime_ns, sha256 (where cheap)
         "written": outputs.now_iso(),
     }
-    if res.notes:
-        record["notes"] = res.notes
-    manifest(record)
+    if file_notes:
+        record["notes"] = file_notes
     out.shape = tuple(data.shape)
+    return _record(out, manifest, manifest_path, record)
+
+
+def _record(out: Outcome, manifest: Callable[[dict], None], path: Path, record: dict) -> Outcome:
+    """Append the manifest line; a line that cannot be written fails the outcome (the array, if
+    any, stays: without its line the next run computes it again)."""
+    try:
+        manifest(record)
+    except OSError as exc:
+        out.fail(exc, "write", cause=outputs.explain_os_error(exc, path))
+        out.disk_full = str(path) if outputs.is_disk_full(exc) else ""
     return out
 
 
 # -- one file, all stages (for executors other than the local one) ---------------------------
 def process_item(root: Path, output_base: Path, item: Item, leases: outputs.Leases, run_id: str,
-                 overwrite: bool = False, log: Callable[[str], None] = print) -> list[Outcome]:
+                 overwrite: bool = False, log: Callable[[str], None] = print, ledger: Ledger | None = None,
+                 max_pixels: int = media.MAX_PIXELS_PER_FRAME) -> list[Outcome]:
     """claim -> decode -> extract -> store for one file; the Outcome of every pending model."""
-    jobs, locks, outcomes = claim(item, leases, overwrite)
+    jobs, locks, outcomes = claim(item, leases, overwrite, ledger)
     try:
         if jobs:
-            m = decode(root, item, jobs)
+            m = decode(root, item, jobs, max_pixels)
             outcomes += [store(output_base, item, res, m, run_id) for res in extract(item, jobs, m, log)]
     finally:
         for lock in locks:
@@ -479,8 +652,13 @@ def check_previous_params(jobs: list[ModelJob], output_base: Path, overwrite: bo
             )
 
 
-def write_metadata(job: ModelJob, output_base: Path) -> None:
-    """<output_base>/<alias>/features.json: what the arrays are and where they came from."""
+def write_metadata(job: ModelJob, output_base: Path, overwrite: bool = False) -> None:
+    """<output_base>/<alias>/features.json: what the arrays are and where they came from.
+
+    Claimed atomically (`outputs.claim_config`): where it names another configuration (a run
+    that started at the same time, with other parameters) this raises ConfigConflict, before
+    any array of this run is written; `overwrite` replaces it.
+    """
     ex = job.extractor
     primary = ex.modality  # an image model's own kind is "image" (videos differ: per_kind)
     meta = {
@@ -495,6 +673,7 @@ def write_metadata(job: ModelJob, output_base: Path) -> None:
         "extra_folders": {f.name.split(".", 1)[1]: f.name for f in job.folders()[:-1]},
         "params": ex.config,
         "weights_setting": ex.weights_path,  # null: the default lookup; "random": not for research use
+        "config_digest": job.config_digest,  # of extractor, params, weights_setting; in every manifest line
         "provenance": ex.provenance(),
         "file_naming": "<relative dir>/<stem>.npy; inputs this model takes that share a stem keep their "
         "extension (<stem>.<ext>.npy); manifest.jsonl maps every source to its output",
@@ -503,12 +682,16 @@ def write_metadata(job: ModelJob, output_base: Path) -> None:
               if k != primary and job.spec(k) != job.spec(primary)}
     if others:
         meta["per_kind"] = others  # e.g. an image model: (dim,) per image, (time, dim) per video
-    outputs.atomic_write_json(output_base / job.alias / "features.json", meta)
+    st = outputs.claim_config(output_base / job.alias / "features.json", meta, replace=overwrite)
+    job._meta_stat = (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def load_models(jobs: list[ModelJob], output_base: Path, stats: RunStats, log: Callable[[str], None],
-                threads: int | None = None) -> None:
+                threads: int | None = None, overwrite: bool = False) -> None:
     """Load every model once: weight problems show before the first file; the other models go on.
+
+    A model folder claimed by another configuration meanwhile is a configuration error
+    (ConfigError, before any array is written); a full disk stops the run (`stats.disk_full`).
 
     torch runs `threads` intra-op threads (default: `default_threads()`). Some CPU
     kernels (3-D convolutions) sum in an order that depends on it, so runs meant to give the same
@@ -518,9 +701,15 @@ def load_models(jobs: list[ModelJob], output_base: Path, stats: RunStats, log: C
         stats.model(job.alias)
         try:
             job.extractor.load()
-            write_metadata(job, output_base)
+            write_metadata(job, output_base, overwrite)
+        except outputs.ConfigConflict as exc:
+            raise ConfigError(str(exc)) from None
         except Exception as exc:
             job.error = load_error_text(exc)
+            if outputs.is_disk_full(exc):
+                where = output_base / job.alias / "features.json"
+                stats.disk_full = stats.disk_full or str(where)
+                exc = OSError(exc.errno, outputs.explain_os_error(exc, where))
             stats.model_not_loaded(job.alias, exc)
             log(f"[{job.alias}] cannot load, skipping this model: {_short(str(exc))}")
     if "torch" in sys.modules:  # only models that use torch pay for it
@@ -574,6 +763,8 @@ class Runner:
         self.stats = RunStats()
         self.run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
         self.listing: media.Listing | None = None
+        self.ledger: Ledger | None = None
+        self._found: Counter = Counter()
         self._stop = threading.Event()
         self._leases = outputs.Leases(options.lease_seconds)
         self._writer = _Writer()
@@ -582,32 +773,77 @@ class Runner:
     # -- before any file ----------------------------------------------------------------
     def prepare(self) -> list[Item]:
         """Discover, load the models, write their metadata, plan: the items still to do."""
+        self.discover()
+        self.load()
         opt = self.opt
-        self.listing = media.discover(opt.audio_dir, opt.extensions, opt.recursive)
+        assert self.listing is not None and self.ledger is not None
+        items = plan(self.listing.files, self.jobs, opt.overwrite, self.stats, opt.shard,
+                     self.listing.names, self.ledger)
+        self._announce(items)
+        return items
+
+    def discover(self) -> None:
+        """List the input folder (leaving out the output folder when it lies inside), read what the
+        output folder holds; ConfigError when there is nothing to do (before any model loads)."""
+        opt = self.opt
+        inside = Path(opt.output_base).resolve().is_relative_to(Path(opt.audio_dir).resolve())
+        self.listing = media.discover(opt.audio_dir, opt.extensions, opt.recursive,
+                                      exclude=(opt.output_base,) if inside else ())
+        files = self.listing.files
+        if opt.shard:
+            files = [f for f in files if shard_of(f, opt.shard[1]) == opt.shard[0]]
+        self._found = Counter(media.kind_of(f) or "audio" for f in files)
+        if not self.listing.files:
+            why = "; ".join(self.listing.left_out_lines()) or "the folder holds no file the decoders read"
+            raise ConfigError(f"nothing to do: no input file in {opt.audio_dir} ({why})")
+        taken = {k for j in self.jobs for k in ("audio", "video", "image") if j.extractor.takes(k)}
+        kinds = Counter(media.kind_of(f) or "audio" for f in self.listing.files)
+        if not taken & set(kinds):
+            found = ", ".join(f"{n} {k}" for k, n in kinds.items())
+            raise ConfigError(f"nothing to do: no configured model takes the files in {opt.audio_dir} "
+                              f"({found}); choose models for them with --models (--list_models)")
         for job in self.jobs:
             job.out_dir = opt.output_base / job.alias
             for folder in job.folders():
                 outputs.clean_stale(folder)
-        load_models(self.jobs, opt.output_base, self.stats, self.log, opt.torch_threads)
-        items = plan(self.listing.files, self.jobs, opt.overwrite, self.stats, opt.shard)
-        self._announce(items)
-        return items
+        self.ledger = Ledger(opt.audio_dir, opt.output_base)
+
+    def load(self) -> None:
+        """Load every model and claim its folder (features.json)."""
+        opt = self.opt
+        load_models(self.jobs, opt.output_base, self.stats, self.log, opt.torch_threads, opt.overwrite)
 
     def _announce(self, items: list[Item]) -> None:
         s, listing = self.stats, self.listing
-        assert listing is not None
-        kinds = ", ".join(f"{n} {k}" for k, n in s.files_by_kind.items() if n)
+        assert listing is not None and self.ledger is not None
+        found = self._found
+        kinds = ", ".join(f"{found[k]} {k}" for k in ("audio", "video", "image") if found[k])
         shard = f" (shard {self.opt.shard[0]}/{self.opt.shard[1]})" if self.opt.shard else ""
-        self.log(f"found {s.files_total} file(s){shard} in {self.opt.audio_dir}"
+        self.log(f"found {sum(found.values())} file(s){shard} in {self.opt.audio_dir}"
                  + (f": {kinds}" if kinds else ""))
         for line in listing.left_out_lines():
             self.log(f"  left out: {line}")
-        unused = [k for k, n in s.files_by_kind.items() if n and not any(k in j.kinds for j in self.jobs)]
-        for k in unused:
-            self.log(f"  no configured model takes {k} files ({s.files_by_kind[k]} left out)")
+        for k, n in s.files_not_taken.items():
+            self.log(f"  no configured model takes {k} files ({n} left out)")
+        why = {"unrecorded": "whole array(s) without their manifest line (a run stopped between the two)",
+               "input": "whose input changed since they were computed",
+               "config": "of another configuration (an --overwrite run that stopped?)"}
+        for reason, n in s.redo.items():
+            self.log(f"  computed again: {n} output(s) {why.get(reason, reason)}")
+        self.stats.stale_outputs = self.ledger.stale(listing.names)
+        self._say_stale()
         todo = sum(len(i.jobs) for i in items)
         done = sum(m.skipped for m in s.models.values())
         self.log(f"to do: {todo} output(s) over {len(items)} file(s); already complete: {done}")
+
+    def _say_stale(self) -> None:
+        stale = self.stats.stale_outputs
+        if stale:
+            first = stale[0]
+            self.log(f"  {len(stale)} output(s) from earlier runs under a name no longer current (e.g. "
+                     f"{first['output']}, now {first['current']}: its folder's files changed): listed in "
+                     "run_report.json stale_outputs; readers use each source's current one; delete them "
+                     "to tidy up")
 
     # -- the prefetch stage ---------------------------------------------------------------
     def _producer(self, items: list[Item], q: queue.Queue) -> None:
@@ -615,11 +851,11 @@ class Runner:
             for item in items:
                 if self._stop.is_set():
                     break
-                jobs, locks, outcomes = claim(item, self._leases, self.opt.overwrite)
+                jobs, locks, outcomes = claim(item, self._leases, self.opt.overwrite, self.ledger)
                 work = _Work(item, jobs, locks, outcomes)
                 if jobs:
                     t0 = time.perf_counter()
-                    work.media = decode(self.opt.audio_dir, item, jobs)
+                    work.media = decode(self.opt.audio_dir, item, jobs, self.opt.max_pixels_per_frame)
                     work.decode_seconds = time.perf_counter() - t0
                 if not self._offer(q, work):
                     self._release(work)
@@ -652,6 +888,8 @@ class Runner:
         self._progress = _Progress(self.stats, self.log, opt.progress, opt.progress_every)
         try:
             items = self.prepare()
+            if self.stats.disk_full:  # not even features.json fits: nothing can be written
+                items = []
             self._progress.start(len(items), sum(m.skipped for m in self.stats.models.values()))
             producer = threading.Thread(target=self._producer, args=(items, q), daemon=True, name="decoder")
             producer.start()
@@ -689,9 +927,12 @@ class Runner:
             raise Interrupted()
 
     def _next(self, q: queue.Queue) -> Any:
-        """The next decoded file; a signal stops the wait even if its exception was lost."""
+        """The next decoded file; a signal stops the wait even if its exception was lost; None at the
+        end, or once the disk is full."""
         while True:
             self._raise_signalled()
+            if self.stats.disk_full:
+                return None
             try:
                 return q.get(timeout=0.25)
             except queue.Empty:
@@ -708,11 +949,15 @@ class Runner:
                                        f"{', '.join(j.alias for j in work.jobs)})")
                 for res in extract(item, work.jobs, m, self._progress.say, self._stop):
                     self._raise_signalled()  # a stopped run writes nothing of the file it was on
+                    if self.stats.disk_full:
+                        break
                     self._writer.submit(lambda res=res: self._store(item, res, m))
         finally:  # after this file's results are stored: count it, free its leases
             self._writer.submit(lambda: self._file_done(work))
 
     def _store(self, item: Item, res: Result, m: media.Media) -> None:
+        if self.stats.disk_full:  # the run is stopping: what is left is not written, nor counted
+            return
         try:
             outcome = store(self.opt.output_base, item, res, m, self.run_id)
         except Exception as exc:  # a bug, not a disk error (those are outcomes already)
@@ -720,7 +965,8 @@ class Runner:
             outcome.fail(exc, "write")
         with self._stats_lock:
             self.stats.add(outcome)
-        if outcome.status == "failed" and outcome.stage != "load":  # load errors were said once
+        self._check_disk(outcome)
+        if outcome.status == "failed" and outcome.stage != "load" and not outcome.disk_full:  # said once
             self._progress.say(f"FAILED {outcome.model} {outcome.source}: {outcome.exception}: "
                                f"{_short(outcome.cause)}")
         elif self.opt.verbose and outcome.status == "ok":
@@ -729,10 +975,21 @@ class Runner:
         elif self.opt.verbose:
             self._progress.say(f"{outcome.model:<12} {outcome.source}: skipped ({outcome.notes[0]})")
 
+    def _check_disk(self, outcome: Outcome) -> None:
+        """The first write that finds the disk full stops the run: nothing more can be written."""
+        if outcome.disk_full and not self.stats.disk_full:
+            self.stats.disk_full = outcome.disk_full
+            self._stop.set()
+            self._progress.say(f"disk full at {outcome.disk_full}: the run stops here; free space (or choose "
+                               "another --output_base), then rerun the same command: it resumes")
+
     def _file_done(self, work: _Work) -> None:
         with self._stats_lock:
             for outcome in work.outcomes:
+                if self.stats.disk_full and outcome.status == "failed":
+                    continue
                 self.stats.add(outcome)
+                self._check_disk(outcome)
             if work.media is not None:
                 self.stats.decode_seconds += work.decode_seconds - sum(work.media.resample_seconds.values())
                 self.stats.count_decoded(work.media)
@@ -748,17 +1005,103 @@ class Runner:
                 "torch_threads": torch.get_num_threads() if torch else None}
 
     def write_reports(self) -> tuple[Path, Path]:
+        """run_report.json (and reports/run-<id>.json, the history), then failures.json: what is
+        still failing in the folder. What cannot be written (a full disk) is listed in `unwritten`
+        and the rest is still written; nothing half-written is left."""
         base = self.opt.output_base
+        if self.ledger is not None and self.listing is not None:
+            try:
+                self.ledger.index.refresh()
+                self.stats.stale_outputs = self.ledger.stale(self.listing.names)
+            except OSError:
+                pass
         report = {**self._report_head(), **self.stats.to_json()}
         if self.opt.shard:
             report["shard"] = f"{self.opt.shard[0]}/{self.opt.shard[1]}"
         suffix = f".shard{self.opt.shard[0]}of{self.opt.shard[1]}" if self.opt.shard else ""
         report_path = base / f"run_report{suffix}.json"
-        failures_path = base / f"failures{suffix}.json"
-        outputs.atomic_write_json(base / "reports" / f"run-{self.run_id}.json", report)
-        outputs.atomic_write_json(report_path, report)
-        outputs.atomic_write_json(failures_path, {"run": self.run_id, "failures": self.stats.failures})
+        failures_path = base / "failures.json"
+        self.unwritten: list[str] = []
+        for path in (report_path, base / "reports" / f"run-{self.run_id}.json"):
+            try:
+                outputs.atomic_write_json(path, report)
+            except OSError as exc:
+                self.unwritten.append(outputs.explain_os_error(exc, path))
+        try:
+            self.failing_now = update_failures(failures_path, self.run_id, self.stats, self.jobs, self.ledger,
+                                               self.opt.audio_dir, self.listing.names if self.listing else {},
+                                               self.opt.lease_seconds)
+        except OSError as exc:
+            self.failing_now = list(self.stats.failures)
+            self.unwritten.append(outputs.explain_os_error(exc, failures_path))
         return report_path, failures_path
+
+
+def update_failures(path: Path, run_id: str, stats: RunStats, jobs: list[ModelJob], ledger: Ledger | None,
+                    root: Path, names: dict[Path, Path], lease_seconds: float = outputs.LEASE_SECONDS
+                    ) -> list[dict]:
+    """failures.json: what is still failing in this output folder, per file, every model's together.
+
+    The previous file's entries stay unless resolved: this run failed them again (the new entry
+    replaces the old), the output is now complete and current (`ledger`), the input is gone, or
+    (a load failure) the model loaded in this run. Entries of models this run did not configure
+    stay as they are. Each entry names the run that recorded it; each run's own failures are in
+    reports/run-<id>.json. Updated under a lock, so concurrent drivers and shards each add theirs.
+    Returns the entries written.
+    """
+    lock = outputs.OutputLock(path, lease_seconds)
+    deadline = time.monotonic() + 60
+    while not lock.acquire() and time.monotonic() < deadline:
+        time.sleep(0.05)  # another driver is writing it (a few milliseconds)
+    try:
+        try:
+            old = json.loads(path.read_text())
+            previous = [{**f, "run": f.get("run", old.get("run"))} for f in old.get("failures", [])
+                        if isinstance(f, dict) and "file" in f and "model" in f]
+        except (OSError, ValueError, AttributeError):
+            previous = []
+        by_alias = {j.alias: j for j in jobs}
+        again = {(f["file"], f["model"]) for f in stats.failures}
+        if ledger is not None:
+            ledger.index.refresh()
+        cache: dict = {}
+        current: dict[tuple[str, str], dict] = {}
+        for f in previous:
+            key = (f["file"], f["model"])
+            job = by_alias.get(f["model"])
+            if key in again:
+                continue
+            if job is not None and f.get("stage") == "load":
+                if not job.error:
+                    continue  # it loads now
+            elif job is not None:
+                src = Path(f["file"])
+                if not os.path.lexists(Path(root) / src):
+                    continue  # the input is gone
+                rel = names.get(src) or media.output_name(root, src, cache)
+                kind = media.kind_of(src) or "audio"
+                try:
+                    done = ledger is not None and rel is not None and job.out_dir is not None and (
+                        kind not in job.kinds or ledger.check(job, src, rel, kind)[0])
+                except Exception:  # a plugin that cannot even say its outputs: the entry stays
+                    done = False
+                if done:
+                    continue  # done now (by this run, or another driver)
+            current[key] = f
+        for f in stats.failures:
+            current[(f["file"], f["model"])] = {**f, "run": run_id}
+        order = {j.alias: n for n, j in enumerate(jobs)}
+        failing = sorted(current.values(), key=lambda f: (f["file"] != "(all files)", f["file"],
+                                                          order.get(f["model"], len(order)), f["model"]))
+        by_file: dict[str, dict[str, str]] = {}
+        for f in failing:
+            by_file.setdefault(f["file"], {})[f["model"]] = f"{f.get('exception', '')}: {f.get('cause', '')}"
+        state = {"run": run_id, "updated": outputs.now_iso(), "still_failing": len(failing),
+                 "failures": failing, "by_file": by_file}
+        outputs.atomic_write_json(path, state)
+        return failing
+    finally:
+        lock.release()
 
 
 class _Writer:
@@ -824,7 +1167,7 @@ class _Progress:
         eta = (self.total - self.done) / rate if rate > 0 else None
         pct = 100.0 * self.done / self.total if self.total else 100.0
         return (f"progress: {self.done}/{self.total} files ({pct:.0f}%), "
-                f"{s.audio_seconds_decoded / 3600:.2f} h of audio, {rate * 60:.1f} files/min, "
+                f"{media_amount(s.audio_seconds_decoded)} of audio, {rate * 60:.1f} files/min, "
                 f"ETA {_duration(eta)}, {len(s.failures)} failure(s)")
 
     def say(self, msg: str) -> None:
@@ -842,6 +1185,15 @@ class _Progress:
         self._halt.set()
         if self.bar is not None:
             self.bar.close()
+
+
+def media_amount(seconds: float) -> str:
+    """Seconds of media in the unit that shows it: '42.0 s', '12.5 min', '3.25 h'."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
 
 
 def _duration(seconds: float | None) -> str:

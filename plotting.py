@@ -26,6 +26,7 @@ if not __package__:  # `python plotting.py` from a checkout: the checkout is the
 import argparse
 import csv
 import fnmatch
+import functools
 import io
 import os
 import sys
@@ -44,6 +45,10 @@ DEFAULT_WIDTH = 10.0
 DEFAULT_DPI = 100
 MAX_HEATMAP_FRAMES = 2000  # frames are block-averaged down to this many columns
 MAX_SSM_FRAMES = 600  # and to this many for the (T, T) self-similarity matrix
+MAX_MAP_LABELS = 30  # point names drawn on a map (a spread-out sample; the CSV names every point)
+# CREPE's f0 is drawn only where its confidence reaches this (crepe's own voicing threshold in its
+# docs' examples is 0.5); below it the "pitch" of silence or clicks is noise
+PITCH_MIN_CONFIDENCE = 0.5
 PITCH_EXTRACTORS = ("crepe",)
 BEAT_EXTRACTORS = ("madmom",)
 
@@ -75,6 +80,8 @@ class Panel:
     sample_rate: int | None = None  # waveform only
     note: str = ""
     columns: list[str] = field(default_factory=list)
+    min_confidence: float = PITCH_MIN_CONFIDENCE  # pitch only
+    edges: np.ndarray | None = None  # (T + 1,) frame boundaries (s) where frames have stored times
 
 
 def block_mean(x: np.ndarray, t: np.ndarray, max_frames: int) -> tuple[np.ndarray, np.ndarray]:
@@ -106,10 +113,9 @@ def _edges(t: np.ndarray) -> np.ndarray:
     return np.concatenate([[t[0] - (mid[0] - t[0])], mid, [t[-1] + (t[-1] - mid[-1])]])
 
 
-def _frames_2d(folder: results.ModelFolder, a: np.ndarray, layer: int) -> tuple[np.ndarray, str]:
+def _frames_2d(axes: list[str], a: np.ndarray, layer: int) -> tuple[np.ndarray, str]:
     """A time-series array as (T, D): time axis first; a "layer" axis picks `layer`; the rest flattened."""
     note = ""
-    axes = folder.axes
     if "layer" in axes and a.ndim == len(axes):
         li = axes.index("layer")
         n_layers = a.shape[li]
@@ -122,35 +128,41 @@ def _frames_2d(folder: results.ModelFolder, a: np.ndarray, layer: int) -> tuple[
 
 
 def panels_for_file(
-    output_base: Path,
-    rel: PurePosixPath,
-    models: list[results.ModelFolder],
+    items: list[results.Item],
     audio: tuple[np.ndarray, int] | None = None,
     layer: int = -1,
+    min_confidence: float = PITCH_MIN_CONFIDENCE,
 ) -> list[Panel]:
-    """The panels of one output file, in drawing order, from the models that have it."""
+    """The panels of one input file, in drawing order, from its items (one per model) with a time axis."""
     panels: list[Panel] = []
     if audio is not None:
         panels.append(Panel("waveform", "audio", values=audio[0], sample_rate=audio[1]))
-    for folder in models:
-        if folder.time_axis is None or not folder.path(rel).is_file():
+    for item in items:
+        if item.time_axis is None:
             continue
-        a = folder.load(rel)
-        t = folder.timestamps(rel, a.shape[folder.time_axis])
-        assert t is not None
-        cols = folder.meta.get("columns") or []
+        folder = item.folder
+        a = item.load()
+        t = item.times(a.shape[item.time_axis])
+        if t is None:
+            raise results.ResultsError(f"{folder.name}: features.json gives no frame times (hop_seconds)")
+        cols = item.spec.get("columns") or []
         if folder.extractor in PITCH_EXTRACTORS or cols[:2] == ["f0_hz", "confidence"]:
-            panels.append(Panel("pitch", folder.name, t, a[:, 0], extra=a[:, 1]))
+            panels.append(Panel("pitch", folder.name, t, a[:, 0], extra=a[:, 1],
+                                min_confidence=min_confidence))
         elif folder.extractor in BEAT_EXTRACTORS:
-            beats = folder.load_extra("beats", rel) if "beats" in folder.extras else None
+            beats = item.extra("beats") if "beats" in folder.extras else None
             panels.append(Panel("beats", folder.name, t, a.reshape(a.shape[0], -1)[:, 0], extra=beats))
         elif a.ndim == 1 or (a.ndim == 2 and len(cols) == a.shape[1] and len(cols) <= 8):
             panels.append(Panel("curve", folder.name, t, a.reshape(a.shape[0], -1), columns=cols))
         else:
-            x, note = _frames_2d(folder, a, layer)
-            dim_name = folder.axes[-1] if folder.axes and folder.axes[-1] != "time" else "dim"
-            panels.append(Panel("heatmap", folder.name, t, x, note=note, columns=[dim_name]))
-            panels.append(Panel("ssm", folder.name, t, x, note=note))
+            x, note = _frames_2d(item.axes, a, layer)
+            dim_name = item.axes[-1] if item.axes and item.axes[-1] != "time" else "dim"
+            edges = None
+            if item.times_from_file:  # video frames: each cell from its frame's time to the next one's
+                spans = item.spans(len(t))
+                edges = np.append(spans[:, 0], spans[-1, 1])
+            panels.append(Panel("heatmap", folder.name, t, x, note=note, columns=[dim_name], edges=edges))
+            panels.append(Panel("ssm", folder.name, t, x, note=note, edges=edges))
     return panels
 
 
@@ -193,7 +205,8 @@ def plot_file(
             "time (s)"
         )
     if title:
-        fig.suptitle(title, fontsize=10, x=0.01, ha="left")
+        text, families = drawable_text(title)
+        fig.suptitle(text, fontsize=10, x=0.01, ha="left", **({"fontfamily": families} if families else {}))
     return fig
 
 
@@ -216,7 +229,7 @@ def _draw(ax, p: Panel):
         return None, ""
     if p.kind == "pitch":
         f0, conf = p.values, p.extra
-        ok = f0 > 0
+        ok = (f0 > 0) & (conf >= p.min_confidence)  # unvoiced frames: their f0 means nothing
         sc = ax.scatter(
             p.t[ok],
             f0[ok],
@@ -228,8 +241,7 @@ def _draw(ax, p: Panel):
             linewidths=0,
             rasterized=True,
         )
-        voiced = f0[ok & (conf > 0.5)]
-        ref = voiced if voiced.size else f0[ok]
+        ref = f0[ok]
         if ref.size:
             from matplotlib.ticker import FuncFormatter, LogLocator
 
@@ -240,8 +252,12 @@ def _draw(ax, p: Panel):
                 ax.yaxis.set_tick_params(which=which, labelsize=7)
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        else:
+            ax.text(0.5, 0.5, f"no frame with confidence >= {p.min_confidence:g}", transform=ax.transAxes,
+                    ha="center", va="center", color="0.4", **small)
         ax.set_ylabel("f0 (Hz)", **small)
-        ax.set_title(f"{p.model}: pitch, coloured by confidence", loc="left", **small)
+        ax.set_title(f"{p.model}: pitch where confidence >= {p.min_confidence:g} ({int(ok.sum())} of "
+                     f"{len(f0)} frames), coloured by confidence", loc="left", **small)
         return sc, "confidence"
     if p.kind == "beats":
         ax.plot(p.t, p.values, color="C0", linewidth=0.8, label="activation")
@@ -269,7 +285,7 @@ def _draw(ax, p: Panel):
         x, t = block_mean(p.values, p.t, MAX_HEATMAP_FRAMES)
         finite = x[np.isfinite(x)]
         vmin, vmax = np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)
-        e = _edges(t)
+        e = p.edges if p.edges is not None and len(t) == len(p.t) else _edges(t)
         if _regular(t):
             im = ax.imshow(
                 x.T,
@@ -293,7 +309,7 @@ def _draw(ax, p: Panel):
     if p.kind == "ssm":
         x, t = block_mean(p.values, p.t, MAX_SSM_FRAMES)
         s = cosine_ssm(x)
-        e = _edges(t)
+        e = p.edges if p.edges is not None and len(t) == len(p.t) else _edges(t)
         if _regular(t):
             im = ax.imshow(
                 s,
@@ -324,9 +340,12 @@ def _regular(t: np.ndarray) -> bool:
 
 
 # -- collection map ---------------------------------------------------------------------------
-def file_vector(folder: results.ModelFolder, a: np.ndarray, layer: int = -1) -> np.ndarray:
-    """One vector per file: mean over the time axis, the chosen layer of a "layer" axis, flattened."""
-    axes = list(folder.axes)
+def file_vector(axes: list[str], a: np.ndarray, layer: int = -1) -> np.ndarray:
+    """One vector per file: mean over the time axis, the chosen layer of a "layer" axis, flattened.
+
+    axes: the array's axes (`Item.axes`).
+    """
+    axes = list(axes)
     a = np.asarray(a, dtype=np.float64)
     if "layer" in axes and a.ndim == len(axes):
         a = np.take(a, layer, axis=axes.index("layer"))
@@ -423,11 +442,14 @@ def plot_map(
     width: float = 7.0,
     height: float = 6.0,
     dpi: int = DEFAULT_DPI,
+    max_labels: int = MAX_MAP_LABELS,
 ):
     """Scatter the (N, 2) `coords`, one colour and legend entry per group (sorted); returns the Figure.
 
-    Each group is one PathCollection labelled with the group name. Points are named when
-    `names` is given and there are at most 40 of them.
+    Each group is one PathCollection labelled with the group name. With `names`, a spread-out
+    sample of at most `max_labels` points is named (farthest-point order), leaving out any name
+    that would overlap one already drawn; names are drawn in a font that has their glyphs
+    (characters no installed font has become "?"), so nothing warns.
     """
     fig = _figure(width, height, dpi)
     ax = fig.add_subplot(label="map")
@@ -440,9 +462,6 @@ def plot_map(
         ax.scatter(
             coords[sel, 0], coords[sel, 1], s=24, color=colour, label=f"{name}", alpha=0.85, edgecolors="none"
         )
-    if names is not None and len(names) <= 40:
-        for (x, y), n in zip(coords, names):
-            ax.annotate(n, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.margins(0.12)  # room for the point names
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
@@ -450,7 +469,89 @@ def plot_map(
         ax.legend(fontsize=8, frameon=False, loc="best", title="group", title_fontsize=8)
     if title:
         ax.set_title(title, fontsize=10, loc="left")
+    if names is not None and max_labels > 0 and len(names):
+        _label_points(fig, ax, coords, names, max_labels)
     return fig
+
+
+def spread_sample(coords: np.ndarray, k: int) -> list[int]:
+    """Indices of up to k points in farthest-point order (the first: farthest from the centre), on
+    coordinates scaled to unit range: a sample that covers the map instead of its densest part."""
+    x = np.asarray(coords, np.float64)
+    span = np.ptp(x, axis=0)
+    x = (x - x.min(axis=0)) / np.where(span > 0, span, 1.0)
+    first = int(np.argmax(((x - x.mean(axis=0)) ** 2).sum(axis=1)))
+    chosen = [first]
+    dist = ((x - x[first]) ** 2).sum(axis=1)
+    while len(chosen) < min(k, len(x)):
+        nxt = int(np.argmax(dist))
+        if dist[nxt] <= 0:
+            break  # the rest sit on chosen points
+        chosen.append(nxt)
+        dist = np.minimum(dist, ((x - x[nxt]) ** 2).sum(axis=1))
+    return chosen
+
+
+def _label_points(fig, ax, coords: np.ndarray, names: list[str], max_labels: int) -> None:
+    """Name a spread-out sample of points; a name whose box would overlap a drawn one is left out."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    texts = []
+    for i in spread_sample(coords, max_labels):
+        text, families = drawable_text(names[i])
+        font = {"fontfamily": families} if families else {}
+        texts.append(ax.annotate(text, (coords[i, 0], coords[i, 1]), fontsize=7, xytext=(3, 3),
+                                 textcoords="offset points", **font))
+    if fig.canvas is None or not hasattr(fig.canvas, "get_renderer"):
+        FigureCanvasAgg(fig)
+    fig.draw_without_rendering()  # final layout, so the boxes are where they will be drawn
+    renderer = fig.canvas.get_renderer()
+    kept = []
+    for t in texts:
+        box = t.get_window_extent(renderer).expanded(1.05, 1.1)
+        if any(box.overlaps(other) for other in kept):
+            t.remove()
+        else:
+            kept.append(box)
+
+
+@functools.cache
+def _font_charmaps() -> tuple[tuple[str, frozenset[int]], ...]:
+    """(family, code points) of every font matplotlib knows, the default one first."""
+    from matplotlib import font_manager, ft2font
+
+    default = font_manager.findfont(font_manager.FontProperties())
+    paths = [default] + sorted({f.fname for f in font_manager.fontManager.ttflist} - {default})
+    out = []
+    for path in paths:
+        try:
+            font = ft2font.FT2Font(path)
+            out.append((font.family_name, frozenset(font.get_charmap())))
+        except (OSError, RuntimeError, ValueError):
+            continue
+    return tuple(out)
+
+
+def drawable_text(text: str) -> tuple[str, list[str] | None]:
+    """`text` fit to draw quietly, and the font families to draw it with (None: the default font).
+
+    A file name that is not UTF-8 shows its bytes as \\xNN; characters the default font lacks are
+    drawn from a font that has them; those no installed font has become "?".
+    """
+    text = results.display_name(text)
+    codes = {ord(c) for c in text if c.isprintable()}
+    fonts = _font_charmaps()
+    if not fonts or codes <= fonts[0][1]:
+        return "".join(c if c.isprintable() else "?" for c in text), None
+    missing = codes - fonts[0][1]
+    families = [fonts[0][0]]
+    for family, charmap in fonts[1:]:
+        if missing & charmap and family not in families:
+            families.append(family)
+            missing -= charmap
+        if not missing:
+            break
+    return "".join("?" if (ord(c) in missing or not c.isprintable()) else c for c in text), families
 
 
 def _colours(n: int) -> list:
@@ -461,14 +562,15 @@ def _colours(n: int) -> list:
 
 
 # -- commands ---------------------------------------------------------------------------------
-def _models(base: Path, names: list[str] | None) -> list[results.ModelFolder]:
-    available = results.model_names(base)
-    unknown = [m for m in names or [] if m not in available]
-    if unknown:
-        raise results.ResultsError(
-            f"no model folder {', '.join(unknown)} in {base} (there: {', '.join(available) or 'none'})"
-        )
-    return [results.ModelFolder.open(base, m) for m in (names or available)]
+def _models(base: Path, names: list[str] | None, log: Callable[[str], None]) -> list[results.ModelFolder]:
+    """The model folders asked for (default: every one), read through embedkit.results; their notes
+    (arrays left out) said once."""
+    run = results.Results(base)
+    folders = [run.model(m) for m in (names or run.models)]
+    for folder in folders:
+        for note in folder.notes:
+            log(f"note: {note}")
+    return folders
 
 
 def _audio_dir(base: Path, given: str | None) -> Path | None:
@@ -495,84 +597,83 @@ def plot_files(
     layer: int = -1,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
+    min_confidence: float = PITCH_MIN_CONFIDENCE,
 ) -> tuple[list[Path], list[str]]:
-    """One PNG per output file of the selected time-series models; returns (PNGs written or kept, errors)."""
+    """One PNG per input file that a selected model holds frames of; returns (PNGs written or kept, errors).
+
+    A file's figure gathers every model's array of that source (models name their outputs on
+    their own, so they are matched by source path). PNGs are named like outputs
+    (`<dir>/<stem>.png`, `<stem>.<ext>.png` where sources share a stem).
+    """
     from embedkit import audio_io
 
     base = Path(output_base)
-    folders = [f for f in _models(base, models) if f.time_axis is not None]
+    folders = [f for f in _models(base, models, log) if f.kinds_with_time]
     if not folders:
         raise results.ResultsError(
             f"no model with a time axis in {base}; `plotting.py map` draws pooled ones"
         )
-    manifest = results.read_manifest(base)
-    out = Path(out_dir) if out_dir else base / "plots"
-    rels = sorted({r for f in folders for r in f.outputs}, key=str)
-    sources = {
-        r: next((s for f in folders if (s := results.source_of(manifest, f.name, r))), None) for r in rels
-    }
+    by_source: dict[str, list[results.Item]] = {}
+    for folder in folders:
+        for item in folder.items:
+            if item.time_axis is not None:
+                by_source.setdefault(item.source, []).append(item)
+    pngs = {str(src): rel.with_suffix(".png") for src, rel in outputs.output_names(by_source).items()}
+    sources = sorted(by_source)
     if patterns:
-        rels = [
-            r
-            for r in rels
-            if any(fnmatch.fnmatch(str(r), pat) or fnmatch.fnmatch(sources[r] or "", pat) for pat in patterns)
+        sources = [
+            s for s in sources
+            if any(fnmatch.fnmatch(s, pat) or any(fnmatch.fnmatch(str(i.output), pat) for i in by_source[s])
+                   for pat in patterns)
         ]
-    rels = rels[:limit] if limit else rels
+    sources = sources[:limit] if limit else sources
+    out = Path(out_dir) if out_dir else base / "plots"
     if not audio_dir:
         log("no --audio_dir given: figures without the waveform")
     written, errors = [], []
-    for rel in rels:
-        png = outputs.inside(out, PurePosixPath(str(rel)[:-4] + ".png"))
-        inputs = [f.path(rel) for f in folders if f.path(rel).is_file()]
-        if (
-            not overwrite
-            and png.is_file()
-            and png.stat().st_mtime_ns >= max(p.stat().st_mtime_ns for p in inputs)
-        ):
-            written.append(png)
-            continue
-        source = sources[rel]
+    for source in sources:
+        items = by_source[source]
+        shown = results.display_name(source)
         try:
+            png = outputs.inside(out, Path(pngs[source]))
+            if (
+                not overwrite
+                and png.is_file()
+                and png.stat().st_mtime_ns >= max(i.path.stat().st_mtime_ns for i in items)
+            ):
+                written.append(png)
+                continue
             audio = None
-            if audio_dir and source:
+            if audio_dir:
                 try:
                     decoded = audio_io.load(Path(audio_dir) / source)
                     audio = (decoded.audio, decoded.sample_rate)
                 except (OSError, audio_io.AudioError) as exc:  # e.g. moved, or an image: draw the rest
-                    log(f"{source}: no waveform ({exc})")
-            duration = _duration(manifest, folders, rel, audio)
-            panels = panels_for_file(base, rel, folders, audio, layer)
-            fig = plot_file(panels, duration, title=source or str(rel), width=width, dpi=dpi)
+                    log(f"{shown}: no waveform ({exc})")
+            panels = panels_for_file(items, audio, layer, min_confidence)
+            fig = plot_file(panels, _duration(items, audio), title=source, width=width, dpi=dpi)
             save_png(fig, png)
             written.append(png)
         except (OSError, ValueError, audio_io.AudioError, results.ResultsError) as exc:
-            errors.append(f"{source or rel}: {type(exc).__name__}: {exc}")
-            log(f"FAILED {source or rel}: {exc}")
+            errors.append(f"{shown}: {type(exc).__name__}: {exc}")
+            log(f"FAILED {shown}: {exc}")
     log(f"{len(written)} figure(s) in {out}" + (f", {len(errors)} failed" if errors else ""))
     return written, errors
 
 
-def _duration(
-    manifest: dict,
-    folders: list[results.ModelFolder],
-    rel: PurePosixPath,
-    audio: tuple[np.ndarray, int] | None,
-) -> float:
-    """The file's duration (s): decoded audio, else the manifest, else the last frame time."""
+def _duration(items: list[results.Item], audio: tuple[np.ndarray, int] | None) -> float:
+    """The file's duration (s): decoded audio, else the manifest, else the last frame's end."""
     if audio is not None:
         return audio[0].shape[0] / audio[1]
-    for f in folders:
-        rec = manifest.get((f.name, str(rel)))
-        if rec and rec.get("audio_seconds"):
-            return float(rec["audio_seconds"])
+    for item in items:
+        if item.duration_seconds:
+            return item.duration_seconds
     ends = []
-    for f in folders:
-        if f.path(rel).is_file():
-            a = f.load(rel, mmap=True)
-            t = f.timestamps(rel, a.shape[f.time_axis])
-            if t is not None and t.size:
-                ends.append(t[-1] + (t[-1] - t[-2] if t.size > 1 else 0.0))
-    return max(ends) if ends else 1.0
+    for item in items:
+        spans = item.spans()
+        if spans is not None and len(spans):
+            ends.append(float(spans[-1, 1]))
+    return max(ends) if ends and max(ends) > 0 else 1.0
 
 
 def map_collection(
@@ -586,38 +687,54 @@ def map_collection(
     height: float = 6.0,
     dpi: int = DEFAULT_DPI,
     log: Callable[[str], None] = print,
+    errors: list[str] | None = None,
 ) -> tuple[Path, np.ndarray, list[str]]:
     """2-D map of every file of `model`; writes the PNG and a coordinates CSV.
 
-    Returns (png path, (N, 2) coordinates, N colour groups), files in `ModelFolder.outputs` order.
+    Returns (png path, (N, 2) coordinates, N colour groups), files in `ModelFolder.items` order.
+    An array that cannot be read is left out, named in the log (and in `errors` when given).
     """
     base = Path(output_base)
-    (folder,) = _models(base, [model])
-    rels = folder.outputs
-    if not rels:
-        raise results.ResultsError(f"{folder.dir} holds no arrays yet; run the extraction first")
-    manifest = results.read_manifest(base)
-    sources = [results.source_of(manifest, model, r) for r in rels]
-    x = np.stack([file_vector(folder, folder.load(r), layer) for r in rels])
+    (folder,) = _models(base, [model], log)
+    items, vectors = [], []
+    for item in folder.items:
+        try:
+            v = file_vector(item.axes, item.load(), layer)
+            if vectors and v.shape != vectors[0].shape:
+                raise results.ResultsError(
+                    f"{results.display_name(item.path)} pools to {v.shape[0]} values, the others to "
+                    f"{vectors[0].shape[0]}: rerun the extraction")
+        except results.ResultsError as exc:
+            log(f"left out {results.display_name(item.source)}: {exc}")
+            if errors is not None:
+                errors.append(f"{results.display_name(item.source)}: {exc}")
+            continue
+        items.append(item)
+        vectors.append(v)
+    if not items:
+        raise results.ResultsError(f"{folder.dir} holds no readable arrays; run the extraction first")
+    x = np.stack(vectors)
+    sources = [i.source for i in items]
     labels = read_labels(labels_csv) if labels_csv else None
-    groups = [group_of(r, s, labels) for r, s in zip(rels, sources)]
+    groups = [group_of(i.output, s, labels) for i, s in zip(items, sources)]
     if labels is not None and NO_LABEL in groups:
         log(f"{groups.count(NO_LABEL)} of {len(groups)} files have no label in {labels_csv} (drawn grey)")
     coords, axis_labels = embed_2d(x, method)
-    pooled = "mean over time, " if folder.time_axis is not None else ""
+    pooled = "mean over time, " if any(i.time_axis is not None for i in items) else ""
     name = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}[method]
-    title = f"{model}: {name} of {len(rels)} files ({pooled}{x.shape[1]} dims)"
-    names = [PurePosixPath(s or str(r)).name for r, s in zip(rels, sources)]
+    title = f"{model}: {name} of {len(items)} files ({pooled}{x.shape[1]} dims)"
+    names = [PurePosixPath(s).name for s in sources]
     fig = plot_map(coords, groups, axis_labels, title, names, width, height, dpi)
     out = Path(out_dir) if out_dir else base / "plots"
     png = save_png(fig, out / f"map-{model}-{method}.png")
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["path", "source", "group", "x", "y"])
-    for r, s, g, (cx, cy) in zip(rels, sources, groups, coords):
-        w.writerow([str(r), s or "", g, f"{cx:.9g}", f"{cy:.9g}"])
-    outputs.atomic_write_bytes(png.with_suffix(".csv"), buf.getvalue().encode())
-    log(f"{model}: map of {len(rels)} files -> {png}")
+    for i, s, g, (cx, cy) in zip(items, sources, groups, coords):
+        w.writerow([str(i.output), s, g, f"{cx:.9g}", f"{cy:.9g}"])
+    # a file name that is not UTF-8 is written as its bytes (what the file system holds)
+    outputs.atomic_write_bytes(png.with_suffix(".csv"), buf.getvalue().encode("utf-8", "surrogateescape"))
+    log(f"{model}: map of {len(items)} files -> {png}")
     return png, coords, groups
 
 
@@ -646,6 +763,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     f.add_argument("--out", help="folder for the PNGs (default <output_base>/plots)")
     f.add_argument("--overwrite", action="store_true", help="redraw PNGs that are up to date")
+    f.add_argument(
+        "--min_confidence",
+        type=float,
+        default=PITCH_MIN_CONFIDENCE,
+        help=f"CREPE: draw f0 only where confidence >= this (default {PITCH_MIN_CONFIDENCE})",
+    )
     m = sub.add_parser("map", help="2-D map of a collection (PCA; t-SNE/UMAP when installed)")
     m.add_argument("output_base", help="a run's --output_base")
     m.add_argument("--model", required=True, help="model folder whose (pooled) arrays are mapped")
@@ -678,8 +801,10 @@ def main(argv: list[str] | None = None) -> int:
                 args.dpi,
                 args.layer,
                 args.overwrite,
+                min_confidence=args.min_confidence,
             )
             return 1 if errors else 0
+        errors = []
         map_collection(
             args.output_base,
             args.model,
@@ -690,8 +815,9 @@ def main(argv: list[str] | None = None) -> int:
             args.width,
             args.height,
             args.dpi,
+            errors=errors,
         )
-        return 0
+        return 1 if errors else 0
     except results.ResultsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -96,10 +96,11 @@ def _picklable(exc: BaseException | None) -> BaseException | None:
         return audio_io.MediaError(audio_io.one_line(exc))
 
 
-def decode_file(root: Path, item: Item, jobs: list[ModelJob]) -> tuple[media.Media, dict]:
+def decode_file(root: Path, item: Item, jobs: list[ModelJob],
+                max_pixels: int = media.MAX_PIXELS_PER_FRAME) -> tuple[media.Media, dict]:
     """A decode task: pipeline.decode, then (the Media for the models, a small summary for the driver)."""
     t0 = time.perf_counter()
-    m = pipeline.decode(root, item, jobs)
+    m = pipeline.decode(root, item, jobs, max_pixels)
     seconds = time.perf_counter() - t0
     m.error = _picklable(m.error)
     info = {"decoded_audio": m.decoded_audio, "duration_seconds": m.duration_seconds, "seconds": seconds,
@@ -163,8 +164,10 @@ class ModelWorker:
         """(load error or None, host, pid) once the model is loaded."""
         return _picklable(self.error), outputs.HOST, os.getpid()
 
-    def write_metadata(self) -> None:
-        pipeline.write_metadata(self.job, self.output_base)
+    def write_metadata(self, overwrite: bool = False) -> None:
+        """Claim the model folder (features.json), as a local run does: ConfigConflict where another
+        configuration has it."""
+        pipeline.write_metadata(self.job, self.output_base, overwrite)
 
     def process(self, item: Item, m: media.Media, share: int) -> tuple[Outcome, list[dict], int]:
         """extract + store of this model on one decoded file -> (its Outcome, its manifest lines, this pid).
@@ -391,11 +394,17 @@ class RayRunner(pipeline.Runner):
         for job in self.jobs:
             if job.alias not in errors:
                 try:
-                    ray.get(self._pools[job.alias].actors[0].write_metadata.remote())
+                    ray.get(self._pools[job.alias].actors[0].write_metadata.remote(self.opt.overwrite))
                 except Exception as exc:
                     errors[job.alias] = exc.cause if getattr(exc, "cause", None) is not None else exc
+                if isinstance(errors.get(job.alias), outputs.ConfigConflict):
+                    raise ConfigError(str(errors[job.alias]))  # before any array, as in a local run
             if job.alias in errors:
                 exc = errors[job.alias]
+                if outputs.is_disk_full(exc):
+                    where = self.opt.output_base / job.alias / "features.json"
+                    self.stats.disk_full = self.stats.disk_full or str(where)
+                    exc = OSError(exc.errno, outputs.explain_os_error(exc, where))
                 job.error = pipeline.load_error_text(exc)
                 self.stats.model_not_loaded(job.alias, exc)
                 self.log(f"[{job.alias}] cannot load, skipping this model: {pipeline._short(str(exc))}")
@@ -420,17 +429,9 @@ class RayRunner(pipeline.Runner):
             ray.wait(list(self._waiting), num_returns=len(self._waiting), timeout=30)
 
     # -- the run ---------------------------------------------------------------------------------------------
-    def prepare(self) -> list[Item]:
-        opt = self.opt
-        self.listing = media.discover(opt.audio_dir, opt.extensions, opt.recursive)
-        for job in self.jobs:
-            job.out_dir = opt.output_base / job.alias
-            for folder in job.folders():
-                outputs.clean_stale(folder)
+    def load(self) -> None:
+        """The models load in their actors (pipeline.Runner.prepare does the rest, as locally)."""
         self._start_models()
-        items = pipeline.plan(self.listing.files, self.jobs, opt.overwrite, self.stats, opt.shard)
-        self._announce(items)
-        return items
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # Only a flag: an exception raised inside Ray's C++ calls (ray.wait) would be mangled there.
@@ -453,6 +454,8 @@ class RayRunner(pipeline.Runner):
         items: list[Item] = []
         try:
             items = self.prepare()
+            if self.stats.disk_full:  # not even features.json fits: nothing can be written
+                items = []
             self._progress.start(len(items), sum(m.skipped for m in self.stats.models.values()))
             self._loop(items)
         except (KeyboardInterrupt, pipeline.Interrupted) as exc:
@@ -482,7 +485,7 @@ class RayRunner(pipeline.Runner):
         decode = ray.remote(num_cpus=self._decode_cpus(), max_retries=RETRIES, num_returns=2)(decode_file)
         todo = iter(enumerate(items))
         more = True
-        while True:
+        while not self.stats.disk_full:  # a full disk stops the run: nothing more can be written
             while more and len(self._flights) < self._window():
                 nxt = next(todo, None)
                 if nxt is None:
@@ -504,9 +507,9 @@ class RayRunner(pipeline.Runner):
     def _launch(self, decode: Any, index: int, item: Item) -> None:
         """Claim the file here, send it to a decode task and to each model's least busy actor."""
         opt = self.opt
-        jobs, locks, others = pipeline.claim(item, self._leases, opt.overwrite)
+        jobs, locks, others = pipeline.claim(item, self._leases, opt.overwrite, self.ledger)
         for outcome in others:
-            self.stats.add(outcome)
+            self._report(outcome)
         stub = media.Media(opt.audio_dir / item.source, item.kind)
         for job in (j for j in jobs if j.error):  # a model that could not load fails here, as in extract()
             self.stats.add(pipeline.store(opt.output_base, item, Result(job, error=RuntimeError(job.error),
@@ -519,7 +522,7 @@ class RayRunner(pipeline.Runner):
             return
         slim = Item(item.source, item.kind, {j.alias: item.names[j.alias] for j in live}, [])
         views = [ModelJob(j.alias, _DecodeView(j.extractor)) for j in live]  # type: ignore[arg-type]
-        media_ref, info_ref = decode.remote(opt.audio_dir.resolve(), slim, views)
+        media_ref, info_ref = decode.remote(opt.audio_dir.resolve(), slim, views, opt.max_pixels_per_frame)
         flight = _Flight(item, locks, media_ref, info_ref)
         self._flights[index] = flight
         self._waiting[info_ref] = (index, None, -1)
@@ -559,7 +562,12 @@ class RayRunner(pipeline.Runner):
                 outcome, lines, pid = ray.get(ref)
                 pool.pids[i].add(pid)
                 for line in lines:
-                    outputs.append_jsonl(self.opt.output_base / "manifest.jsonl", line)
+                    try:
+                        outputs.append_jsonl(self.opt.output_base / "manifest.jsonl", line)
+                    except OSError as exc:  # the array stays; without its line the next run redoes it
+                        where = self.opt.output_base / "manifest.jsonl"
+                        outcome.fail(exc, "write", cause=outputs.explain_os_error(exc, where))
+                        outcome.disk_full = str(where) if outputs.is_disk_full(exc) else ""
             except Exception as exc:
                 outcome = self._lost(flight, alias, exc)
             self._report(outcome)
@@ -596,7 +604,13 @@ class RayRunner(pipeline.Runner):
 
     def _report(self, outcome: Outcome) -> None:
         """Count one Outcome and say what a local run says about it."""
+        if self.stats.disk_full and outcome.status == "failed":
+            return  # the run is stopping: what is left is not written, nor counted
         self.stats.add(outcome)
+        if outcome.disk_full and not self.stats.disk_full:
+            self.stats.disk_full = outcome.disk_full
+            self._progress.say(f"disk full at {outcome.disk_full}: the run stops here; free space (or choose "
+                               "another --output_base), then rerun the same command: it resumes")
         if outcome.status == "failed" and outcome.stage != "load":
             self._progress.say(f"FAILED {outcome.model} {outcome.source}: {outcome.exception}: "
                                f"{pipeline._short(outcome.cause)}")

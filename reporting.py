@@ -11,14 +11,24 @@ Counting rule (the same in the table, the JSON and failures.json):
 - failed: files this model did not process because of an error, each listed in
   failures.json; a model that cannot load fails every file it had to do, and
   failures.json lists that load error once, with the number of files;
-- claimed: outputs another driver was computing (or finished) meanwhile.
+- claimed: outputs another driver was computing (or finished) meanwhile. A lock from
+  another host may be a driver that died less than a lease ago: the run then exits 1
+  (work left), as it does when a full disk stopped it.
+
+`files` counts the files some configured model takes (what was processed or found
+complete); files of kinds no model takes are counted apart (`files_not_taken`).
+failures.json (written by pipeline.update_failures) is the folder's current state; the
+report's `failures` are this run's.
 """
 
 from __future__ import annotations
 
+import socket
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+_HOST = socket.gethostname()
 
 
 @dataclass
@@ -39,6 +49,7 @@ class Outcome:
     resample_seconds: float = 0.0
     inference_seconds: float = 0.0
     write_seconds: float = 0.0
+    disk_full: str = ""  # the path a write found the disk full at (the run stops)
 
     def fail(self, exc: BaseException | str, stage: str, cause: str | None = None) -> None:
         """Mark failed; the cause is the message's first line, the rest goes to `details`."""
@@ -95,7 +106,17 @@ class RunStats:
     notes: int = 0  # notes written to the manifest (e.g. "input shorter than one window, padded")
     note_examples: list[str] = field(default_factory=list)
     claimed_by: Counter = field(default_factory=Counter)
+    claimed_by_other_hosts: int = 0  # outputs locked by a driver on another host (work may be left)
     interrupted: str | None = None
+    files_not_taken: dict[str, int] = field(default_factory=dict)  # kind -> files no configured model takes
+    redo: Counter = field(default_factory=Counter)  # why complete-looking outputs are computed again
+    stale_outputs: list[dict[str, str]] = field(default_factory=list)  # under a name no longer current
+    disk_full: str | None = None  # where a write found the disk full (the run stopped there)
+
+    @property
+    def work_left(self) -> bool:
+        """Outputs this run could not do nor vouch for: a full disk, another host's fresh locks."""
+        return bool(self.disk_full or self.claimed_by_other_hosts)
 
     def model(self, name: str) -> ModelStats:
         return self.models.setdefault(name, ModelStats())
@@ -133,6 +154,8 @@ class RunStats:
             m.claimed_elsewhere += 1
             if o.owner != "(finished)":
                 self.claimed_by[o.owner] += 1
+                if o.owner.rsplit(":", 1)[0] != _HOST:
+                    self.claimed_by_other_hosts += 1
         else:
             m.failed += 1
             load = next((f for f in self.failures if f["model"] == o.model and f["stage"] == "load"), None)
@@ -163,14 +186,19 @@ class RunStats:
         return {
             "files_total": self.files_total,
             "files_by_kind": self.files_by_kind,
+            "files_not_taken": self.files_not_taken,
             "files_decoded": self.files_decoded,
             "audio_seconds_decoded": round(self.audio_seconds_decoded, 3),
             "wall_seconds": round(self.wall_seconds, 4),
             "decode_seconds": round(self.decode_seconds, 4),
             "waited_for_input_seconds": round(self.waited_for_input_seconds, 4),
             "interrupted": self.interrupted,
+            "disk_full": self.disk_full,
             "notes": self.notes,
             "claimed_by": dict(self.claimed_by),
+            "claimed_by_other_hosts": self.claimed_by_other_hosts,
+            "computed_again": dict(self.redo),
+            "stale_outputs": self.stale_outputs,
             "models": models,
             "failures": self.failures,
         }
@@ -193,6 +221,9 @@ class RunStats:
             f"inference); run wall time {self.wall_seconds:.2f} s; waiting for input "
             f"{self.waited_for_input_seconds:.2f} s"
         )
+        if self.files_not_taken:
+            left = ", ".join(f"{n} {k}" for k, n in self.files_not_taken.items())
+            rows.append(f"not taken by any configured model: {left} file(s)")
         for name, m in self.models.items():
             if m.not_loaded:
                 rows.append(f"{name}: not loaded ({m.not_loaded.split(':')[0]}: the reason is printed "
@@ -212,6 +243,12 @@ class RunStats:
             who = ", ".join(f"{owner} x{n}" for owner, n in self.claimed_by.most_common(5))
             rows.append(f"{sum(self.claimed_by.values())} output(s) held by another driver ({who}): "
                         "rerun after it ends, or after its lease expires, to finish them")
+        if self.stale_outputs:
+            rows.append(f"{len(self.stale_outputs)} output(s) under a name no longer current "
+                        "(run_report.json stale_outputs)")
+        if self.disk_full:
+            rows.append(f"disk full at {self.disk_full}: the run stopped; free space, then rerun the same "
+                        "command (it resumes)")
         if self.interrupted:
             rows.append(f"interrupted by {self.interrupted}: rerun the same command to finish the rest")
         return "\n".join(rows)

@@ -17,6 +17,7 @@ A config file (all keys optional):
     ray_address: null       # engine ray: null starts a local cluster; auto; ray://host:10001
     ray_actors: null        # engine ray: actors per model (null: one per GPU, or from the CPUs)
     torch_threads: null     # intra-op threads (null: $OMP_NUM_THREADS, else the cores; ray: 1 per actor)
+    max_pixels_per_frame: 178956970  # larger images and video frames are refused (memory guard)
     models:                 # a list of names, or a mapping name -> settings
       crepe: {capacity: full, step_size: 10, viterbi: true}
       openl3_env:           # a second configuration of one plugin, in its own folder
@@ -61,6 +62,7 @@ TOP_KEYS = {
     "ray_address": (str, type(None)),
     "ray_actors": (int, type(None)),
     "torch_threads": (int, type(None)),
+    "max_pixels_per_frame": int,
     "models": (list, dict),
 }
 # Top-level settings copied onto RunConfig as they are (flags override them by the same name).
@@ -98,6 +100,7 @@ class RunConfig:
     ray_address: str | None = None
     ray_actors: int | None = None
     torch_threads: int | None = None
+    max_pixels_per_frame: int = media.MAX_PIXELS_PER_FRAME
     models: list[ModelConfig] = field(default_factory=list)
 
 
@@ -170,8 +173,8 @@ def parse_models(value: Any, where: str, errors: _Errors | None = None) -> list[
         extractor = settings.pop("extractor", alias)
         try:
             cls = registry.get(extractor)
-        except ConfigError as exc:
-            errors.add(f"{here}: {exc}{did_you_mean(extractor, registry.available())}")
+        except ConfigError as exc:  # its message names the near miss already ("did you mean")
+            errors.add(f"{here}: {exc}")
             continue
         mc = ModelConfig(alias, extractor)
         mc.weights = settings.pop("weights", None)
@@ -252,6 +255,9 @@ def build(file_data: dict[str, Any], where: str, overrides: dict[str, Any]) -> R
         errors.add("ray_actors must be >= 1 (or null: from the cluster's GPUs and CPUs)")
     if cfg.progress_every < 0:
         errors.add("progress_every must be >= 0 (0: no progress lines)")
+    if isinstance(cfg.max_pixels_per_frame, bool) or cfg.max_pixels_per_frame < 1:
+        errors.add("max_pixels_per_frame must be a positive number of pixels, "
+                   f"got {cfg.max_pixels_per_frame!r}")
 
     file_models = parse_models(file_data["models"], where, errors) if "models" in file_data else None
     wanted = overrides.get("models")
@@ -314,6 +320,40 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return int(m.group(1)), int(m.group(2))
 
 
+def cuda_install_hint(torch_version: str) -> str:
+    """How to get a CUDA build of the torch this environment pins."""
+    base = torch_version.split("+")[0]
+    return (f"install a CUDA build of torch: pip install torch=={base} --index-url "
+            "https://download.pytorch.org/whl/cu128 (cu128 = CUDA 12.8: take the one your NVIDIA driver "
+            "supports; README: GPUs)")
+
+
+def check_devices(devices: list[str]) -> None:
+    """ConfigError, before any work, for a device this machine's torch cannot use (`cuda` without a
+    CUDA build or without a GPU, `cuda:N` past the GPUs there are, `mps` off macOS)."""
+    wanted = sorted({d for d in devices if d and d not in ("auto", "cpu")})
+    if not wanted:
+        return
+    import torch
+
+    for device in wanted:
+        if device.startswith("cuda"):
+            if torch.version.cuda is None:
+                raise ConfigError(f"device {device!r}: this torch ({torch.__version__}) was built without "
+                                  f"CUDA; {cuda_install_hint(torch.__version__)}; or run on the CPU with "
+                                  "--device cpu")
+            if not torch.cuda.is_available():
+                raise ConfigError(f"device {device!r}: torch {torch.__version__} has CUDA "
+                                  f"{torch.version.cuda} but sees no GPU (NVIDIA driver missing, or "
+                                  "CUDA_VISIBLE_DEVICES empty?); check nvidia-smi, or use --device cpu")
+            index = int(device.split(":")[1]) if ":" in device else 0
+            if index >= torch.cuda.device_count():
+                raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s) "
+                                  f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+        elif device == "mps" and not (torch.backends.mps.is_available()):
+            raise ConfigError("device 'mps': Apple's Metal backend is not available here; use --device cpu")
+
+
 def jobs_from_args(args) -> tuple[RunConfig, list]:
     """The run's config (YAML + flags) and its model jobs; ConfigError lists every mistake."""
     from embedkit import pipeline
@@ -324,6 +364,8 @@ def jobs_from_args(args) -> tuple[RunConfig, list]:
         data, where = load_yaml(args.config), args.config
     overrides = {k: getattr(args, k, None) for k in (*SETTINGS, "models", "set")}
     cfg = build(data, where, overrides)
+    if cfg.engine == "local":  # engine ray: the devices are the cluster nodes', checked there
+        check_devices([m.device or cfg.device for m in cfg.models])
     jobs = []
     for m in cfg.models:
         ex = registry.create(m.extractor, device=torch_device(m.device or cfg.device), weights_path=m.weights,

@@ -6,9 +6,11 @@
     python run_extraction.py --audio_dir /data/media --output_base /data/feats --shard 3/8
     python run_extraction.py --config study.yaml --engine ray --ray_address auto   # a Ray cluster
 
-Rerunning the same command resumes: finished outputs are kept, the rest is computed.
-Exit status: 0 all done, 1 some file or model failed (see failures.json), 2 configuration error,
-130/143 interrupted (rerun to finish).
+Rerunning the same command resumes: finished outputs are kept, the rest is computed (and what
+changed: an input replaced since, an array whose manifest line a kill cut off).
+Exit status: 0 all done, 1 some file or model failed (see failures.json) or work is left (a full
+disk, outputs locked by a driver on another host), 2 configuration error or nothing to do
+(before any work), 130/143 interrupted (rerun to finish).
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--progress_every", type=float,
                    help="seconds between progress lines when stderr is not a terminal (default 60; 0: none)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar or progress lines")
+    p.add_argument("--max_pixels_per_frame", type=int,
+                   help="images and video frames with more pixels are refused, before decoding "
+                        "(default 178956970, about 179 MP)")
     p.add_argument("--torch_threads", type=int,
                    help="torch intra-op threads (default: $OMP_NUM_THREADS, else the cores the run may use; "
                         "engine ray: 1 per actor)")
@@ -123,12 +128,17 @@ def _main(args: argparse.Namespace) -> int:
         if not args.download_only:
             from embedkit import pipeline
 
+            check_folders(Path(cfg.audio_dir), output_base)
             pipeline.check_previous_params(jobs, output_base, cfg.overwrite)
-            if not Path(cfg.audio_dir).is_dir():
-                raise ConfigError(f"input folder {cfg.audio_dir!r} does not exist; pass --audio_dir")
+            check_writable(output_base, [f for job in jobs for f in _job_folders(job, output_base)])
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk before any work
+        from embedkit import outputs
+
+        print(outputs.explain_os_error(exc), file=sys.stderr)
+        return 1
 
     if args.download_only:
         failed = 0
@@ -156,6 +166,7 @@ def _main(args: argparse.Namespace) -> int:
         progress_every=0.0 if args.no_progress else cfg.progress_every,
         lease_seconds=cfg.lease_seconds,
         torch_threads=cfg.torch_threads,
+        max_pixels_per_frame=cfg.max_pixels_per_frame,
     )
 
     def log(msg: str) -> None:
@@ -174,7 +185,11 @@ def _main(args: argparse.Namespace) -> int:
             return 2
     else:
         runner = pipeline.Runner(jobs, options, log=log)
-    stats = runner.run()
+    try:
+        stats = runner.run()
+    except ConfigError as exc:  # nothing to do, or a model folder another configuration claimed first
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     # the run is over (finished or stopped): a signal now must not cut the report short
     held = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -183,10 +198,63 @@ def _main(args: argparse.Namespace) -> int:
         for s, handler in held.items():
             signal.signal(s, handler)
     print(stats.render())
-    print(f"report: {report_path}" + (f"; failures: {failures_path}" if stats.failures else ""))
+    for line in runner.unwritten:
+        print(f"not written: {line}", file=sys.stderr)
+    failing = len(runner.failing_now)
+    written = [str(p) for p in (report_path, failures_path) if not any(str(p) in u for u in runner.unwritten)]
+    if str(report_path) in written:
+        print(f"report: {report_path}" + (f"; failures: {failures_path} ({failing} still failing in this "
+                                          f"folder, {len(stats.failures)} from this run)"
+                                          if failing and str(failures_path) in written else ""))
     if stats.interrupted:
         return 130 if stats.interrupted == "SIGINT" else 143
-    return 1 if stats.failures else 0
+    return 1 if stats.failures or stats.work_left or runner.unwritten else 0
+
+
+def check_folders(audio_dir: Path, output_base: Path) -> None:
+    """ConfigError for an input folder that is missing or a file, or that is the output folder itself."""
+    from embedkit.extractors.base import ConfigError
+
+    if not audio_dir.is_dir():
+        if audio_dir.exists():
+            raise ConfigError(f"input folder {str(audio_dir)!r} is a file, not a folder; pass the folder "
+                              f"that holds it (--audio_dir {str(audio_dir.parent)!r})")
+        raise ConfigError(f"input folder {str(audio_dir)!r} does not exist; pass --audio_dir")
+    if output_base.exists() and output_base.resolve() == audio_dir.resolve():
+        raise ConfigError(f"--output_base {str(output_base)!r} is the input folder itself; give the "
+                          "outputs their own folder (beside it, or inside it: a folder inside is left out "
+                          "of the input)")
+
+
+def _job_folders(job, output_base: Path) -> list[Path]:
+    """The model's folders under `output_base` (no plugin call needed: its extras are the folders there)."""
+    return [p for p in sorted(output_base.glob(f"{job.alias}.*")) if p.is_dir()] + [output_base / job.alias]
+
+
+def check_writable(output_base: Path, folders: list[Path]) -> None:
+    """ConfigError naming the folder, before any work, where the outputs cannot be written
+    (read-only file system, permissions); OSError for a full disk."""
+    import errno
+
+    from embedkit import outputs
+    from embedkit.extractors.base import ConfigError
+
+    made = [p for p in [output_base, *output_base.parents] if not p.exists()]  # removed after the check
+    for folder in [output_base, *(f for f in folders if f.exists())]:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = outputs.tmp_path(folder / "write-check")
+            probe.write_bytes(b"")
+            probe.unlink()
+            for p in made if folder == output_base else []:
+                p.rmdir()  # nothing is left behind by a run that stops before its work
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise ConfigError(f"cannot write to {folder} ({exc.strerror}): choose another --output_base, "
+                                  "or make it writable") from None
+            if outputs.is_disk_full(exc):
+                raise OSError(exc.errno, exc.strerror, str(folder)) from None
+            raise ConfigError(f"cannot write to {folder} ({exc.strerror})") from None
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 COMMANDS = ("index", "query", "evaluate")
@@ -113,53 +112,84 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from embedkit import results
     from embedkit.extractors.base import ConfigError
+    from embedkit.search import StoreError
 
     try:
         return {"index": cmd_index, "query": cmd_query, "evaluate": cmd_evaluate}[args.command](args)
-    except ConfigError as exc:
+    except (ConfigError, results.ResultsError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    except StoreError as exc:
+        print(f"error: {exc}; rerun the same command when the server is back", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; rerun to finish (the index holds only whole batches)", file=sys.stderr)
         return 130
 
 
+def _folder(args: argparse.Namespace):
+    """The model folder `--model` of `--output_base` (read through embedkit.results); its notes said once."""
+    from embedkit import results
+    from embedkit.extractors.base import ConfigError
+
+    if not results.is_folder_name(args.model):
+        raise ConfigError(f"--model {args.model!r} is a model folder's name, not a path")
+    try:
+        folder = results.Results(args.output_base).model(args.model)
+    except results.ResultsError as exc:
+        raise ConfigError(f"{exc}. Run `python run_extraction.py --models {args.model} --output_base "
+                          f"{args.output_base}` first.") from None
+    for note in folder.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return folder
+
+
 def _where(args: argparse.Namespace, folder) -> str:
+    from embedkit import search
+
     if args.db:
         return args.db
     if folder is None:
         from embedkit.extractors.base import ConfigError
 
         raise ConfigError("give --output_base (the index lives in the model folder) or --db")
-    return str(folder.default_store())
+    return str(search.default_store(folder))
 
 
 def _collection(args: argparse.Namespace) -> str:
     from embedkit import search
 
-    return args.collection or search.collection_name(
-        args.model, args.level, args.window if args.level == "segment" else 0
-    )
+    from embedkit.results import is_folder_name
+
+    if not is_folder_name(args.model):
+        raise search.ConfigError(f"--model {args.model!r} is a model folder's name, not a path")
+    if args.collection is not None:
+        return search.check_collection_name(args.collection)
+    name = search.collection_name(args.model, args.level, args.window if args.level == "segment" else 0)
+    return search.check_collection_name(name)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from embedkit import search
+    from embedkit import results, search
 
-    folder = search.ModelFolder.open(args.output_base, args.model)
-    info = folder.info(args.level, args.window)
-    where, name = _where(args, folder), _collection(args)
-    if args.rebuild:
-        _drop(where, name)
+    name = _collection(args)
+    folder = _folder(args)
+    info = search.collection_info(folder, args.level, args.window)
+    where = _where(args, folder)
     kwargs = {"ann_threshold": args.ann_threshold} if args.ann_threshold is not None else {}
     log = None if args.quiet else (lambda msg: print(msg, flush=True))
-    with search.Index.open(where, name, create=info, writer=True, **kwargs) as index:
+    # a rebuild takes the writer lock like any writer and fills a new collection beside the old one,
+    # which answers queries until the new one is swapped in whole
+    with search.Index.open(where, name, create=info, writer=True, rebuild=args.rebuild, **kwargs) as index:
         rep = search.build_index(folder, index, commit_files=max(1, args.commit_every), log=log)
     for out, cause in rep.failures:
-        print(f"failed: {out}: {cause}", file=sys.stderr)
+        print(f"failed: {results.display_name(out)}: {cause}", file=sys.stderr)
     print(
         f"{name}: {rep.added} outputs indexed ({rep.vectors} vectors), {rep.unchanged} unchanged, "
         f"{rep.removed} removed, {len(rep.failures)} failed; {rep.total_vectors} vectors in the index"
+        + (" (rebuilt)" if args.rebuild else "")
         + (f"; {rep.optimized}" if rep.optimized else "")
         + f" ({rep.seconds:.1f} s)"
     )
@@ -168,45 +198,22 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 1 if rep.failures else 0
 
 
-def _drop(where: str, name: str) -> None:
-    import shutil
-
-    from embedkit import search
-
-    if search.is_postgres(where):
-        conn = search.pg_connect(where)
-        try:
-            with conn.transaction():
-                ident = search._pg_ident(name)
-                conn.execute(f"DROP TABLE IF EXISTS {ident}_vectors")
-                conn.execute(f"DROP TABLE IF EXISTS {ident}_files")
-                conn.execute("DELETE FROM embedkit_collections WHERE name=%s", (name,))
-        finally:
-            conn.close()
-    else:
-        path = Path(where) / name
-        if path.exists():
-            # renamed away first: a kill during the removal cannot leave half a collection in place
-            grave = path.with_name(f".{name}.dropped-{time.time_ns()}")
-            path.rename(grave)
-            shutil.rmtree(grave, ignore_errors=True)
-
-
 def _open_for_reading(args: argparse.Namespace):
     """(index, model folder or None); refuses an index built from another configuration."""
     from embedkit import search
     from embedkit.extractors.base import ConfigError
 
+    name = _collection(args)
     folder = None
     if args.output_base:
-        folder = search.ModelFolder.open(args.output_base, args.model)
+        folder = _folder(args)
     elif not args.db:
         raise ConfigError("give --output_base (and --db where the index is elsewhere)")
-    info = folder.info(args.level, args.window) if folder else None
-    index = search.Index.open(_where(args, folder), _collection(args), create=None)
+    info = search.collection_info(folder, args.level, args.window) if folder else None
+    index = search.Index.open(_where(args, folder), name, create=None)
     try:
         if info is not None:
-            search._check_collection(index.info, info, index.store.where)
+            search.check_collection(index.info, info, index.store.where)
     except ConfigError:
         index.close()
         raise
@@ -233,17 +240,19 @@ def _query_files(paths: list[str]) -> tuple[list[tuple[str, Path]], list[str]]:
 
 def _print_results(query: str, hits, as_json: bool, segments: bool) -> None:
     """Text: rank, cosine, path (and the time span at segment level); JSON: one object per query."""
-    if as_json:
+    from embedkit.results import display_name
+
+    if as_json:  # json escapes a name that is not UTF-8 (\udcXX): json.loads gives the exact name back
         print(json.dumps({"query": query, "results": [h.to_json() for h in hits]}), flush=True)
         return
-    print(f"query: {query}")
+    print(f"query: {display_name(query)}")
     if not hits:
         print("   (no results: the index is empty)")
     for rank, h in enumerate(hits, 1):
         span = ""
         if segments and not (math.isnan(h.start) or math.isnan(h.end)):
             span = f"{h.start:9.2f} - {h.end:.2f} s  "
-        print(f"  {rank:3d}  {h.score:.4f}  {span}{h.path}")
+        print(f"  {rank:3d}  {h.score:.4f}  {span}{display_name(h.path)}")
     sys.stdout.flush()
 
 
@@ -303,12 +312,15 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from embedkit import search
     from embedkit.extractors.base import ConfigError
+    from embedkit.results import display_name
 
     labels: dict[str, str] = {}
     for path in args.labels:
         labels.update(search.read_labels(path))
     index, _ = _open_for_reading(args)
     failed = 0
+    unlabelled: list[str] = []
+    query_keys: set[str] = set()
     with index:
         files = index.files()
         by_source = {rec["source"]: out for out, rec in files.items()}
@@ -316,7 +328,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if not pool:
             raise ConfigError(
                 f"no path in {args.labels} is in the collection (paths are relative to the input "
-                f"folder, e.g. {next(iter(by_source), 'dir/file.wav')})"
+                f"folder, e.g. {display_name(next(iter(by_source), 'dir/file.wav'))})"
             )
         n_items = len(by_source)
         exact = True if args.exact else None
@@ -329,7 +341,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             for shown, path in _query_files([args.queries])[0]:
                 key = path.relative_to(args.queries).as_posix()
                 if key not in labels:
+                    unlabelled.append(key)
                     continue
+                query_keys.add(key)
                 try:
                     vecs, _, _ = embedder.embed(path)
                 except search.SearchError as exc:
@@ -346,7 +360,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 rankings.append((src, _ranked(index, search.query_vector(vecs), n_items, exact, src)))
             mode = "leave-one-out over the collection"
         metrics = search.retrieval_metrics(rankings, qlabels, args.k, pool=pool)
-    metrics = {"mode": mode, "collection_items": n_items, "labelled_items": len(pool), **metrics}
+    alone = [q.removeprefix("query:") for q in metrics.pop("alone")]
+    not_found = sorted(p for p in labels if p not in by_source and p not in query_keys)
+    left_out = {"labels_not_found": not_found, "alone_with_label": alone, "unlabelled_queries": unlabelled}
+    metrics = {"mode": mode, "collection_items": n_items, "labelled_items": len(pool), **metrics,
+               "left_out": left_out}
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -357,7 +375,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for key, value in metrics.items():
             if key.startswith(("precision", "recall", "mAP")):
                 print(f"  {key:<14} {value}")
+        said = _left_out_lines(left_out, labels, bool(args.queries))
+        if said:
+            print("left out: " + "; ".join(said))
     return 1 if failed else 0
+
+
+def _left_out_lines(left_out: dict, labels: dict[str, str], held_out: bool) -> list[str]:
+    """What `evaluate` did not count, one clause per reason, with an example of each."""
+    from embedkit.results import display_name
+
+    out = []
+    if left_out["labels_not_found"]:
+        p = left_out["labels_not_found"]
+        where = "in the collection nor among the query files" if held_out else "in the collection"
+        out.append(f"{len(p)} labelled path(s) not {where} (e.g. {display_name(p[0])})"
+                   .replace("not in the collection nor", "neither in the collection nor"))
+    if left_out["alone_with_label"]:
+        q = left_out["alone_with_label"]
+        out.append(f"{len(q)} quer{'y' if len(q) == 1 else 'ies'} whose label no other collection item has, "
+                   f"so nothing to retrieve (e.g. {display_name(q[0])}: {labels.get(q[0])!r})")
+    if left_out["unlabelled_queries"]:
+        u = left_out["unlabelled_queries"]
+        out.append(f"{len(u)} query file(s) without a label (e.g. {display_name(u[0])})")
+    return out
 
 
 def _ranked(index, vec, n_items: int, exact, exclude: str | None) -> list[str]:

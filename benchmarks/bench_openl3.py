@@ -24,14 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import _checkout  # noqa: E402,F401  (the checkout as the package embedkit)
 
 from embedkit import registry  # noqa: E402
-from embedkit.extractors import openl3 as ol3  # noqa: E402
+from embedkit.openl3 import network as net  # noqa: E402
+from embedkit.openl3 import preprocessing as pre  # noqa: E402
 
 # Multiply-accumulates of one window's convolutions, counted from the layer shapes.
 def conv_flops(input_repr: str) -> float:
-    f, t = ol3.spectrogram_shape(input_repr)
-    c_in = (1,) + ol3.CHANNELS[:-1]
+    f, t = pre.spectrogram_shape(input_repr)
+    c_in = (1,) + net.CHANNELS[:-1]
     total = 0.0
-    for i, (a, b) in enumerate(zip(c_in, ol3.CHANNELS)):
+    for i, (a, b) in enumerate(zip(c_in, net.CHANNELS)):
         total += 2 * 9 * a * b * f * t
         if i in (1, 3, 5):
             f, t = f // 2, t // 2
@@ -40,10 +41,10 @@ def conv_flops(input_repr: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reprs", nargs="+", default=["mel128", "mel256", "linear"], choices=ol3.INPUT_REPRS)
+    ap.add_argument("--reprs", nargs="+", default=["mel128", "mel256", "linear"], choices=pre.INPUT_REPRS)
     ap.add_argument("--seconds", type=float, default=10.0, help="audio duration (default 10)")
     ap.add_argument("--hop", type=float, default=0.1, help="hop_size in seconds (default 0.1)")
-    ap.add_argument("--frontend", default="kapre", choices=ol3.FRONTENDS)
+    ap.add_argument("--frontend", default="kapre", choices=pre.FRONTENDS)
     ap.add_argument("--batch-size", type=int, default=None, help="windows per batch (plugin default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -53,8 +54,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     rng = np.random.default_rng(0)
-    n = int(args.seconds * ol3.TARGET_SR)
-    t = np.arange(n) / ol3.TARGET_SR
+    n = int(args.seconds * pre.TARGET_SR)
+    t = np.arange(n) / pre.TARGET_SR
     audio = (0.1 * rng.standard_normal(n) + 0.3 * np.sin(2 * np.pi * (200 + 400 * t) * t)).astype(np.float32)
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -71,19 +72,19 @@ def main() -> None:
             input_repr=r, hop_size=args.hop, frontend=args.frontend,
         )
         ex.load()
-        ex.extract(audio[: ol3.WINDOW], ol3.TARGET_SR)  # warm-up (allocator, oneDNN kernels)
+        ex.extract(audio[: pre.WINDOW], pre.TARGET_SR)  # warm-up (allocator, oneDNN kernels)
 
         # Split: time the front-end on its own over the same chunks the plugin makes.
-        hop_len = ol3.hop_samples(args.hop)
-        chunks = list(ol3.iter_window_chunks(audio, hop_len, True, ex.batch_size))
+        hop_len = pre.hop_samples(args.hop)
+        chunks = list(pre.iter_window_chunks(audio, hop_len, True, ex.batch_size))
         src = audio.astype(np.float64) if args.frontend == "librosa" else audio
         t0 = time.perf_counter()
-        for _, seg, starts in ol3.iter_window_chunks(src, hop_len, True, ex.batch_size):
-            ol3._spectrogram_chunk(seg, starts, r, args.frontend)
+        for _, seg, starts in pre.iter_window_chunks(src, hop_len, True, ex.batch_size):
+            pre.spectrogram_chunk(seg, starts, r, args.frontend)
         t_front = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        feats = ex.extract(audio, ol3.TARGET_SR)
+        feats = ex.extract(audio, pre.TARGET_SR)
         t_all = time.perf_counter() - t0
         n_win = feats.data.shape[0]
         assert n_win == sum(len(s) for _, _, s in chunks)

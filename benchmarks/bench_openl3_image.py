@@ -41,7 +41,9 @@ import _checkout  # noqa: E402,F401  (the checkout as the package embedkit)
 
 from embedkit import media  # noqa: E402
 from embedkit import registry  # noqa: E402
-from embedkit.extractors import openl3_image as oi  # noqa: E402
+from embedkit.openl3 import network as net  # noqa: E402
+from embedkit.openl3 import preprocessing  # noqa: E402
+from embedkit.openl3 import weightfiles as wf  # noqa: E402
 
 
 def cpu_name() -> str:
@@ -101,26 +103,26 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "cores": os.cpu_count(),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
         "load_average_at_start": round(load, 2), "weights": args.weights, "batch_size": args.batch_size,
-        "flops_per_image": oi.FLOPS_PER_IMAGE,
+        "flops_per_image": net.FLOPS_PER_IMAGE,
     }
     print(f"openl3_image benchmark: {result['cpu']}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, device {args.device}, load average {load:.2f} at start")
-    print(f"FLOPs per image (8 convolutions, 2 per multiply-add): {oi.FLOPS_PER_IMAGE / 1e9:.2f} GFLOP")
+    print(f"FLOPs per image (8 convolutions, 2 per multiply-add): {net.FLOPS_PER_IMAGE / 1e9:.2f} GFLOP")
 
     plugins = {d: registry.create("openl3_image", device=args.device, weights_path=args.weights,
                                   batch_size=args.batch_size, embedding_size=d) for d in (512, 8192)}
     model = plugins[512].load()
     rng = np.random.default_rng(0)
     x = rng.random((args.images, 224, 224, 3), dtype=np.float32)
-    oi.run_image_network(model, x[:2], 512, "float32")  # warm-up (allocator, oneDNN kernels)
+    net.run_image_network(model, x[:2], 512, "float32")  # warm-up (allocator, oneDNN kernels)
 
     # 1. the network alone
     for d in (512, 8192):
         t0 = time.perf_counter()
-        oi.embed_batches(model, x, d, args.batch_size, plugins[d].cuda_dtype)
+        net.embed_batches(model, x, d, args.batch_size, plugins[d].cuda_dtype)
         dt = time.perf_counter() - t0
         ips = args.images / dt
-        gflops = oi.FLOPS_PER_IMAGE * ips / 1e9
+        gflops = net.FLOPS_PER_IMAGE * ips / 1e9
         result[f"network_images_per_s_{d}"] = round(ips, 3)
         result[f"network_gflops_{d}"] = round(gflops, 1)
         print(f"network alone, {d:>4}-d: {ips:7.2f} images/s  ({dt / args.images * 1000:6.1f} ms/image, "
@@ -137,7 +139,7 @@ def main() -> None:
         print(f"extract_image (1024x768, one at a time), {d:>4}-d: {args.images / dt:7.2f} images/s")
     t0 = time.perf_counter()
     for _ in range(args.images):
-        oi.preprocess_image_batch(photo)
+        preprocessing.preprocess_image_batch(photo)
     pre = (time.perf_counter() - t0) / args.images
     result["preprocess_ms_1024x768"] = round(pre * 1000, 2)
     print(f"  of which openl3's preprocessing: {pre * 1000:.1f} ms/image")
@@ -178,27 +180,27 @@ def main() -> None:
     print(f"video {w}x{h}, {n} frames: {fps:.2f} frames/s end to end (decode thread + 256x256 scale "
           f"{t_scale / n * 1000:.1f} ms/frame + network); peak RSS {rss0:.0f} -> {rss1:.0f} MB")
     # 4. interleaved with the audio network: a contention-independent ratio
-    from embedkit.extractors import openl3 as ol3
 
-    audio = ol3.load_network("mel256", "music", args.device, "random")
+    audio = wf.load_network("mel256", "music", args.device, "random")
     spec = rng.standard_normal((args.batch_size, 256, 199)).astype(np.float32) * 10 - 40
-    ol3.run_network(audio, spec[:2], "mel256", 512)
+    net.run_network(audio, spec[:2], "mel256", 512)
     t_audio = t_image = 0.0
     for _ in range(args.rounds):
         t0 = time.perf_counter()
-        ol3.run_network(audio, spec, "mel256", 512)
+        net.run_network(audio, spec, "mel256", 512)
         t1 = time.perf_counter()
-        oi.run_image_network(model, x[: args.batch_size], 512)
+        net.run_image_network(model, x[: args.batch_size], 512)
         t_image += time.perf_counter() - t1
         t_audio += t1 - t0
-    f, t = ol3.spectrogram_shape("mel256")  # FLOPs of one window's convolutions (as bench_openl3.py)
+    # FLOPs of one window's convolutions (as bench_openl3.py)
+    f, t = preprocessing.spectrogram_shape("mel256")
     audio_flops = 0.0
-    for i, (c_in, c_out) in enumerate(zip((1,) + ol3.CHANNELS[:-1], ol3.CHANNELS)):
+    for i, (c_in, c_out) in enumerate(zip((1,) + net.CHANNELS[:-1], net.CHANNELS)):
         audio_flops += 2 * 9 * c_in * c_out * f * t
         if i in (1, 3, 5):
             f, t = f // 2, t // 2
     g_audio = audio_flops * args.batch_size * args.rounds / t_audio / 1e9
-    g_image = oi.FLOPS_PER_IMAGE * args.batch_size * args.rounds / t_image / 1e9
+    g_image = net.FLOPS_PER_IMAGE * args.batch_size * args.rounds / t_image / 1e9
     result.update({"interleaved_gflops_audio_mel256": round(g_audio, 1),
                    "interleaved_gflops_image": round(g_image, 1),
                    "image_over_audio_gflops": round(g_image / g_audio, 3)})

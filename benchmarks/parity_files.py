@@ -37,7 +37,8 @@ import _checkout  # noqa: E402,F401  (the checkout as the package embedkit)
 
 from embedkit import audio_io  # noqa: E402
 from embedkit import registry  # noqa: E402
-from embedkit.extractors import openl3 as ol3  # noqa: E402
+import embedkit.openl3 as openl3  # noqa: E402
+from embedkit.openl3 import network as net  # noqa: E402
 
 REFERENCE = ROOT.parent / "shared" / "reference" / "openl3_random"
 # alias: (input_repr, frontend, embedding_size)
@@ -101,7 +102,9 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
 def peer(env: Path, code: str, *args: str) -> None:
     environ = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
                "PYTHONPATH": str(env / "src"), "CUDA_VISIBLE_DEVICES": ""}
-    subprocess.run([str(env / "bin" / "python"), "-c", code, *args], check=True, env=environ)
+    # run outside the checkout: `python -c` puts the working folder first on sys.path, and the
+    # checkout's openl3/ (embedkit.openl3) would shadow the real openl3
+    subprocess.run([str(env / "bin" / "python"), "-c", code, *args], check=True, env=environ, cwd=env)
 
 
 def main() -> int:
@@ -112,7 +115,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "parity_files.json")
     ap.add_argument("--per-file", action="store_true", help="print every file's numbers too")
     a = ap.parse_args()
-    wav, work = a.work / "wav", a.work
+    wav, work = a.work.resolve() / "wav", a.work.resolve()
     wav.mkdir(parents=True, exist_ok=True)
     for i, (stem, (sr, ch, subtype)) in enumerate(FILES.items()):
         sf.write(wav / f"{stem}.wav", material(3.3, sr, ch, i), sr, subtype=subtype)
@@ -139,18 +142,18 @@ def main() -> int:
     results: dict = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
                      "openl3": {}, "crepe": {}}
     for alias, (r, fe, size) in OPENL3.items():
-        model = ol3.load_audio_embedding_model(r, "music", size, fe, weights_path=str(
+        model = openl3.models.load_audio_embedding_model(r, "music", size, fe, weights_path=str(
             REFERENCE / f"openl3_audio_{r}_music.h5"))
         rows = {}
         for stem in FILES:
             path = str(wav / f"{stem}.wav")
             x, sr = sf.read(path)
-            api = ol3.get_audio_embedding(x, sr, model=model, frontend=fe, verbose=False)[0]
+            api = openl3.get_audio_embedding(x, sr, model=model, frontend=fe, verbose=False)[0]
             mono, sr = audio_io.decode(path)
             old = audio_io.resample(mono, sr, 48000, "kaiser_best", "float32")
             if fe == "librosa":
                 old = old.astype(np.float64)
-            before = ol3.embed_signal(model.loaded, old, r, size, 0.1, True, fe, 16)[0]
+            before = net.embed_signal(model.loaded, old, r, size, 0.1, True, fe, 16)[0]
             drv = np.load(work / "driver" / f"ol3_{alias}" / f"{stem}.npy")
             tf = np.load(work / "openl3_tf" / alias / f"{stem}.npz")["embedding"]
             rows[stem] = {"driver_vs_api": rel(drv, api), "driver_equals_api": bool(np.array_equal(drv, api)),

@@ -35,18 +35,18 @@ from embedkit.extractors.base import ConfigError
 # What this adapter calls (the lead ports these when the reader's API lands):
 USES = {
     "embedkit.results": [
-        "model_names", "ResultsError", "read_manifest (source and output per model)",
-        "ModelFolder.open", "ModelFolder.{meta, extractor, axes, time_axis, extras}",
-        "ModelFolder.{path, load(mmap=True), load_extra, timestamps}",
+        "Results(base).{models, model(name)}", "ResultsError",
+        "ModelFolder.{meta, extractor, item(source), items}",
+        "Item.{source, axes, load(mmap=True), times(n), extra('beats')}",
     ],
     "embedkit.search": [
-        "ModelFolder.open", "ModelFolder.{config, check_level('file'), default_store(), axes_for}",
+        "collection_info(folder, level, window)", "check_collection", "default_store(folder)",
         "Index.open(where, name, create=None)",
         "Index.{info, files, search(exclude=), vectors_of, close, len}",
-        "Index.store: EmbeddedStore._segments(), .db, .dim (every vector at once, for the map; any other "
-        "store: vectors_of file by file)",
-        "collection_name", "describe_config", "is_postgres", "query_vector", "normalize_rows",
-        "QueryEmbedder(info).embed", "retrieval_metrics", "SearchError", "EmbeddedStore",
+        "Index.store: embedded.EmbeddedStore._segments(), .db, .dim and collection.name_from_db "
+        "(every vector at once, for the map; any other store: vectors_of file by file)",
+        "collection_name", "is_postgres", "query_vector", "normalize_rows",
+        "QueryEmbedder(info).embed", "retrieval_metrics", "SearchError",
     ],
 }
 
@@ -119,9 +119,12 @@ class IndexView:
     them; the web server answers on many threads, so each call is handed to this view's thread.
     """
 
-    def __init__(self, output_base: Path, model: str, where: str, name: str) -> None:
+    def __init__(
+        self, output_base: Path, folder: results.ModelFolder, model: str, where: str, name: str
+    ) -> None:
         self.model, self.where, self.name = model, where, name
         self.output_base = output_base
+        self.folder = folder
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"index-{name}")
         self._embedder = None
         try:
@@ -129,7 +132,7 @@ class IndexView:
         except BaseException:
             self._pool.shutdown(wait=False)
             raise
-        info = self._index.info
+        info = self.info = self._index.info
         self.level: str = info.level
         self.window: float = float(info.window_seconds)
         self.alias: str = info.alias
@@ -172,11 +175,7 @@ class IndexView:
     def cache_path(self, what: str) -> Path | None:
         """Where a cache of this collection lives: beside the index (None: nowhere to put it)."""
         if self.is_postgres:
-            try:
-                root = search.ModelFolder.open(self.output_base, self.model).default_store()
-            except ConfigError:
-                return None
-            return root / f"{self.name}.pg.{what}"
+            return search.default_store(self.folder) / f"{self.name}.pg.{what}"
         return Path(self.where) / f"{self.name}.{what}"
 
     def neighbours(self, source: str, k: int = 10, at: float | None = None) -> list[Neighbour]:
@@ -221,8 +220,11 @@ class IndexView:
         return self._call(self._all_vectors)
 
     def _all_vectors(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        from embedkit.search.collection import name_from_db
+        from embedkit.search.embedded import EmbeddedStore
+
         store = self._index.store
-        if isinstance(store, search.EmbeddedStore) and store.dim:  # one pass over the segments
+        if isinstance(store, EmbeddedStore) and store.dim:  # one pass over the segments
             segs = store._segments()
             ids = np.concatenate([s["ids"][s["alive"]] for s in segs]) if segs else np.zeros(0, np.int64)
             vecs = np.concatenate([np.asarray(s["vectors"])[s["alive"]] for s in segs]) if segs else None
@@ -238,7 +240,7 @@ class IndexView:
             ):
                 starts = np.array([np.nan if r[2] is None else r[2] for r in rows], np.float64)
                 ends = np.array([np.nan if r[3] is None else r[3] for r in rows], np.float64)
-                return [r[1] for r in rows], starts, ends, np.ascontiguousarray(vecs[order])
+                return [name_from_db(r[1]) for r in rows], starts, ends, np.ascontiguousarray(vecs[order])
         sources, starts, ends, parts = [], [], [], []  # any store: file by file
         for rec in sorted(store.files().values(), key=lambda r: r["source"]):
             got = self._index.vectors_of(rec["source"])
@@ -271,7 +273,8 @@ class Collection:
     ) -> None:
         self.base = Path(output_base)
         try:
-            names = results.model_names(self.base)
+            self.run = results.Results(self.base)
+            names = self.run.models
         except results.ResultsError as exc:
             raise BrowseError(str(exc)) from None
         if not names:
@@ -282,20 +285,20 @@ class Collection:
         self.folders: dict[str, results.ModelFolder] = {}
         for name in names:
             try:
-                self.folders[name] = results.ModelFolder.open(self.base, name)
+                self.folders[name] = self.run.model(name)
             except results.ResultsError:
                 continue
         self.input_dir = input_dir_of(self.base, audio_dir)
         self.db = db
         self.collection_names = list(collections or [])
-        manifest = results.read_manifest(self.base)
-        self._outputs: dict[
-            str, dict[str, str]
-        ] = {}  # source -> {model: output relative to the model folder}
-        for (model, rel), rec in manifest.items():
-            src = rec.get("source")
-            if model in self.folders and src and self.folders[model].path(rel).is_file():
-                self._outputs.setdefault(src, {})[model] = rel
+        self._outputs: dict[str, dict[str, results.Item]] = {}  # source -> {model: its current array}
+        for model, folder in self.folders.items():
+            try:
+                items = folder.items
+            except results.ResultsError:
+                continue
+            for item in items:
+                self._outputs.setdefault(item.source, {})[model] = item
         self._views: dict[tuple[str, str], IndexView] = {}
         self._lock = threading.Lock()
 
@@ -309,7 +312,7 @@ class Collection:
         """Every source any model wrote an output for (relative to the input folder), sorted."""
         return sorted(self._outputs)
 
-    def outputs_of(self, source: str) -> dict[str, str]:
+    def outputs_of(self, source: str) -> dict[str, results.Item]:
         return dict(self._outputs.get(source, {}))
 
     def kind(self, source: str) -> str:
@@ -318,7 +321,7 @@ class Collection:
     def why_not_searchable(self, model: str) -> str | None:
         """None when the model's outputs can be indexed; else why not (named quantities, odd axes)."""
         try:
-            search.ModelFolder.open(self.base, model).check_level("file")
+            search.collection_info(self.folders[model], "file")
         except ConfigError as exc:
             return str(exc)
         return None
@@ -339,7 +342,7 @@ class Collection:
         defaults = [search.collection_name(model, "file"), search.collection_name(model, "segment")]
         if self.db and search.is_postgres(self.db):
             return wanted or defaults
-        root = Path(self.db) if self.db else search.ModelFolder.open(self.base, model).default_store()
+        root = Path(self.db) if self.db else search.default_store(self.folders[model])
         found = []
         if root.is_dir():
             for d in sorted(root.iterdir()):
@@ -375,24 +378,23 @@ class Collection:
         with self._lock:
             if key in self._views:
                 return self._views[key]
-            folder = search.ModelFolder.open(self.base, model)
-            where = self.db or str(folder.default_store())
+            folder = self.folders[model]
+            where = self.db or str(search.default_store(folder))
             try:
-                view = IndexView(self.base, model, where, name)
+                view = IndexView(self.base, folder, model, where, name)
             except ConfigError as exc:
                 msg = str(exc).splitlines()[0]
                 if "no index" in msg or "holds no collection" in msg or "does not exist" in msg:
                     msg = f"{model} has no search index {name}; build it with: {self.how_to_index(model)}"
                 raise BrowseError(msg, 409) from None
-            if view.config != folder.config or view.alias != model:
-                level = view.level
+            try:
+                wanted = search.collection_info(folder, view.level, view.window)
+                search.check_collection(view.info, wanted, name)
+            except ConfigError as exc:
                 view.close()
                 raise BrowseError(
-                    f"the index {name} was built from {search.describe_config(view.config)} but {model} now "
-                    f"holds {search.describe_config(folder.config)}; rebuild it: "
-                    f"{self.how_to_index(model, level)} --rebuild",
-                    409,
-                )
+                    f"{str(exc).splitlines()[0]} ({self.how_to_index(model, view.level)} --rebuild)", 409
+                ) from None
             self._views[key] = view
             return view
 
@@ -434,10 +436,10 @@ class Collection:
     def panels(self, source: str) -> list[dict]:
         """One drawable dict per model with an output for `source` (JSON-ready, sizes bounded)."""
         out = []
-        for model, rel in sorted(self.outputs_of(source).items()):
+        for model, item in sorted(self.outputs_of(source).items()):
             folder = self.folders[model]
             try:
-                out.append(_panel(folder, model, rel))
+                out.append(_panel(folder, model, item))
             except (OSError, ValueError, results.ResultsError) as exc:
                 out.append({"kind": "error", "model": model, "message": str(exc).splitlines()[0]})
         return out
@@ -459,21 +461,21 @@ def _block_max(x: np.ndarray, limit: int) -> np.ndarray:
     return np.maximum.reduceat(x, edges[:-1])
 
 
-def _panel(folder: results.ModelFolder, model: str, rel: str) -> dict:
-    a = np.asarray(folder.load(rel, mmap=True))
-    axes = folder.axes
+def _panel(folder: results.ModelFolder, model: str, item: results.Item) -> dict:
+    a = np.asarray(item.load(mmap=True))
+    axes = item.axes
     cols = folder.meta.get("columns") or []
     base = {"model": model, "extractor": folder.extractor}
     if "layer" in axes and a.ndim == len(axes):  # MERT with several layers: the last one, as plots do
         a = np.take(a, -1, axis=axes.index("layer"))
         axes = [x for x in axes if x != "layer"]
         base["note"] = "last layer"
-    if folder.time_axis is None or "time" not in axes or a.ndim != len(axes):
+    if "time" not in axes or a.ndim != len(axes):
         v = a.reshape(-1).astype(np.float32)[:4096]
         return {**base, "kind": "vector", "values": [round(float(x), 5) for x in v]}
     ti = axes.index("time")
     a = np.moveaxis(a, ti, 0)
-    t = folder.timestamps(rel, a.shape[0])
+    t = item.times(a.shape[0])
     if t is None:
         raise ValueError("no frame times")
     if folder.extractor in PITCH_EXTRACTORS or cols[:2] == ["f0_hz", "confidence"]:
@@ -487,7 +489,7 @@ def _panel(folder: results.ModelFolder, model: str, rel: str) -> dict:
         }
     if folder.extractor in BEAT_EXTRACTORS or a.ndim == 1:
         y = a.reshape(a.shape[0], -1)[:, 0].astype(np.float64)
-        beats = folder.load_extra("beats", rel) if "beats" in folder.extras else None
+        beats = item.extra("beats") if "beats" in folder.extras else None
         idx = _decimate(len(t), MAX_CURVE_POINTS)
         yy = _block_max(y, MAX_CURVE_POINTS) if len(y) > MAX_CURVE_POINTS else y
         return {
@@ -536,23 +538,23 @@ def file_vectors(
     The vector is the output itself when pooled, else the mean over its frames (the index's file
     level before normalisation). ConfigError when the folder's outputs are not embeddings.
     """
-    sf = search.ModelFolder.open(output_base, model)
-    sf.check_level("file")
-    folder = results.ModelFolder.open(output_base, model)
-    by_source: dict[str, str] = {}
-    for (m, rel), rec in results.read_manifest(output_base).items():
-        if m == model and rec.get("source"):
-            by_source[rec["source"]] = rel
+    try:
+        folder = results.Results(output_base).model(model)
+    except results.ResultsError as exc:
+        raise ConfigError(str(exc)) from None
+    search.collection_info(folder, "file")
     rows, found, missing = [], [], []
     for src in sources:
-        rel = by_source.get(src)
-        if rel is None or not folder.path(rel).is_file():
+        item = folder.item(src)
+        if item is None or item.source != src:
             missing.append(src)
             continue
-        a = np.asarray(folder.load(rel, mmap=True), np.float64)
-        axes = sf.axes_for(src)
+        a = np.asarray(item.load(mmap=True), np.float64)
+        axes = item.axes
         if a.ndim != len(axes):
-            raise ConfigError(f"{model}/{rel}: shape {a.shape} does not match axes {axes}; re-extract it")
+            raise ConfigError(
+                f"{model}/{item.output}: shape {a.shape} does not match axes {axes}; re-extract it"
+            )
         rows.append(a.mean(axis=0) if a.ndim == 2 else a)
         found.append(src)
     dims = {r.shape[0] for r in rows}
@@ -584,7 +586,10 @@ def retrieval_figures(
     orders = [np.lexsort((np.arange(n), -sims[i])) for i in range(n)]  # ties: the earlier item first
     if groups is None:
         rankings = [(keys[i], [keys[j] for j in orders[i] if j != i]) for i in range(n)]
-        return search.retrieval_metrics(rankings, lab, ks, pool=keys)
+        out = search.retrieval_metrics(rankings, lab, ks, pool=keys)
+        if "alone" in out:  # queries alone with their label: a count (the keys here are row numbers)
+            out["alone"] = len(out["alone"])
+        return out
     g = np.asarray(groups)
     per_query = []
     for i in range(n):  # each query has its own pool (every other group): one call per query, averaged
@@ -596,10 +601,11 @@ def retrieval_figures(
         {
             key: (round(float(np.mean([m[key] for m in counted])), 4) if counted else None)
             for key in per_query[0]
-            if key != "queries"
+            if key not in ("queries", "alone")
         }
         if per_query
         else {}
     )
     out["queries"] = len(counted)
+    out["alone"] = n - len(counted)
     return out

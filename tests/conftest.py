@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -79,6 +80,20 @@ def release(path: Path, audio: np.ndarray, sr: int) -> None:
     """Replace the FIFO made by `hold` with a real audio file."""
     path.unlink()
     write_wav(path, audio, sr)
+
+
+def recorded_outputs(out: Path) -> list[str]:
+    """The outputs manifest lines name (a line cut short by a kill is skipped, as the driver does)."""
+    names = []
+    try:
+        for line in (out / "manifest.jsonl").read_text().splitlines():
+            try:
+                names.append(json.loads(line)["output"])
+            except (ValueError, KeyError):
+                pass
+    except FileNotFoundError:
+        pass
+    return [n for n in names if n]
 
 
 def pytest_addoption(parser):

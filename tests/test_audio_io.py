@@ -35,7 +35,7 @@ def test_six_channels_and_8k(tmp_path):
 
 @pytest.mark.parametrize("content, needle", [
     (b"", r"empty file \(0 bytes\)"),
-    (b"this is not audio at all" * 10, "cannot decode.*holds text"),
+    (b"this is not audio at all" * 10, "not a decodable audio file.*holds text"),
 ])
 def test_bad_files_raise_audio_error(tmp_path, content, needle):
     p = tmp_path / "bad.wav"

@@ -110,8 +110,14 @@ def site(speaker_collection, tmp_path_factory):
     outside.mkdir()
     shutil.move(inp / "male" / "m1_2.wav", outside / "m1_2.wav")  # a symlink out of the input folder
     (inp / "male" / "m1_2.wav").symlink_to(outside / "m1_2.wav")
-    for name in ("stale", "unindexed"):
+    records = [json.loads(ln) for ln in (out / "manifest.jsonl").read_text().splitlines() if ln.strip()]
+    for name in ("stale", "unindexed"):  # copies of melspec_mean, with their manifest records
         shutil.copytree(out / "melspec_mean", out / name, ignore=shutil.ignore_patterns(".search"))
+        with open(out / "manifest.jsonl", "a") as f:
+            for rec in records:
+                if rec.get("model") == "melspec_mean" and rec.get("output"):
+                    rec = {**rec, "model": name, "output": name + rec["output"][len("melspec_mean"):]}
+                    f.write(json.dumps(rec) + "\n")
     assert run_search.main(["index", "--output_base", str(out), "--model", "stale", "--quiet"]) == 0
     meta = json.loads((out / "stale" / "features.json").read_text())
     meta["params"]["n_mels"] = 96  # re-extracted with other settings since the index was built
@@ -213,7 +219,7 @@ def test_item_page_lists_the_nearest_neighbours_and_its_player_seeks(site, brows
         "const b = document.getElementById('panels'); return b.dataset.panels && "
         "[...b.querySelectorAll('.panel')].map(p => p.dataset.model + ':' + p.dataset.kind)",
     )
-    assert sorted(kinds) == ["melspec:heatmap", "melspec_mean:vector"]
+    assert sorted(kinds) == ["melspec:heatmap", "melspec_mean:vector", "stale:vector", "unindexed:vector"]
     same_origin_only(browser, s.url)
 
 

@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 
 from embedkit import audio_io, registry
-from embedkit.extractors import openl3 as ol3
+import embedkit.openl3 as openl3
 from tests.conftest import REFERENCE, run_cli
 
 H5 = REFERENCE / "openl3_random" / "openl3_audio_mel256_music.h5"
@@ -73,7 +73,8 @@ def run(tmp_path_factory):
 @pytest.mark.parametrize("alias, frontend", [("openl3", "kapre"), ("openl3_librosa", "librosa")])
 def test_openl3_driver_equals_api_on_files(run, alias, frontend):
     audio, out, root = run
-    model = ol3.load_audio_embedding_model("mel256", "music", 512, frontend=frontend, weights_path=str(H5))
+    model = openl3.models.load_audio_embedding_model("mel256", "music", 512, frontend=frontend,
+                                                     weights_path=str(H5))
     ex = registry.create("openl3", frontend=frontend)
     # librosa's STFT runs on float64 samples in openl3: the driver hands it float64
     assert ex.resample_precision == "float64"
@@ -82,8 +83,8 @@ def test_openl3_driver_equals_api_on_files(run, alias, frontend):
     api_dir.mkdir(exist_ok=True)
     paths = [str(audio / name) for name in FILES]
     # openl3's process_audio_file: sf.read (float64), channel mean, resampy in float64
-    with pytest.warns(ol3.OpenL3Warning):  # mdouble.wav is shorter than a window
-        ol3.process_audio_file(paths, output_dir=str(api_dir), model=model, hop_size=HOP,
+    with pytest.warns(openl3.OpenL3Warning):  # mdouble.wav is shorter than a window
+        openl3.process_audio_file(paths, output_dir=str(api_dir), model=model, hop_size=HOP,
                                frontend=frontend, batch_size=ex.default_batch_size, verbose=False)
     for name in FILES:
         stem = name.rsplit(".", 1)[0]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedkit import export
+from embedkit import export, outputs
 from embedkit.extractors.base import OutputSpec
 from tests.synthetic_results import write_model
 
@@ -170,6 +170,8 @@ def test_a_failure_leaves_the_previous_export_intact(base, monkeypatch):
     for folder, a in (("series", np.zeros((2, 3), np.float32)), ("series.beats", np.zeros(1))):
         (out / folder / "c").mkdir()
         np.save(out / folder / "c" / "new.npy", a)  # a new output: the export must be rebuilt
+    outputs.append_jsonl(out / "manifest.jsonl",
+                         {"model": "series", "source": "c/new.wav", "output": "series/c/new.npy"})
     calls = {"n": 0}
     real = export._load_npy
 
@@ -194,3 +196,25 @@ def test_truncated_input_is_named(base, capsys):
     assert export.main([str(out), "--models", "series"]) == 1
     assert "one.npy" in capsys.readouterr().err
     assert not (out / "exports" / "series.npz").exists()
+
+
+def test_a_name_that_is_not_utf8_keeps_its_bytes_in_every_format(tmp_path):
+    """Issue 23 item 8: export to hdf5 and parquet crashed on one non-UTF-8 file name."""
+    import os
+
+    name = os.fsdecode(b"caf\xe9")
+    pooled = {f"{name}.npy": np.arange(4, dtype=np.float32), "plain.npy": np.ones(4, np.float32)}
+    write_model(tmp_path, "pooled", pooled, OutputSpec(axes=("dim",)),
+                sources={f"{name}.npy": f"{name}.wav", "plain.npy": "plain.wav"})
+    assert export.main([str(tmp_path), "--format", *FORMATS]) == 0
+    for fmt in FORMATS:
+        e = export.load(tmp_path / "exports" / f"pooled{EXT[fmt]}")
+        assert e.paths == sorted(pooled) and e.sources == [f"{name}.wav", "plain.wav"]  # exact names back
+        assert e.metadata["names"].startswith("bytes")
+        np.testing.assert_array_equal(e.data, np.stack([pooled[r] for r in sorted(pooled)]))
+    import h5py
+
+    with h5py.File(tmp_path / "exports" / "pooled.h5") as f:  # the documented one-line read
+        assert list(f["sources"].asstr(errors="surrogateescape")[:]) == [f"{name}.wav", "plain.wav"]
+    rows = (tmp_path / "exports" / "pooled.csv").read_bytes().splitlines()
+    assert rows[1].startswith(b"caf\xe9.npy,caf\xe9.wav,0,1,2,3") and rows[2].startswith(b"plain.npy")

@@ -190,6 +190,82 @@ def test_bad_images_are_clear_errors(tmp_path):
         media.load_image(tmp_path / "bomb.png")
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's own, at open
+def test_the_size_guard_reads_the_header_only(tmp_path):
+    """196 megapixels is over the stated default (178,956,970 pixels per frame): refused from the
+    header, before a pixel is decoded (Pillow alone only warns below twice that, then decodes)."""
+    from PIL import Image
+
+    Image.new("1", (14000, 14000)).save(tmp_path / "big.png")  # 196 MP, a few kB on disk
+    assert media.MAX_PIXELS_PER_FRAME == 178_956_970
+    with pytest.raises(audio_io.MediaError, match=r"image too large: 14000x14000 = 196.0 megapixels, "
+                       r"over the "
+                       r"limit of 179.0 megapixels per frame \(max_pixels_per_frame"):
+        media.load_image(tmp_path / "big.png")
+    # a header that promises a large image and holds nothing else: the same answer (nothing decoded)
+    ihdr_only = (tmp_path / "big.png").read_bytes()[:33] + (1000).to_bytes(4, "big") + b"IDAT"
+    (tmp_path / "header.png").write_bytes(ihdr_only)
+    with pytest.raises(audio_io.MediaError, match="too large"):
+        media.load_image(tmp_path / "header.png")
+    # configurable, for images and video frames alike
+    _save(Image.fromarray(color_frames(1, 40, 50)[0]), tmp_path / "small.png")
+    assert media.load_image(tmp_path / "small.png", max_pixels=2000).shape == (40, 50, 3)
+    with pytest.raises(audio_io.MediaError, match="50x40 = 0.0 megapixels, over the limit"):
+        media.load_image(tmp_path / "small.png", max_pixels=1999)
+    video = encode_video(tmp_path / "v.mp4", color_frames(4), fps=10)  # 64 x 48
+    with pytest.raises(audio_io.MediaError, match="video frames too large: 64x48"):
+        media.iter_frames(video, max_pixels=64 * 48 - 1)
+    assert sum(len(c) for c in media.iter_frames(video, max_pixels=64 * 48)[1]) == 4
+
+
+def test_large_frames_come_in_smaller_chunks_with_the_same_frames(tmp_path):
+    """Chunks are bounded by pixels as well as frames (memory: FRAME_CHUNK_PIXELS, 16 frames of
+    1080p); the frames, their times and their order are the same whatever the chunking."""
+    path = encode_video(tmp_path / "v.mp4", color_frames(11), fps=10)
+    _, whole = media.iter_frames(path)
+    _, bounded = media.iter_frames(path, chunk_pixels=3 * 64 * 48 + 5)
+    whole, bounded = list(whole), list(bounded)
+    assert [len(c) for c in whole] == [11] and [len(c) for c in bounded] == [3, 3, 3, 2]
+    assert np.array_equal(np.concatenate([c.rgb() for c in bounded]), whole[0].rgb())
+    assert np.array_equal(np.concatenate([c.pts for c in bounded]), whole[0].pts)
+    assert np.concatenate([c.index for c in bounded]).tolist() == list(range(11))
+    assert len(list(media.iter_frames(path, chunk_pixels=1)[1])) == 11  # one frame at least
+
+
+def test_a_symlink_loop_is_left_out_with_why(tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"x")
+    os.symlink("selfloop.wav", tmp_path / "selfloop.wav")
+    os.symlink("nowhere.wav", tmp_path / "dangling.wav")
+    listing = media.discover(tmp_path)
+    assert [p.as_posix() for p in listing.files] == ["a.wav"]
+    lines = listing.left_out_lines()
+    assert any(line.startswith("selfloop.wav: a symlink loop (") and "left out" in line for line in lines)
+    assert any(line.startswith("dangling.wav: a dangling symlink") for line in lines)
+
+
+def test_a_damaged_file_gets_no_hint_where_its_content_and_name_agree(tmp_path):
+    path = encode_video(tmp_path / "v.mp4", color_frames(10), fps=10)
+    (tmp_path / "cut.mp4").write_bytes(path.read_bytes()[:200])
+    assert audio_io.sniff_hint(tmp_path / "cut.mp4") == ""
+    (tmp_path / "cut.m4a").write_bytes(path.read_bytes()[:200])
+    assert audio_io.sniff_hint(tmp_path / "cut.m4a") == ""  # MP4 and M4A are one container
+    (tmp_path / "mp4.wav").write_bytes(path.read_bytes()[:200])
+    hint = audio_io.sniff_hint(tmp_path / "mp4.wav")
+    assert hint == "; the file holds an MP4/M4A file (its extension says .wav)"
+    with pytest.raises(audio_io.MediaError) as err:
+        media.iter_frames(tmp_path / "cut.mp4")
+    assert "extension says" not in str(err.value)
+
+
+def test_random_bytes_named_mp3_are_not_a_decodable_audio_file(tmp_path):
+    (tmp_path / "random.mp3").write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(audio_io.MediaError) as err:
+        audio_io.decode(tmp_path / "random.mp3")
+    text = str(err.value)
+    assert text.startswith("not a decodable audio file (libsndfile: ") and "; FFmpeg: " in text
+    assert str(tmp_path) not in text  # the report names the file already
+
+
 # -- video frames --------------------------------------------------------------------------------------
 def test_frames_stream_in_chunks_with_their_times(tmp_path):
     path = encode_video(tmp_path / "v.mp4", color_frames(23), fps=10)

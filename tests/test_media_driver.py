@@ -148,10 +148,12 @@ def test_every_file_goes_to_every_model_that_takes_it(mixed, tmp_path):
     assert meta["axes"] == ["rgb"] and meta["per_kind"]["video"]["axes"] == ["time", "rgb"]
     assert meta["extra_folders"] == {"timestamps": "meancolour.timestamps"}
     assert hidden(out) == []
-    # a rerun computes nothing; the silent video is looked at again (cheap) and noted again
+    # a rerun computes nothing; the silent video's record (no sound, for this very file) stands too
+    lines = len(manifest(out))
     again = run(mixed, out, ["melspec", MeanColour(), FrameCount()])
-    assert {a: (m.ok, m.skipped) for a, m in again.stats.models.items()} == \
-        {"melspec": (0, 6), "meancolour": (0, 5), "framecount": (0, 3)}
+    assert {a: (m.ok, m.skipped, m.no_input) for a, m in again.stats.models.items()} == \
+        {"melspec": (0, 7, 0), "meancolour": (0, 5, 0), "framecount": (0, 3, 0)}
+    assert len(manifest(out)) == lines  # nothing appended
 
 
 def test_bad_media_are_reported_and_skipped(tmp_path):
@@ -372,3 +374,63 @@ def test_an_interrupt_whose_exception_was_lost_still_stops_the_run(tmp_path):
     assert r.stats.interrupted == "SIGINT"
     assert not (out / "manifest.jsonl").exists() or manifest(out) == []
     assert not list((out / "losesinterrupt").glob("*.npy")) and hidden(out) == []
+
+
+def test_warnings_are_credited_to_the_thread_that_issued_them():
+    """A decoder thread and a model thread capture at once: each gets its own warnings, every one
+    of them (warnings.catch_warnings swaps process-wide state: the second thread's capture took
+    the first one's warnings, and the first thread's exit ended the second one's capture)."""
+    import threading
+
+    steps = {k: threading.Event() for k in ("t1_in", "t2_in", "w1", "w2", "t1_out")}
+    got: dict[str, list[str]] = {}
+
+    def wait(k):
+        assert steps[k].wait(30), k
+
+    def first():
+        steps["t1_in"].set()
+        wait("t2_in")
+        warnings.warn("from the first thread")
+        steps["w1"].set()
+        wait("w2")
+        return Features(np.zeros(1, np.float32))
+
+    def second():
+        steps["t2_in"].set()
+        wait("w1")
+        warnings.warn("from the second thread")
+        steps["w2"].set()
+        wait("t1_out")
+        warnings.warn("from the second thread, later")
+        return Features(np.zeros(1, np.float32))
+
+    t1 = threading.Thread(target=lambda: got.__setitem__("first", pipeline._capture_notes(first)[1]))
+    t2 = threading.Thread(target=lambda: got.__setitem__("second", pipeline._capture_notes(second)[1]))
+    t1.start()
+    wait("t1_in")
+    t2.start()
+    t1.join(30)
+    steps["t1_out"].set()
+    t2.join(30)
+    assert got == {"first": ["from the first thread"],
+                   "second": ["from the second thread", "from the second thread, later"]}
+    # the same warning from the same line, file after file: a note each time
+    for _ in range(2):
+        got = pipeline._capture_notes(lambda: warnings.warn("again") or Features(np.zeros(1)))[1]
+        assert got == ["again"]
+
+
+def test_a_decoders_warning_goes_to_its_own_file(tmp_path):
+    """Pillow warns while decoding a palette PNG with byte transparency (in the decoder thread, while
+    the model works on another file): the note is that file's, in its manifest line."""
+    d = tmp_path / "in"
+    d.mkdir()
+    p = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).convert("P")
+    p.save(d / "a_palette.png", transparency=bytes(256))
+    for name in ("b.png", "c.png", "d.png"):
+        Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(d / name)
+    run(d, tmp_path / "out", [MeanColour()])
+    notes = {m["source"]: m.get("notes", []) for m in manifest(tmp_path / "out")}
+    assert notes == {"a_palette.png": ["Palette images with Transparency expressed in bytes should be "
+                                       "converted to RGBA images"], "b.png": [], "c.png": [], "d.png": []}

@@ -23,7 +23,10 @@ import pytest
 import torch
 
 from embedkit import audio_io, registry, weights
-from embedkit.extractors import openl3 as ol3
+import embedkit.openl3 as openl3  # the openl3 API, imported as a migrating script would
+from embedkit.openl3 import network as net
+from embedkit.openl3 import preprocessing as pre
+from embedkit.openl3 import weightfiles as wf
 from embedkit.extractors.base import ConfigError, WeightsError
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference"
@@ -58,10 +61,10 @@ def ref_weights(repr_: str) -> Path:
 _MODELS: dict = {}
 
 
-def ref_model(repr_: str, frontend: str = "kapre", size: int = 6144) -> ol3.AudioEmbeddingModel:
+def ref_model(repr_: str, frontend: str = "kapre", size: int = 6144) -> openl3.models.AudioEmbeddingModel:
     key = (repr_, frontend, size)
     if key not in _MODELS:
-        _MODELS[key] = ol3.load_audio_embedding_model(
+        _MODELS[key] = openl3.models.load_audio_embedding_model(
             repr_, "music", size, frontend, weights_path=str(ref_weights(repr_))
         )
     return _MODELS[key]
@@ -75,13 +78,13 @@ def ref_model(repr_: str, frontend: str = "kapre", size: int = 6144) -> ol3.Audi
 def test_windows_equal_openl3_model_input(dur):
     ref = ref_file("mel256", "kapre", dur)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ol3.OpenL3Warning)
-        api = ol3.preprocess_audio(ref["audio"], int(ref["sr"]), hop_size=0.1, center=True)
+        warnings.simplefilter("ignore", openl3.OpenL3Warning)
+        api = openl3.preprocess_audio(ref["audio"], int(ref["sr"]), hop_size=0.1, center=True)
     assert api.shape == ref["model_input"].shape
     assert np.abs(api.astype(np.float32) - ref["model_input"]).max() <= 1e-5
     # The plugin's path: the driver resamples with audio_io, the plugin cuts windows.
     sig = audio_io.resample(ref["audio"], int(ref["sr"]), 48000, "kaiser_best")
-    win = ol3.frame_windows(sig, 0.1, True)
+    win = pre.frame_windows(sig, 0.1, True)
     assert np.abs(win - ref["model_input"][:, 0]).max() <= 1e-5
     # The same windows for every input representation (they share the audio).
     for r in ("mel128", "linear"):
@@ -97,10 +100,10 @@ def test_windows_equal_openl3_model_input(dur):
 def test_network_alone_equals_openl3(repr_, frontend):
     ref = ref_file(repr_, frontend, "0.5s")
     spec = ref["spectrogram"][..., 0]  # (1, F, T)
-    assert spec.shape[1:] == ol3.spectrogram_shape(repr_)
+    assert spec.shape[1:] == pre.spectrogram_shape(repr_)
     loaded = ref_model(repr_).loaded
     for size, key in ((6144, "embedding"), (512, "embedding_512")):
-        emb = ol3.run_network(loaded, spec, repr_, size)
+        emb = net.run_network(loaded, spec, repr_, size)
         assert emb.shape == ref[key].shape and emb.dtype == np.float32
         assert rel_max_diff(emb, ref[key]) <= NETWORK_RTOL, (size, rel_max_diff(emb, ref[key]))
 
@@ -114,15 +117,15 @@ def test_network_alone_equals_openl3(repr_, frontend):
 def test_end_to_end_short_file(repr_, frontend):
     ref = ref_file(repr_, frontend, "0.5s")
     tol = KAPRE_E2E_RTOL if frontend == "kapre" else LIBROSA_E2E_RTOL
-    with pytest.warns(ol3.OpenL3Warning, match="shorter than window"):
-        emb, ts = ol3.get_audio_embedding(
+    with pytest.warns(openl3.OpenL3Warning, match="shorter than window"):
+        emb, ts = openl3.get_audio_embedding(
             ref["audio"], int(ref["sr"]), model=ref_model(repr_, frontend), frontend=frontend
         )
     np.testing.assert_array_equal(ts, ref["timestamps"])
     assert emb.shape == ref["embedding"].shape
     assert rel_max_diff(emb, ref["embedding"]) <= tol
-    with pytest.warns(ol3.OpenL3Warning):
-        emb512, _ = ol3.get_audio_embedding(
+    with pytest.warns(openl3.OpenL3Warning):
+        emb512, _ = openl3.get_audio_embedding(
             ref["audio"], int(ref["sr"]), model=ref_model(repr_, frontend, 512), frontend=frontend
         )
     assert rel_max_diff(emb512, ref["embedding_512"]) <= tol
@@ -133,7 +136,7 @@ def test_end_to_end_short_file(repr_, frontend):
 def test_kapre_spectrogram_matches_tensorflow_above_the_noise_floor(repr_):
     """Where float32 rounding cannot reach (well above -80 dB), the kapre front-end agrees closely."""
     ref = ref_file(repr_, "kapre", "0.5s")
-    spec = ol3.kapre_frontend(ref["model_input"][:, 0], repr_)
+    spec = pre.kapre_frontend(ref["model_input"][:, 0], repr_)
     want = ref["spectrogram"][..., 0]
     assert spec.shape == want.shape and spec.dtype == np.float32
     err = np.abs(spec - want)
@@ -147,8 +150,8 @@ def test_kapre_spectrogram_matches_tensorflow_above_the_noise_floor(repr_):
 def test_librosa_spectrogram_matches_openl3(repr_):
     ref = ref_file(repr_, "librosa", "0.5s")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ol3.OpenL3Warning)
-        spec = ol3.preprocess_audio(ref["audio"], int(ref["sr"]), input_repr=repr_)
+        warnings.simplefilter("ignore", openl3.OpenL3Warning)
+        spec = openl3.preprocess_audio(ref["audio"], int(ref["sr"]), input_repr=repr_)
     assert spec.shape == ref["spectrogram"].shape
     assert np.abs(spec - ref["spectrogram"]).max() <= 1e-4  # measured 3.8e-6 dB
 
@@ -177,7 +180,7 @@ def test_plugin_end_to_end_kapre_2s():
 @pytest.mark.parity
 def test_api_end_to_end_librosa_2s():
     ref = ref_file("mel256", "librosa", "2s")
-    emb, ts = ol3.get_audio_embedding(
+    emb, ts = openl3.get_audio_embedding(
         ref["audio"], int(ref["sr"]), model=ref_model("mel256", "librosa"), frontend="librosa", batch_size=5
     )
     np.testing.assert_array_equal(ts, ref["timestamps"])
@@ -192,7 +195,7 @@ def test_plugin_librosa_on_float32_audio_short_file():
     ex = registry.create(
         "openl3", weights_path=str(ref_weights("linear")), input_repr="linear", frontend="librosa"
     )
-    with pytest.warns(ol3.OpenL3Warning):
+    with pytest.warns(openl3.OpenL3Warning):
         feats = ex.extract(sig, 48000)
     assert rel_max_diff(feats.data, ref["embedding_512"]) <= 1e-2
 
@@ -204,7 +207,7 @@ def _real_weights(repr_: str, content: str) -> Path | None:
     """Real weights from $EMBEDKIT_OPENL3_WEIGHTS (a folder) or the usual places (no download)."""
     folder = os.environ.get("EMBEDKIT_OPENL3_WEIGHTS")
     try:
-        return ol3.find_weights(repr_, content, folder, allow_download=False)
+        return wf.find_weights(repr_, content, folder, allow_download=False)
     except WeightsError:
         return None
 
@@ -235,7 +238,7 @@ def test_regression_with_real_weights(frontend, tmp_path):
         ),
     ]
     for ref_name, suffix, kw in runs:
-        ol3.process_audio_file(
+        openl3.process_audio_file(
             wav, output_dir=str(tmp_path), suffix=suffix, frontend=frontend, verbose=False,
             weights_path=str(mel if kw["input_repr"] == "mel256" else lin), **kw,
         )
@@ -254,9 +257,9 @@ def test_regression_with_real_weights(frontend, tmp_path):
 # ---------------------------------------------------------------------------
 def _seeded_state(seed: int = 7) -> dict:
     rng = np.random.default_rng(seed)
-    c_in = (1,) + ol3.CHANNELS[:-1]
+    c_in = (1,) + net.CHANNELS[:-1]
     st = {"bn_in": tuple(rng.uniform(0.5, 2, 1).astype(np.float32) for _ in range(4))}
-    for i, (a, b) in enumerate(zip(c_in, ol3.CHANNELS)):
+    for i, (a, b) in enumerate(zip(c_in, net.CHANNELS)):
         st[f"conv{i}"] = (
             rng.normal(0, np.sqrt(2 / (9 * a)), (b, a, 3, 3)).astype(np.float32),
             rng.normal(0, 0.1, b).astype(np.float32),
@@ -316,7 +319,7 @@ def test_both_weight_layouts_load_the_same_network(tmp_path):
     _write_keras_h5(h5, st)
     _write_keras_h5(h5b, st, byte_names=True, old_spectrogram=True)
     _write_torchopenl3(pth, st)
-    states = [ol3.read_weights(p) for p in (h5, h5b, pth)]
+    states = [wf.read_weights(p) for p in (h5, h5b, pth)]
     for got in states:
         assert set(got) == set(st)
         for k in st:
@@ -324,7 +327,7 @@ def test_both_weight_layouts_load_the_same_network(tmp_path):
                 np.testing.assert_array_equal(a, b)
     # Same numbers out of the network, and BatchNorm folding equals the unfolded formula.
     x = np.random.default_rng(0).uniform(-80, 0, (1, 128, 199)).astype(np.float32)
-    outs = [ol3.run_network(ol3.LoadedModel(ol3.build_network(s), "cpu"), x, "mel128", 6144) for s in states]
+    outs = [net.run_network(net.LoadedModel(net.build_network(s), "cpu"), x, "mel128", 6144) for s in states]
     assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
     assert rel_max_diff(outs[0], _unfolded_forward(st, x)) <= 1e-5
 
@@ -355,15 +358,15 @@ def test_malformed_weight_files_say_what_is_wrong(tmp_path):
         f.create_group("dense").attrs["weight_names"] = ["dense/kernel:0"]
         f["dense"].create_dataset("dense/kernel:0", data=np.zeros((3, 3)))
     with pytest.raises(WeightsError, match="alternating BatchNorm and Conv2D"):
-        ol3.read_weights(bad)
+        wf.read_weights(bad)
     gz = tmp_path / "y.h5.gz"
     gz.write_bytes(b"\x1f\x8b\x08\x00" + b"\x00" * 16)
     with pytest.raises(WeightsError, match="gunzip"):
-        ol3.read_weights(gz)
+        wf.read_weights(gz)
     pth = tmp_path / "z.pth.tar"
     torch.save({"conv2d_1.weight": torch.zeros(64, 1, 3, 3)}, pth)
     with pytest.raises(WeightsError, match="lacks"):
-        ol3.read_weights(pth)
+        wf.read_weights(pth)
 
 
 # ---------------------------------------------------------------------------
@@ -373,31 +376,31 @@ def test_weight_lookup_order_and_errors(tmp_path, monkeypatch):
     st = _seeded_state()
     monkeypatch.setenv("EMBEDKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("EMBEDKIT_OFFLINE", "1")
-    monkeypatch.setattr(ol3, "_openl3_package_dirs", lambda: [tmp_path / "site" / "openl3"])
-    monkeypatch.setattr(ol3, "_torch_hub_dir", lambda: tmp_path / "hub")
+    monkeypatch.setattr(wf, "_openl3_package_dirs", lambda: [tmp_path / "site" / "openl3"])
+    monkeypatch.setattr(wf, "_torch_hub_dir", lambda: tmp_path / "hub")
     # Nothing anywhere: the error names the cache, the package folder and the official URL.
     with pytest.raises(WeightsError) as err:
-        ol3.find_weights("mel256", "music")
+        wf.find_weights("mel256", "music")
     msg = str(err.value)
     assert str(tmp_path / "cache" / "openl3" / "openl3_audio_mel256_music.h5") in msg
     assert str(tmp_path / "site" / "openl3") in msg and "openl3_audio_mel256_music-v0_4_0.h5.gz" in msg
     # torchopenl3's download folder, then the installed package, then the cache win in that order.
     (tmp_path / "hub").mkdir()
     _write_torchopenl3(tmp_path / "hub" / "torchopenl3_mel256_music_512.pth.tar", st)
-    assert ol3.find_weights("mel256", "music").name == "torchopenl3_mel256_music_512.pth.tar"
+    assert wf.find_weights("mel256", "music").name == "torchopenl3_mel256_music_512.pth.tar"
     (tmp_path / "site" / "openl3").mkdir(parents=True)
     _write_keras_h5(tmp_path / "site" / "openl3" / "openl3_audio_mel256_music.h5", st)
-    assert ol3.find_weights("mel256", "music").parent == tmp_path / "site" / "openl3"
+    assert wf.find_weights("mel256", "music").parent == tmp_path / "site" / "openl3"
     cache = weights.model_cache_dir("openl3")
     cache.mkdir(parents=True)
     _write_keras_h5(cache / "openl3_audio_mel256_music.h5", st)
-    assert ol3.find_weights("mel256", "music") == cache / "openl3_audio_mel256_music.h5"
+    assert wf.find_weights("mel256", "music") == cache / "openl3_audio_mel256_music.h5"
     # An explicit folder or file; a file named for another configuration is refused.
-    assert ol3.find_weights("mel256", "music", tmp_path / "hub").suffix == ".tar"
+    assert wf.find_weights("mel256", "music", tmp_path / "hub").suffix == ".tar"
     with pytest.raises(WeightsError, match="mel256/music weights"):
-        ol3.find_weights("mel128", "music", cache / "openl3_audio_mel256_music.h5")
+        wf.find_weights("mel128", "music", cache / "openl3_audio_mel256_music.h5")
     with pytest.raises(WeightsError, match="neither a weight file"):
-        ol3.find_weights("linear", "env", tmp_path / "hub")
+        wf.find_weights("linear", "env", tmp_path / "hub")
 
 
 def test_official_download_is_gunzipped_into_the_cache(tmp_path, monkeypatch):
@@ -411,24 +414,24 @@ def test_official_download_is_gunzipped_into_the_cache(tmp_path, monkeypatch):
     with gzip.open(src / "openl3_audio_mel128_env-v0_4_0.h5.gz", "wb") as g:
         g.write((src / "plain.h5").read_bytes())
     template = "file://" + str(src / "openl3_audio_{repr}_{content}-v0_4_0.h5.gz")
-    monkeypatch.setattr(ol3, "OFFICIAL_URL", template)
+    monkeypatch.setattr(wf, "OFFICIAL_URL", template)
     monkeypatch.setenv("EMBEDKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("EMBEDKIT_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(ol3, "_openl3_package_dirs", lambda: [])
-    monkeypatch.setattr(ol3, "_torch_hub_dir", lambda: tmp_path / "hub")
-    got = ol3.find_weights("mel128", "env")
+    monkeypatch.setattr(wf, "_openl3_package_dirs", lambda: [])
+    monkeypatch.setattr(wf, "_torch_hub_dir", lambda: tmp_path / "hub")
+    got = wf.find_weights("mel128", "env")
     assert got == tmp_path / "cache" / "openl3" / "openl3_audio_mel128_env.h5"
     assert got.read_bytes() == (src / "plain.h5").read_bytes()
     assert sorted(p.name for p in got.parent.iterdir()) == [got.name]  # no .gz or partial file left
-    assert ol3.read_weights(got)["conv2"][0].shape == (128, 64, 3, 3)
+    assert wf.read_weights(got)["conv2"][0].shape == (128, 64, 3, 3)
 
 
 def test_plugin_load_error_and_provenance(tmp_path, monkeypatch):
     monkeypatch.setenv("EMBEDKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("EMBEDKIT_OFFLINE", "1")
-    monkeypatch.setattr(ol3, "_openl3_package_dirs", lambda: [])
-    monkeypatch.setattr(ol3, "_torch_hub_dir", lambda: tmp_path / "hub")
+    monkeypatch.setattr(wf, "_openl3_package_dirs", lambda: [])
+    monkeypatch.setattr(wf, "_torch_hub_dir", lambda: tmp_path / "hub")
     ex = registry.create("openl3", input_repr="linear", content_type="env")
     with pytest.raises(WeightsError, match=r"openl3_audio_linear_env\.h5.*--download_only"):
         ex.load()
@@ -457,19 +460,19 @@ def test_window_count_matches_the_covering_rule(center, hop):
         k = 0
         while k * hop_len + 48000 < end:
             k += 1
-        assert ol3.num_windows(n, hop_len, center) == k + 1, (n, hop, center)
-        ts = ol3.timestamps(k + 1, hop)
+        assert pre.num_windows(n, hop_len, center) == k + 1, (n, hop, center)
+        ts = pre.timestamps(k + 1, hop)
         np.testing.assert_array_equal(ts, np.arange(k + 1) * hop)
 
 
 def test_windows_place_the_audio_as_openl3_describes():
     audio = np.arange(1, 60001, dtype=np.float32)  # sample i has value i + 1
-    w = ol3.frame_windows(audio, 0.5, center=True)
-    assert w.shape == (ol3.num_windows(60000, 24000, True), 48000)
+    w = pre.frame_windows(audio, 0.5, center=True)
+    assert w.shape == (pre.num_windows(60000, 24000, True), 48000)
     assert np.all(w[0, :24000] == 0) and w[0, 24000] == 1  # first sample at the first window's centre
     assert w[1, 0] == 1 and w[1, 47999] == 48000  # second window starts with the audio
     assert w[-1, 60000 - 24000 * 2 + 24000 - 1] == 60000 and np.all(w[-1, 36000:] == 0)
-    w = ol3.frame_windows(audio, 0.5, center=False)
+    w = pre.frame_windows(audio, 0.5, center=False)
     assert w[0, 0] == 1 and w[1, 0] == 24001 and w.shape[0] == 2
 
 
@@ -477,25 +480,25 @@ def test_frontend_formulas_on_a_sine():
     """3 kHz falls exactly on FFT bin 32 (512-point); dB is 0 at the peak, floor -80."""
     t = np.arange(48000) / 48000
     sine = np.sin(2 * np.pi * 3000 * t).astype(np.float32)
-    lin = ol3.kapre_frontend(sine[None], "linear")[0]
+    lin = pre.kapre_frontend(sine[None], "linear")[0]
     assert lin.shape == (257, 197)
     assert np.all(lin.argmax(axis=0) == 32) and lin.max() == 0 and lin.min() >= -80
-    mel = ol3.kapre_frontend(sine[None], "mel128")[0]
-    fb = ol3.mel_filterbank(128)
+    mel = pre.kapre_frontend(sine[None], "mel128")[0]
+    fb = pre.mel_filterbank(128)
     assert np.all(mel[:, :150].argmax(axis=0) == fb[int(round(3000 * 2048 / 48000))].argmax())
     # TF's periodic Hann window is the textbook formula, in float32.
     n = np.arange(512)
-    np.testing.assert_allclose(ol3.tf_hann_window(512), 0.5 - 0.5 * np.cos(2 * np.pi * n / 512), atol=2e-7)
+    np.testing.assert_allclose(pre.tf_hann_window(512), 0.5 - 0.5 * np.cos(2 * np.pi * n / 512), atol=2e-7)
     # Silence: magnitude floor everywhere, so 0 dB everywhere (no NaN), as in openl3.
-    assert np.all(ol3.kapre_frontend(np.zeros((1, 48000), np.float32), "mel256") == 0)
+    assert np.all(pre.kapre_frontend(np.zeros((1, 48000), np.float32), "mel256") == 0)
     # Each window is normalised to its own maximum: a half-amplitude copy gives the same dB map.
     both = np.concatenate([sine, 0.5 * sine])
-    spec = ol3.kapre_spectrogram(both, np.array([0, 48000]), "linear")
+    spec = pre.kapre_spectrogram(both, np.array([0, 48000]), "linear")
     loud = spec[0] > -60
     assert np.abs(spec[0] - spec[1])[loud].max() < 1e-3
     # ... and 10*log10 of magnitudes: a second sine at a quarter amplitude sits 6.02 dB down.
     two = sine + 0.25 * np.sin(2 * np.pi * 6000 * t).astype(np.float32)  # bin 64
-    s2 = ol3.kapre_frontend(two[None], "linear")[0]
+    s2 = pre.kapre_frontend(two[None], "linear")[0]
     np.testing.assert_allclose(s2[64, 5:190], 10 * np.log10(0.25), atol=0.01)
 
 
@@ -505,8 +508,8 @@ def test_shared_stft_frames_give_identical_numbers():
     sig = rng.normal(0, 0.1, 48000 + 2420 * 6).astype(np.float32)
     starts = np.arange(7) * 2420
     for repr_ in ("linear", "mel128"):
-        shared = ol3.kapre_spectrogram(sig, starts, repr_)
-        alone = ol3.kapre_frontend(np.stack([sig[s : s + 48000] for s in starts]), repr_)
+        shared = pre.kapre_spectrogram(sig, starts, repr_)
+        alone = pre.kapre_frontend(np.stack([sig[s : s + 48000] for s in starts]), repr_)
         assert np.array_equal(shared, alone)
 
 
@@ -514,22 +517,22 @@ def test_results_do_not_depend_on_batch_size():
     rng = np.random.default_rng(2)
     audio = rng.normal(0, 0.1, int(0.8 * 48000)).astype(np.float32)
     hop = 2420.5 / 48000  # 2420 samples: a multiple of the STFT hop, so frames are shared
-    assert ol3.hop_samples(hop) % 242 == 0
+    assert pre.hop_samples(hop) % 242 == 0
     outs = []
     for bs in (1, 4):
         ex = registry.create(
             "openl3", weights_path="random", input_repr="mel128", hop_size=hop, batch_size=bs
         )
-        with pytest.warns(ol3.OpenL3Warning):  # 0.8 s: shorter than a window
+        with pytest.warns(openl3.OpenL3Warning):  # 0.8 s: shorter than a window
             outs.append(ex.extract(audio, 48000))
     assert np.array_equal(outs[0].data, outs[1].data)
-    assert outs[0].data.shape == (ol3.num_windows(audio.shape[0], 2420, True), 512)
+    assert outs[0].data.shape == (pre.num_windows(audio.shape[0], 2420, True), 512)
     np.testing.assert_array_equal(outs[0].timestamps, np.arange(len(outs[0].data)) * hop)
 
 
 def test_short_silent_and_empty_audio():
     ex = registry.create("openl3", weights_path="random", input_repr="mel128", embedding_size=6144)
-    with pytest.warns(ol3.OpenL3Warning, match="shorter than the 1 s window"):
+    with pytest.warns(openl3.OpenL3Warning, match="shorter than the 1 s window"):
         f = ex.extract(np.full(48, 0.1, np.float32), 48000)
     assert f.data.shape == (1, 6144) and np.array_equal(f.timestamps, [0.0])
     f = ex.extract(np.zeros(48000, np.float32), 48000)
@@ -537,8 +540,8 @@ def test_short_silent_and_empty_audio():
     assert np.isfinite(f.data).all() and f.data.shape == (6, 6144)
     with pytest.raises(ValueError, match="empty"):
         ex.extract(np.zeros(0, np.float32), 48000)
-    with pytest.raises(ol3.OpenL3Error, match="empty"):
-        ol3.get_audio_embedding(np.zeros(0), 44100, model=_random_api_model())
+    with pytest.raises(openl3.OpenL3Error, match="empty"):
+        openl3.get_audio_embedding(np.zeros(0), 44100, model=_random_api_model())
 
 
 def test_parameters_are_validated():
@@ -563,11 +566,13 @@ def test_parameters_are_validated():
 _API_MODEL: list = []
 
 
-def _random_api_model(frontend: str = "kapre") -> ol3.AudioEmbeddingModel:
+def _random_api_model(frontend: str = "kapre") -> openl3.models.AudioEmbeddingModel:
     if not _API_MODEL:
-        _API_MODEL.append(ol3.load_audio_embedding_model("mel128", "music", 512, weights_path="random"))
+        _API_MODEL.append(openl3.models.load_audio_embedding_model("mel128", "music", 512,
+                                                                   weights_path="random"))
     m = _API_MODEL[0]
-    return ol3.AudioEmbeddingModel(m.input_repr, m.content_type, m.embedding_size, frontend, m.loaded)
+    return openl3.models.AudioEmbeddingModel(m.input_repr, m.content_type, m.embedding_size, frontend,
+                                             m.loaded)
 
 
 def test_api_lists_in_lists_out_and_matches_the_plugin():
@@ -575,42 +580,43 @@ def test_api_lists_in_lists_out_and_matches_the_plugin():
     rng = np.random.default_rng(3)
     a = rng.normal(0, 0.1, 30000)  # float64, 0.625 s at 48 kHz
     b = rng.normal(0, 0.1, 22050)  # 0.5 s at 44.1 kHz
-    with pytest.warns(ol3.OpenL3Warning):
-        embs, tss = ol3.get_audio_embedding([a, b], [48000, 44100], model=model, hop_size=0.25, batch_size=2)
+    with pytest.warns(openl3.OpenL3Warning):
+        embs, tss = openl3.get_audio_embedding([a, b], [48000, 44100], model=model, hop_size=0.25,
+                                               batch_size=2)
     assert isinstance(embs, list) and len(embs) == len(tss) == 2
-    assert embs[0].shape == (ol3.num_windows(30000, 12000, True), 512)
+    assert embs[0].shape == (pre.num_windows(30000, 12000, True), 512)
     np.testing.assert_array_equal(tss[0], np.arange(embs[0].shape[0]) * 0.25)
-    with pytest.warns(ol3.OpenL3Warning):
-        single, ts = ol3.get_audio_embedding(a, 48000, model=model, hop_size=0.25, batch_size=7)
+    with pytest.warns(openl3.OpenL3Warning):
+        single, ts = openl3.get_audio_embedding(a, 48000, model=model, hop_size=0.25, batch_size=7)
     assert np.array_equal(single, embs[0]) and isinstance(single, np.ndarray)
     ex = registry.create("openl3", weights_path="random", input_repr="mel128", hop_size=0.25)
-    with pytest.warns(ol3.OpenL3Warning):
+    with pytest.warns(openl3.OpenL3Warning):
         assert np.array_equal(ex.extract(a.astype(np.float32), 48000).data, single)
     # preprocess_audio: windows for kapre, (N, F, T, 1) spectrograms with input_repr.
-    with pytest.warns(ol3.OpenL3Warning):
-        x = ol3.preprocess_audio(a, 48000, hop_size=0.25)
+    with pytest.warns(openl3.OpenL3Warning):
+        x = openl3.preprocess_audio(a, 48000, hop_size=0.25)
     assert x.shape == (embs[0].shape[0], 1, 48000)
     np.testing.assert_array_equal(model.predict(x), single)
-    with pytest.warns(ol3.OpenL3Warning):
-        s = ol3.preprocess_audio([a], [48000], hop_size=0.25, input_repr="mel128")
+    with pytest.warns(openl3.OpenL3Warning):
+        s = openl3.preprocess_audio([a], [48000], hop_size=0.25, input_repr="mel128")
     assert isinstance(s, list) and s[0].shape == (x.shape[0], 128, 199, 1)
 
 
 def test_api_errors_like_openl3():
     model = _random_api_model()
     a = np.full(1000, 0.1)
-    with pytest.raises(ol3.OpenL3Error, match="frontend"):
-        ol3.get_audio_embedding(a, 48000, model=model, frontend="tf")
-    with pytest.raises(ol3.OpenL3Error, match="input_repr for a librosa"):
-        ol3.get_audio_embedding(a, 48000, frontend="librosa", weights_path="random")
-    with pytest.raises(ol3.OpenL3Error, match="Mismatch"):
-        ol3.get_audio_embedding([a, a], [48000], model=model)
-    with pytest.raises(ol3.OpenL3Error, match="hop size"):
-        ol3.get_audio_embedding(a, 48000, model=model, hop_size=0)
-    with pytest.raises(ol3.OpenL3Error, match="loaded for the 'kapre'"):
-        ol3.get_audio_embedding(a, 48000, model=model, frontend="librosa", input_repr="mel128")
-    with pytest.raises(ol3.OpenL3Error, match="Invalid model"):
-        ol3.get_audio_embedding(a, 48000, model=object())
+    with pytest.raises(openl3.OpenL3Error, match="frontend"):
+        openl3.get_audio_embedding(a, 48000, model=model, frontend="tf")
+    with pytest.raises(openl3.OpenL3Error, match="input_repr for a librosa"):
+        openl3.get_audio_embedding(a, 48000, frontend="librosa", weights_path="random")
+    with pytest.raises(openl3.OpenL3Error, match="Mismatch"):
+        openl3.get_audio_embedding([a, a], [48000], model=model)
+    with pytest.raises(openl3.OpenL3Error, match="hop size"):
+        openl3.get_audio_embedding(a, 48000, model=model, hop_size=0)
+    with pytest.raises(openl3.OpenL3Error, match="loaded for frontend='kapre'"):
+        openl3.get_audio_embedding(a, 48000, model=model, frontend="librosa", input_repr="mel128")
+    with pytest.raises(openl3.OpenL3Error, match="Invalid model"):
+        openl3.get_audio_embedding(a, 48000, model=object())
 
 
 def test_process_audio_file_outputs_suffix_and_overwrite(tmp_path, capsys):
@@ -626,25 +632,25 @@ def test_process_audio_file_outputs_suffix_and_overwrite(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ol3.OpenL3Warning)
-        ol3.process_audio_file(
+        warnings.simplefilter("ignore", openl3.OpenL3Warning)
+        openl3.process_audio_file(
             paths, output_dir=str(out), suffix="x", model=model, hop_size=0.5, batch_size=8, verbose=False
         )
         got = np.load(out / "one_x.npz")
         assert sorted(got.files) == ["embedding", "timestamps"]
         audio, sr = sf.read(paths[0])
-        emb, ts = ol3.get_audio_embedding(audio, sr, model=model, hop_size=0.5)
+        emb, ts = openl3.get_audio_embedding(audio, sr, model=model, hop_size=0.5)
         np.testing.assert_array_equal(got["embedding"], emb)
         np.testing.assert_array_equal(got["timestamps"], ts)
         assert (out / "two_x.npz").is_file()
         # Without output_dir the file lands beside the input; existing outputs are kept unless overwrite.
-        ol3.process_audio_file(paths[0], model=model, hop_size=0.5, verbose=False)
+        openl3.process_audio_file(paths[0], model=model, hop_size=0.5, verbose=False)
         assert (tmp_path / "one.npz").is_file()
         np.savez(tmp_path / "one.npz", embedding=np.zeros(1), timestamps=np.zeros(1))
-        ol3.process_audio_file(paths[0], model=model, hop_size=0.5, verbose=False)
+        openl3.process_audio_file(paths[0], model=model, hop_size=0.5, verbose=False)
         assert "skipping" in capsys.readouterr().out
         assert np.load(tmp_path / "one.npz")["embedding"].shape == (1,)
-        ol3.process_audio_file(paths[0], model=model, hop_size=0.5, overwrite=True, verbose=False)
+        openl3.process_audio_file(paths[0], model=model, hop_size=0.5, overwrite=True, verbose=False)
         assert np.load(tmp_path / "one.npz")["embedding"].shape == emb.shape
-    with pytest.raises(ol3.OpenL3Error, match="could not be found"):
-        ol3.process_audio_file(str(tmp_path / "missing.wav"), model=model)
+    with pytest.raises(openl3.OpenL3Error, match="could not be found"):
+        openl3.process_audio_file(str(tmp_path / "missing.wav"), model=model)

@@ -25,9 +25,14 @@ import h5py
 import numpy as np
 import pytest
 
-from embedkit import media, openl3_cli, registry
-from embedkit.extractors import openl3 as ol3
+import embedkit.openl3 as openl3  # the openl3 API, imported as a migrating script would
+from embedkit import media, registry
 from embedkit.extractors import openl3_image as oi
+from embedkit.openl3 import cli as openl3_cli
+from embedkit.openl3 import decoding
+from embedkit.openl3 import network as net
+from embedkit.openl3 import preprocessing as pre
+from embedkit.openl3 import weightfiles as wf
 from embedkit.extractors.base import ConfigError, WeightsError
 from tests.conftest import ROOT, reference
 
@@ -48,8 +53,8 @@ def load_ref(name: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def model8192() -> ol3.ImageEmbeddingModel:
-    return ol3.load_image_embedding_model(
+def model8192() -> openl3.models.ImageEmbeddingModel:
+    return openl3.models.load_image_embedding_model(
         "mel256", "music", 8192, weights_path=str(ref_dir() / "openl3_image_mel256_music.h5")
     )
 
@@ -105,7 +110,7 @@ def run_consumer(plugin, path: Path, chunk_frames: int = 4):
 @pytest.mark.parity
 def test_image_weights_load_by_layer_order():
     path = ref_dir() / "openl3_image_mel256_music.h5"
-    state = ol3.read_keras_h5(path, in_channels=3)
+    state = wf.read_keras_h5(path, in_channels=3)
     with h5py.File(path, "r") as f:
         names = [n.decode() if isinstance(n, bytes) else n for n in f.attrs["layer_names"]]
         weighted = [n for n in names if len(f[n].attrs.get("weight_names", [])) > 0]
@@ -121,13 +126,13 @@ def test_image_weights_load_by_layer_order():
             "weight_names"][3]]))
     # The audio network's file is refused by the image loader and vice versa (shapes differ).
     with pytest.raises(WeightsError, match="image"):
-        ol3.read_keras_h5(ref_dir() / "openl3_audio_mel256_music.h5", in_channels=3)
+        wf.read_keras_h5(ref_dir() / "openl3_audio_mel256_music.h5", in_channels=3)
     with pytest.raises(WeightsError, match="audio"):
-        ol3.read_keras_h5(path, in_channels=1)
+        wf.read_keras_h5(path, in_channels=1)
     with pytest.raises(WeightsError, match="holds audio network weights"):
-        ol3.find_weights("mel256", "music", ref_dir() / "openl3_audio_mel256_music.h5", modality="image")
+        wf.find_weights("mel256", "music", ref_dir() / "openl3_audio_mel256_music.h5", modality="image")
     # A folder holding both files serves both networks.
-    assert ol3.find_weights("mel256", "music", ref_dir(), modality="image") == path
+    assert wf.find_weights("mel256", "music", ref_dir(), modality="image") == path
 
 
 def test_official_image_file_is_downloaded_and_gunzipped(tmp_path, monkeypatch):
@@ -142,19 +147,19 @@ def test_official_image_file_is_downloaded_and_gunzipped(tmp_path, monkeypatch):
     payload = b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 4
     with gzip.open(served / "openl3_image_linear_env-v0_4_0.h5.gz", "wb") as g:
         g.write(payload)
-    monkeypatch.setattr(ol3, "OFFICIAL_IMAGE_URL", "file://" + str(served / "openl3_image_{repr}_{content}"
+    monkeypatch.setattr(wf, "OFFICIAL_IMAGE_URL", "file://" + str(served / "openl3_image_{repr}_{content}"
                                                                      "-v0_4_0.h5.gz"))
     monkeypatch.setenv("EMBEDKIT_CACHE", str(tmp_path / "cache"))
     for var in ("EMBEDKIT_OFFLINE", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(ol3, "_openl3_package_dirs", list)
-    got = ol3.find_weights("linear", "env", modality="image")
+    monkeypatch.setattr(wf, "_openl3_package_dirs", list)
+    got = wf.find_weights("linear", "env", modality="image")
     assert got == tmp_path / "cache" / "openl3" / "openl3_image_linear_env.h5"  # beside the audio files
     assert got.read_bytes() == payload
     assert sorted(p.name for p in got.parent.iterdir()) == [got.name]
     monkeypatch.setenv("EMBEDKIT_OFFLINE", "1")
     with pytest.raises(WeightsError) as err:
-        ol3.find_weights("mel128", "music", modality="image")
+        wf.find_weights("mel128", "music", modality="image")
     msg = str(err.value)
     assert msg.startswith("openl3_image: weights not found (openl3_image_mel128_music.h5)")
     assert "offline" in msg and "openl3_image_mel128_music-v0_4_0.h5.gz" in msg
@@ -169,14 +174,14 @@ def test_preprocessing_equals_openl3_exactly():
         ref = load_ref(f"image_{name}_emb512.npz")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            x = oi.preprocess_image_batch(ref["image"])
+            x = pre.preprocess_image_batch(ref["image"])
         np.testing.assert_array_equal(x, ref["model_input"])
         assert ("all zeros" in " ".join(str(w.message) for w in caught)) == (name == "blank")
     seq = load_ref("sequence_emb512.npz")  # rule a: 224x224 uint8 -> [-1, 1]
-    np.testing.assert_array_equal(oi.preprocess_image_batch(seq["frames"]), seq["model_input"])
+    np.testing.assert_array_equal(pre.preprocess_image_batch(seq["frames"]), seq["model_input"])
     video = load_ref("video_decoded.npz")  # rule c: 256x256, crop, / the video's max
-    np.testing.assert_array_equal(oi.preprocess_image_batch(video["frames"]), video["model_input"])
-    np.testing.assert_array_equal(oi.crop_and_scale(video["frames"], int(video["frames"][:, 16:240, 16:240]
+    np.testing.assert_array_equal(pre.preprocess_image_batch(video["frames"]), video["model_input"])
+    np.testing.assert_array_equal(pre.crop_and_scale(video["frames"], int(video["frames"][:, 16:240, 16:240]
                                                                          .max())), video["model_input"])
 
 
@@ -191,25 +196,25 @@ def test_network_alone_equals_openl3(model8192):
             fmap = model8192.loaded.net(x)
         assert tuple(fmap.shape) == (1, 512, 28, 28)
         for d in (8192, 512):
-            emb = oi.pool_embedding(fmap, d).numpy()
+            emb = net.pool_image_embedding(fmap, d).numpy()
             assert emb.shape == (1, d)
             assert rel(emb, refs[d]["embedding"]) <= NETWORK_RTOL, (name, d)
         # 512 is the spatial max of the 8192 map, which is (4, 4, 512) flattened channels-last
         np.testing.assert_array_equal(
-            oi.pool_embedding(fmap, 8192).numpy().reshape(4, 4, 512).max(axis=(0, 1)),
-            oi.pool_embedding(fmap, 512).numpy()[0],
+            net.pool_image_embedding(fmap, 8192).numpy().reshape(4, 4, 512).max(axis=(0, 1)),
+            net.pool_image_embedding(fmap, 512).numpy()[0],
         )
 
 
 @pytest.mark.parity
 def test_get_image_embedding_end_to_end(model8192):
     daisy = load_ref("image_daisy_emb8192.npz")
-    emb = ol3.get_image_embedding(daisy["image"], model=model8192, verbose=False)
+    emb = openl3.get_image_embedding(daisy["image"], model=model8192, verbose=False)
     assert emb.shape == (1, 8192) and emb.dtype == np.float32
     assert rel(emb, daisy["embedding"]) <= NETWORK_RTOL
     seq = load_ref("sequence_emb8192.npz")
     seq512 = load_ref("sequence_emb512.npz")
-    embs, tss = ol3.get_image_embedding([seq["frames"]], frame_rate=2.0, model=model8192, batch_size=2,
+    embs, tss = openl3.get_image_embedding([seq["frames"]], frame_rate=2.0, model=model8192, batch_size=2,
                                         verbose=False)
     assert isinstance(embs, list) and len(embs) == 1
     np.testing.assert_array_equal(tss[0], seq["timestamps"].astype(np.float64))
@@ -217,19 +222,19 @@ def test_get_image_embedding_end_to_end(model8192):
     assert rel(embs[0], seq["embedding"]) <= NETWORK_RTOL
     assert rel(embs[0].reshape(5, 4, 4, 512).max(axis=(1, 2)), seq512["embedding"]) <= NETWORK_RTOL
     # Results do not depend on the batch size (fixed float32 CPU kernels).
-    x = oi.preprocess_image_batch(seq["frames"][:2])
+    x = pre.preprocess_image_batch(seq["frames"][:2])
     np.testing.assert_array_equal(model8192.predict(x, batch_size=1), model8192.predict(x, batch_size=2))
     # openl3's argument checks.
-    with pytest.raises(ol3.OpenL3Error, match="Invalid frame rate"):
-        ol3.get_image_embedding(seq["frames"], frame_rate=-1, model=model8192)
-    with pytest.raises(ol3.OpenL3Error, match="Need 3 channel"):
-        ol3.get_image_embedding(seq["frames"][..., :2], model=model8192)
-    with pytest.raises(ol3.OpenL3Error, match="at least as large as 224x224"):
-        ol3.get_image_embedding(seq["frames"][:, :100], model=model8192)
-    with pytest.raises(ol3.OpenL3Error, match="Mismatch"):
-        ol3.get_image_embedding([seq["frames"]], frame_rate=[1.0, 2.0], model=model8192)
-    with pytest.raises(ol3.OpenL3Error, match="Invalid embedding size"):
-        ol3.load_image_embedding_model("mel256", "music", 6144, weights_path="random")
+    with pytest.raises(openl3.OpenL3Error, match="Invalid frame rate"):
+        openl3.get_image_embedding(seq["frames"], frame_rate=-1, model=model8192)
+    with pytest.raises(openl3.OpenL3Error, match="Need 3 channel"):
+        openl3.get_image_embedding(seq["frames"][..., :2], model=model8192)
+    with pytest.raises(openl3.OpenL3Error, match="at least as large as 224x224"):
+        openl3.get_image_embedding(seq["frames"][:, :100], model=model8192)
+    with pytest.raises(openl3.OpenL3Error, match="Mismatch"):
+        openl3.get_image_embedding([seq["frames"]], frame_rate=[1.0, 2.0], model=model8192)
+    with pytest.raises(openl3.OpenL3Error, match="Invalid embedding size"):
+        openl3.models.load_image_embedding_model("mel256", "music", 6144, weights_path="random")
 
 
 # ---------------------------------------------------------------------------
@@ -245,7 +250,7 @@ def test_video_frames_are_ffmpegs_bit_for_bit_and_the_audio_is_moviepys():
         frames = list(c.decode(c.streams.video[0]))
     got = media.VideoScaler((256, 256), "bicubic")(frames)
     np.testing.assert_array_equal(got, video["frames"])  # ffmpeg -vf scale=256:256 -sws_flags bicubic
-    dec = ol3.decode_video_like_openl3(bento, None, True)
+    dec = decoding.decode_video_like_openl3(bento, None, True)
     assert (dec.fps, dec.duration, dec.n_frames) == (float(video["fps"]), 1.1, 11)
     theirs = video["audio"].astype(np.float64).mean(axis=1)  # openl3 averages moviepy's stereo
     assert dec.audio_mono.shape == theirs.shape == (52800,)
@@ -275,22 +280,23 @@ def test_video_scaler_turns_frames_upright_before_scaling():
 def test_moviepy_frame_rate_duration_and_audio_length():
     """moviepy reads fps and duration from ffmpeg's printout: fps with 2 decimals and its
     1000/1001 correction, duration rounded to 10 ms; to_soundarray's length by its two paths."""
-    assert ol3._ffmpeg_fps(30000 / 1001) == 30000 / 1001
-    assert ol3._ffmpeg_fps(24000 / 1001) == 24000 / 1001
-    assert ol3._ffmpeg_fps(25.0) == 25.0 and ol3._ffmpeg_fps(12.5) == 12.5
-    assert ol3._ffmpeg_fps(14.999) == 15.0  # printed "15.00"
-    assert ol3._ffmpeg_duration(1_100_000) == 1.1
-    assert ol3._ffmpeg_duration(1_104_999) == 1.1 and ol3._ffmpeg_duration(1_105_000) == 1.11
-    assert ol3._ffmpeg_duration(3_723_456_789) == 3723.46  # 01:02:03.46
-    assert ol3.moviepy_audio_length(1.1) == 52800  # chunked path: int(48000 * duration)
-    assert ol3.moviepy_audio_length(0.5) == len(np.arange(0, 0.5, 1 / 48000))  # one get_frame call
+    assert decoding._ffmpeg_fps(30000 / 1001) == 30000 / 1001
+    assert decoding._ffmpeg_fps(24000 / 1001) == 24000 / 1001
+    assert decoding._ffmpeg_fps(25.0) == 25.0 and decoding._ffmpeg_fps(12.5) == 12.5
+    assert decoding._ffmpeg_fps(14.999) == 15.0  # printed "15.00"
+    assert decoding._ffmpeg_duration(1_100_000) == 1.1
+    assert decoding._ffmpeg_duration(1_104_999) == 1.1 and decoding._ffmpeg_duration(1_105_000) == 1.11
+    assert decoding._ffmpeg_duration(3_723_456_789) == 3723.46  # 01:02:03.46
+    assert decoding.moviepy_audio_length(1.1) == 52800  # chunked path: int(48000 * duration)
+    assert decoding.moviepy_audio_length(0.5) == len(np.arange(0, 0.5, 1 / 48000))  # one get_frame call
 
 
 @pytest.mark.parity
 def test_audio_path_on_openl3s_decoded_audio():
     video = load_ref("video_decoded.npz")
-    audio_model = ol3.load_audio_embedding_model("mel256", "music", 512, weights_path=str(ref_dir()))
-    emb, ts = ol3.get_audio_embedding(video["audio"].astype(np.float64), 48000, model=audio_model,
+    audio_model = openl3.models.load_audio_embedding_model("mel256", "music", 512,
+                                                           weights_path=str(ref_dir()))
+    emb, ts = openl3.get_audio_embedding(video["audio"].astype(np.float64), 48000, model=audio_model,
                                       batch_size=8, verbose=False)
     ref = load_ref("video_out/bento_audio.npz")
     np.testing.assert_array_equal(ts, ref["timestamps"])
@@ -345,7 +351,7 @@ def test_video_embedder_waits_for_the_maximum_in_bounded_memory(random_plugin):
     frames[5, 100, 100, 1] = 200  # in the crop: the video's maximum
     frames[6, 3, 3, 0] = 250  # outside the centre crop: ignored, as openl3 crops first
     model = random_plugin.load()
-    emb = oi.VideoEmbedder(model, 512, batch_size=4, cuda_dtype="float32", spill_frames=2)
+    emb = net.VideoEmbedder(model, 512, batch_size=4, cuda_dtype="float32", spill_frames=2)
     peak_in_memory = 0
     for k in range(0, 8, 2):
         emb.add(frames[k : k + 2])
@@ -354,13 +360,13 @@ def test_video_embedder_waits_for_the_maximum_in_bounded_memory(random_plugin):
     got = emb.finish()
     emb.close()
     assert got.shape == (8, 512)
-    want = oi.preprocess_image_batch(frames)  # openl3's rule 3c over the whole batch
+    want = pre.preprocess_image_batch(frames)  # openl3's rule 3c over the whole batch
     pick = [0, 7]
-    np.testing.assert_array_equal(got[pick], oi.embed_batches(model, want[pick], 512, 2, "float32"))
+    np.testing.assert_array_equal(got[pick], net.embed_batches(model, want[pick], 512, 2, "float32"))
     # A bright video is embedded as it goes (every crop holds a 255).
     bright = frames[:2].copy()
     bright[:, 120, 120] = 255
-    emb = oi.VideoEmbedder(model, 512, batch_size=2, cuda_dtype="float32", spill_frames=4)
+    emb = net.VideoEmbedder(model, 512, batch_size=2, cuda_dtype="float32", spill_frames=4)
     emb.add(bright)
     assert emb._n_waiting == 0 and len(emb._out) == 1
     emb.close()
@@ -497,7 +503,7 @@ def test_cli_images_folder_skips_bad_files_and_resumes(tmp_path, capsys):
     (out / "blank_s.npz").write_bytes((out / "blank_s.npz").read_bytes()[:100])
     assert openl3_cli.main(args + ["-q"]) == 1
     assert (out / "daisy_s.npz").stat().st_mtime_ns == daisy_mtime
-    assert ol3.output_complete(out / "blank_s.npz", ["embedding"])
+    assert openl3.core.output_complete(out / "blank_s.npz", ["embedding"])
     blank = np.load(out / "blank_s.npz")["embedding"]
     assert rel(blank, load_ref("image_blank_emb512.npz")["embedding"]) <= NETWORK_RTOL
     assert not list(out.glob(".*"))  # no temporary files left
@@ -578,10 +584,10 @@ def test_bad_images_through_the_api(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     failed: dict[str, str] = {}
-    model = ol3.load_image_embedding_model("mel256", "music", 512, weights_path="random")
+    model = openl3.models.load_image_embedding_model("mel256", "music", 512, weights_path="random")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ol3.process_image_file([str(p) for p in paths.values()], output_dir=str(out), model=model,
+        openl3.process_image_file([str(p) for p in paths.values()], output_dir=str(out), model=model,
                                verbose=False, on_error=lambda p, e: failed.__setitem__(Path(p).stem, str(e)))
     said = " ".join(str(w.message) for w in caught)
     assert "CMYK image" in said and "all zeros" in said  # the 1x1 image is black
@@ -590,12 +596,12 @@ def test_bad_images_through_the_api(tmp_path, capsys):
     assert "grayscale" in failed["gray"] and "224x224" in failed["tiny"]
     assert sorted(p.name for p in out.iterdir()) == ["cmyk.npz", "exif.npz", "rgba.npz"]
     # EXIF orientation is not applied (as openl3): the stored 240x256 pixels are embedded.
-    assert ol3.read_image_like_openl3(paths["exif"]).shape == (240, 256, 3)
-    with pytest.warns(ol3.OpenL3Warning, match="CMYK"):
-        assert ol3.read_image_like_openl3(paths["cmyk"]).shape == (240, 256, 3)  # C, M, Y planes
+    assert decoding.read_image_like_openl3(paths["exif"]).shape == (240, 256, 3)
+    with pytest.warns(openl3.OpenL3Warning, match="CMYK"):
+        assert decoding.read_image_like_openl3(paths["cmyk"]).shape == (240, 256, 3)  # C, M, Y planes
     # Without on_error the first bad file raises, as openl3 does.
-    with pytest.raises(ol3.OpenL3Error, match="Need 3 channel"):
-        ol3.process_image_file(str(paths["gray"]), output_dir=str(out), model=model, verbose=False)
+    with pytest.raises(openl3.OpenL3Error, match="Need 3 channel"):
+        openl3.process_image_file(str(paths["gray"]), output_dir=str(out), model=model, verbose=False)
 
 
 def test_bad_videos(tmp_path, random_plugin):
@@ -618,7 +624,7 @@ def test_bad_videos(tmp_path, random_plugin):
     out = tmp_path / "out"
     out.mkdir()
     failed: dict[str, str] = {}
-    ol3.process_video_file(
+    openl3.process_video_file(
         [str(no_audio), str(zero), str(cut)], output_dir=str(out), weights_path="random", verbose=False,
         audio_embedding_size=512, image_embedding_size=512,
         on_error=lambda p, e: failed.__setitem__(Path(p).name, str(e)),
@@ -657,7 +663,7 @@ def test_parameters_are_validated():
 def _real(modality: str, repr_: str, content: str) -> Path | None:
     folder = os.environ.get("EMBEDKIT_OPENL3_WEIGHTS")
     try:
-        return ol3.find_weights(repr_, content, folder, allow_download=False, modality=modality)
+        return wf.find_weights(repr_, content, folder, allow_download=False, modality=modality)
     except WeightsError:
         return None
 

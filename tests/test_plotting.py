@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import struct
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,9 +92,8 @@ def test_file_figure_draws_the_arrays_on_their_times(study):
 
     models = [results.ModelFolder.open(out, m) for m in ("crepe", "madmom", "emb")]
     decoded = audio_io.load(audio / "a" / "x.wav")
-    panels = plotting.panels_for_file(
-        out, PurePosixPath("a/x.npy"), models, (decoded.audio, decoded.sample_rate)
-    )
+    items = [m.item("a/x.wav") for m in models]
+    panels = plotting.panels_for_file(items, (decoded.audio, decoded.sample_rate))
     fig = plotting.plot_file(panels, SECONDS, title="a/x.wav")
     axes = main_axes(fig)
     assert [ax.get_label() for ax in axes] == [
@@ -108,9 +107,10 @@ def test_file_figure_draws_the_arrays_on_their_times(study):
     for ax in axes:
         assert ax.get_xlim() == (0.0, SECONDS)
     assert axes[-1].get_xlabel() == "time (s)" and axes[1].get_ylabel() == "f0 (Hz)"
-    # pitch: voiced frames at their times, coloured by confidence
+    # pitch: voiced frames (confidence >= 0.5) at their times, coloured by confidence
     crepe = known["crepe"]
-    voiced = crepe[:, 0] > 0
+    voiced = (crepe[:, 0] > 0) & (crepe[:, 1] >= plotting.PITCH_MIN_CONFIDENCE)
+    assert 50 < voiced.sum() < 150
     sc = axes[1].collections[0]
     np.testing.assert_allclose(sc.get_offsets(), np.c_[np.arange(201)[voiced] * 0.01, crepe[voiced, 0]])
     np.testing.assert_array_equal(sc.get_array(), crepe[voiced, 1])
@@ -139,11 +139,11 @@ def test_only_present_models_and_irregular_timestamps(tmp_path):
         extras={"timestamps": {"v.npy": times}},
         seconds={"v.npy": 3.0},
     )
-    np.testing.assert_array_equal(results.timestamps_for(tmp_path / "video", "v.npy", 5), times)
-    with pytest.raises(results.ResultsError, match="5 times for 6 frames"):
-        results.timestamps_for(tmp_path / "video", "v.npy", 5 + 1)
     folder = results.ModelFolder.open(tmp_path, "video")
-    panels = plotting.panels_for_file(tmp_path, PurePosixPath("v.npy"), [folder])
+    np.testing.assert_array_equal(folder.item("v.npy").times(), times)
+    with pytest.raises(results.ResultsError, match="5 times for 6 frames"):
+        folder.item("v.npy").times(5 + 1)
+    panels = plotting.panels_for_file([folder.item("v.npy")])
     assert [p.kind for p in panels] == ["heatmap", "ssm"]
     fig = plotting.plot_file(panels, 3.0)
     heat = main_axes(fig)[0]
@@ -249,7 +249,7 @@ def test_map_pools_time_series_by_mean(tmp_path):
     folder = results.ModelFolder.open(tmp_path, "m")
     for k, v in arrays.items():
         np.testing.assert_allclose(
-            plotting.file_vector(folder, folder.load(k), layer=0), v[:, 0].mean(axis=0), rtol=1e-6
+            plotting.file_vector(folder.axes, folder.load(k), layer=0), v[:, 0].mean(axis=0), rtol=1e-6
         )
     _, coords, _ = plotting.map_collection(tmp_path, "m", layer=-1, dpi=30)
     x = np.stack([arrays[k][:, -1].astype(np.float64).mean(axis=0) for k in sorted(arrays)])
@@ -292,7 +292,7 @@ def test_real_run_plots_and_exports(real_run):
     for rel in ("tones/a440.png", "clicks/b.png"):
         assert png_size(out / "plots" / rel) == (400, round(height * 40))
     models = [results.ModelFolder.open(out, m) for m in results.model_names(out)]
-    panels = plotting.panels_for_file(out, PurePosixPath("clicks/b.npy"), models)
+    panels = plotting.panels_for_file([m.item("clicks/b.wav") for m in models])
     fig = plotting.plot_file(panels, 2.0)
     assert [a.get_label() for a in main_axes(fig)] == [
         "pitch:crepe",
@@ -309,3 +309,36 @@ def test_real_run_plots_and_exports(real_run):
         for i, rel in enumerate(e.paths):
             np.testing.assert_array_equal(e[i], np.load(out / "madmom" / rel))
             np.testing.assert_array_equal(e.extra("beats", i), np.load(out / "madmom.beats" / rel))
+
+
+def test_map_names_a_spread_sample_without_overlaps_and_warns_about_no_glyph(tmp_path):
+    """Issue 22: the map's point names overlapped, and non-Latin names warned about missing glyphs."""
+    import warnings
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    rng = np.random.default_rng(5)
+    coords = np.concatenate([rng.normal(0, 0.01, (150, 2)), rng.normal(5, 1.0, (50, 2))])
+    names = [f"a rather long file name number {i}.wav" for i in range(200)]
+    names[3], names[160], names[170] = "東京の雨.wav", "Ελληνικά.wav", "caf\udce9.wav"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a missing glyph warns: the test fails
+        fig = plotting.plot_map(coords, ["g"] * 200, ["x", "y"], names=names, dpi=50)
+        FigureCanvasAgg(fig).draw()
+    texts = fig.axes[0].texts
+    assert 2 <= len(texts) <= plotting.MAX_MAP_LABELS
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    # the sample spreads over the map: the sparse cluster gets names, not only the dense one
+    drawn = {t.get_text() for t in texts}
+    assert any(names.index(n) >= 150 for n in drawn if n in names)
+    assert len(set(plotting.spread_sample(coords, 40))) == 40
+    # each name is drawn in a font that has its glyphs; what no installed font has becomes "?"
+    text, families = plotting.drawable_text("Ελληνικά.wav")
+    assert text == "Ελληνικά.wav"  # the default font (DejaVu Sans) has Greek
+    text, families = plotting.drawable_text("東京の雨.wav")
+    fonts = dict(plotting._font_charmaps())
+    has_cjk = any(ord("東") in cmap for cmap in fonts.values())
+    assert text == ("東京の雨.wav" if has_cjk else "????.wav")
+    assert plotting.drawable_text("caf\udce9.wav") == ("caf\\xe9.wav", None)

@@ -20,7 +20,7 @@ import soundfile as sf
 
 from embedkit import audio_io, outputs, pipeline
 from embedkit.extractors.base import Extractor, Features, OutputSpec
-from tests.conftest import ROOT, click_track, default_sigint, hold, run_cli, tone, write_wav
+from tests.conftest import ROOT, click_track, default_sigint, hold, recorded_outputs, run_cli, tone, write_wav
 
 # Models that run here without downloads; CLMR with architecture-identical random weights
 # (the pipeline is under test, not the numbers). --stress adds OpenL3 and MERT the same way.
@@ -88,11 +88,14 @@ def test_sigkill_at_many_moments_then_resume(tmp_path, stress):
         done_before = len(npy_bytes(out))
         if done_before == total:
             break
+    # done = a whole array with its manifest line; one whose line the kill cut off is computed again
+    recorded = len(set(npy_bytes(out)) & set(recorded_outputs(out)))
     res = run_cli(*args, "--output_base", str(out), "--skip_existing")
     assert res.returncode == 0, res.stdout + res.stderr
     report = json.loads((out / "run_report.json").read_text())
-    assert sum(m["skipped"] for m in report["models"].values()) == done_before  # nothing done is recomputed
-    assert sum(m["ok"] for m in report["models"].values()) == total - done_before
+    assert sum(m["skipped"] for m in report["models"].values()) == recorded  # nothing done is recomputed
+    assert sum(m["ok"] for m in report["models"].values()) == total - recorded
+    assert report["computed_again"].get("unrecorded", 0) == done_before - recorded
     assert npy_bytes(out) == npy_bytes(clean)
     assert hidden_files(out) == []
 
@@ -330,3 +333,92 @@ def test_long_file_memory_is_bounded(tmp_path, stress):
                                             f"({audio_mb:.0f} MB decoded)")
     assert (np.load(tmp_path / "out_long" / "melspec" / "long.npy").shape
             == (1 + minutes * 60 * 16000 // 160, 64))
+
+
+# -- a full disk, a read-only folder: a real tmpfs in a private mount namespace -----------------------
+def in_mount_namespace(script: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a shell script in a new user + mount namespace (`unshare -rm`), where it may mount a small
+    tmpfs; skips where the kernel or the container forbids it."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) not installed")
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a private namespace here: {probe.stderr.strip()}")
+    return subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_run_says_where_and_the_resume_is_byte_identical(tmp_path):
+    """A 2 MB tmpfs as output_base, 12 files of 30 s (768 kB of log-mel each): "disk full at <path>",
+    exit 1, no temporary file left, reports written where they fit; after space is freed (the tmpfs
+    grown), the rerun resumes to exactly a clean run's bytes."""
+    audio = tmp_path / "audio"
+    for i in range(12):
+        write_wav(audio / f"f{i:02d}.wav", tone(200 + 40 * i, 30.0, 16000, 0.3), 16000)
+    clean = tmp_path / "clean"
+    res = run_cli("--audio_dir", str(audio), "--output_base", str(clean), "--models", "melspec")
+    assert res.returncode == 0
+    mnt, full, resumed = tmp_path / "mnt", tmp_path / "full", tmp_path / "resumed"
+    mnt.mkdir()
+    cmd = (f"{sys.executable} run_extraction.py --no_progress --audio_dir '{audio}' "
+           f"--output_base '{mnt}/out' --models melspec")
+    res = in_mount_namespace(f"""
+        mount -t tmpfs -o size=2m tmpfs '{mnt}' || exit 99
+        {cmd} > '{tmp_path}/log1' 2>&1; echo $? > '{tmp_path}/rc1'
+        cp -a '{mnt}/out' '{full}'
+        dd if=/dev/zero of='{mnt}/filler' bs=4096 2>/dev/null  # every last page: even a lock file fails
+        {cmd} > '{tmp_path}/log3' 2>&1; echo $? > '{tmp_path}/rc3'
+        find '{mnt}/out' -name '.*' > '{tmp_path}/hidden3'
+        rm '{mnt}/filler'
+        mount -o remount,size=64m '{mnt}'
+        {cmd} > '{tmp_path}/log2' 2>&1; echo $? > '{tmp_path}/rc2'
+        cp -a '{mnt}/out' '{resumed}'
+    """)
+    assert res.returncode == 0, res.stderr
+    log1 = (tmp_path / "log1").read_text()
+    assert (tmp_path / "rc1").read_text().strip() == "1", log1
+    assert f"disk full at {mnt}/out/" in log1 and "Traceback" not in log1, log1
+    assert "the run stops here" in log1 and "then rerun the same command (it resumes)" in log1
+    assert hidden_files(full) == []  # no temporary file, no lock
+    written = npy_bytes(full / "melspec")
+    assert 0 < len(written) < 12
+    assert all(data == npy_bytes(clean / "melspec")[n] for n, data in written.items())
+    if (full / "run_report.json").exists():
+        assert json.loads((full / "run_report.json").read_text())["disk_full"].startswith(f"{mnt}/out/")
+    else:
+        assert f"not written: disk full at {mnt}/out/run_report.json" in log1
+    log3 = (tmp_path / "log3").read_text()  # the lock's own little file is where a full disk shows first
+    assert (tmp_path / "rc3").read_text().strip() == "1" and "Traceback" not in log3, log3
+    assert f"disk full at {mnt}/out/melspec" in log3
+    assert (tmp_path / "hidden3").read_text() == ""  # no .lock.tmp-* left behind
+    log2 = (tmp_path / "log2").read_text()
+    assert (tmp_path / "rc2").read_text().strip() == "0", log2
+    assert npy_bytes(resumed / "melspec") == npy_bytes(clean / "melspec")
+    assert hidden_files(resumed) == []
+    records = [json.loads(line) for line in (resumed / "manifest.jsonl").read_text().splitlines()]
+    assert sorted({r["source"] for r in records}) == [f"f{i:02d}.wav" for i in range(12)]
+
+
+def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path):
+    audio = tmp_path / "audio"
+    write_wav(audio / "a.wav", tone(300, 0.5, 16000), 16000)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cmd = f"{sys.executable} run_extraction.py --no_progress --audio_dir '{audio}' --models melspec"
+    res = in_mount_namespace(f"""
+        mount -t tmpfs -o size=4m tmpfs '{mnt}' || exit 99
+        {cmd} --output_base '{mnt}/out' > /dev/null 2>&1 || exit 98
+        mount -o remount,ro '{mnt}'
+        {cmd} --output_base '{mnt}/out' 2> '{tmp_path}/err1'; echo $? > '{tmp_path}/rc1'
+        {cmd} --output_base '{mnt}/new/out' 2> '{tmp_path}/err2'; echo $? > '{tmp_path}/rc2'
+    """)
+    assert res.returncode == 0, res.stderr
+    for n, folder in ((1, f"{mnt}/out"), (2, f"{mnt}/new/out")):
+        err = (tmp_path / f"err{n}").read_text()
+        assert (tmp_path / f"rc{n}").read_text().strip() == "2", err
+        assert f"configuration error: cannot write to {folder} (Read-only file system)" in err
+        assert "found" not in err and "Traceback" not in err  # before the listing, before any model

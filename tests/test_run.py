@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, click_track, default_sigint, hold, release, run_cli, tone, write_wav
+from tests.conftest import (ROOT, click_track, default_sigint, hold, recorded_outputs, release, run_cli, tone,
+                            write_wav)
 
 
 def make_corpus(folder: Path, n: int = 4, seconds: float = 2.0) -> list[str]:
@@ -91,6 +92,7 @@ def test_bad_files_are_reported_and_skipped(tmp_path):
     assert "failure" in res.stdout and "inf.wav" in res.stdout
     causes = {f["file"]: f["cause"] for f in failures if f["model"] == "melspec"}
     assert causes["empty.wav"] == "empty file (0 bytes)"
+    assert causes["random.mp3"].startswith("not a decodable audio file (libsndfile: ")
     assert "holds text" in causes["text.wav"] and "NaN/Inf" in causes["inf.wav"]
     assert leftovers(out) == []
     # failures are retried on the next run (and fail again), done files are skipped
@@ -126,11 +128,13 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path):
     proc.wait()
     partial = all_files(killed)
     assert 5 <= len(partial) < 22
+    # done = a whole array with its manifest line (one whose line the kill cut off is computed again)
+    recorded = set(partial) & set(recorded_outputs(killed))
     release(audio / "zz_last.wav", last, 44100)
     res = run_cli(*args, "--output_base", str(killed), "--skip_existing")
     assert res.returncode == 0, res.stdout + res.stderr
     report = json.loads((killed / "run_report.json").read_text())
-    assert sum(m["skipped"] for m in report["models"].values()) >= len(partial)
+    assert sum(m["skipped"] for m in report["models"].values()) == len(recorded)
     assert all_files(killed) == all_files(clean)
     assert leftovers(killed) == []
 
@@ -260,7 +264,8 @@ def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path):
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
     assert proc.returncode == 143
-    assert "(67%)" in seen[0] and "h of audio" in seen[0] and "files/min" in seen[0] and "ETA" in seen[0]
+    # short files in seconds, not "0.00 h" (two files of 1 s each decoded so far)
+    assert "(67%)" in seen[0] and "2.0 s of audio" in seen[0] and "files/min" in seen[0] and "ETA" in seen[0]
     assert "0 failure(s)" in seen[0]
 
 
@@ -318,3 +323,83 @@ def test_torch_threads_follow_omp_num_threads_unless_set(tmp_path):
                       "--set", "crepe.capacity=tiny", *extra, env={"OMP_NUM_THREADS": "1"})
         assert res.returncode == 0, res.stderr
         assert json.loads((out / "run_report.json").read_text())["torch_threads"] == want
+
+
+# -- messages a newcomer meets -------------------------------------------------------------------------------
+def test_cuda_without_cuda_is_a_configuration_error(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "out"
+    res = run_cli("--audio_dir", str(ROOT / "examples" / "audio"), "--output_base", str(out),
+                  "--models", "crepe", "melspec", "--device", "cuda")
+    assert res.returncode == 2, res.stderr
+    assert "configuration error: device 'cuda': this torch" in res.stderr
+    assert "built without CUDA" in res.stderr
+    assert "install a CUDA build of torch: pip install torch==" in res.stderr
+    assert "--index-url https://download.pytorch.org/whl/cu" in res.stderr
+    assert "cannot load" not in res.stderr and not out.exists()  # before any work
+
+
+def test_nothing_to_do_is_exit_2_with_the_hint(tmp_path):
+    audio = tmp_path / "in"
+    write_wav(audio / "sub" / "a.wav", tone(300, 0.3, 16000), 16000)  # every file in a sub-folder
+    out = tmp_path / "out"
+    res = run_cli("--audio_dir", str(audio), "--output_base", str(out), "--models", "melspec")
+    assert res.returncode == 2
+    assert "nothing to do: no input file in" in res.stderr and "add --recursive to take them" in res.stderr
+    assert not out.exists()
+    Image = pytest.importorskip("PIL.Image")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(audio / "only.png")
+    res = run_cli("--audio_dir", str(audio), "--output_base", str(out), "--models", "melspec")
+    assert res.returncode == 2
+    assert "no configured model takes the files" in res.stderr and "1 image" in res.stderr
+
+
+def test_a_file_given_as_the_input_folder_says_it_is_a_file(tmp_path):
+    path = write_wav(tmp_path / "a440.wav", tone(440, 0.3, 16000), 16000)
+    res = run_cli("--audio_dir", str(path), "--output_base", str(tmp_path / "out"), "--models", "melspec")
+    assert res.returncode == 2
+    assert f"input folder {str(path)!r} is a file, not a folder" in res.stderr
+    assert f"--audio_dir {str(tmp_path)!r}" in res.stderr and "does not exist" not in res.stderr
+
+
+def test_a_misspelt_model_gets_one_hint(tmp_path):
+    res = run_cli("--audio_dir", str(ROOT / "examples" / "audio"), "--output_base", str(tmp_path / "out"),
+                  "--models", "melspc")
+    assert res.returncode == 2
+    assert "unknown model 'melspc' (did you mean 'melspec'?); available: " in res.stderr
+    assert res.stderr.count("did you mean") == 1
+
+
+def test_the_closing_table_counts_the_files_processed(tmp_path):
+    from PIL import Image
+
+    audio = tmp_path / "in"
+    write_wav(audio / "a.wav", tone(300, 0.3, 16000), 16000)
+    write_wav(audio / "b.wav", tone(400, 0.3, 16000), 16000)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(audio / "c.png")
+    res = run_cli("--audio_dir", str(audio), "--output_base", str(tmp_path / "out"), "--models", "melspec")
+    assert res.returncode == 0, res.stderr
+    assert "files: 2 (2 audio), decoded: 2" in res.stdout
+    assert "not taken by any configured model: 1 image file(s)" in res.stdout
+    report = json.loads((tmp_path / "out" / "run_report.json").read_text())
+    assert report["files_total"] == 2 and report["files_not_taken"] == {"image": 1}
+
+
+def test_a_fresh_lock_from_another_host_leaves_work_exit_1(tmp_path):
+    audio = tmp_path / "in"
+    for name in ("x.wav", "y.wav"):
+        write_wav(audio / name, tone(300, 0.3, 16000), 16000)
+    out = tmp_path / "out"
+    lock = out / "melspec" / ".x.npy.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("node17.cluster:4242")  # a driver on another host, alive or not: can't be told from here
+    res = run_cli("--audio_dir", str(audio), "--output_base", str(out), "--models", "melspec")
+    assert res.returncode == 1, res.stdout
+    assert "held by another driver (node17.cluster:4242 x1)" in res.stdout
+    assert not (out / "melspec" / "x.npy").exists() and (out / "melspec" / "y.npy").exists()
+    lock.unlink()  # that driver is done (or its lease ran out): the rerun finishes the work
+    again = run_cli("--audio_dir", str(audio), "--output_base", str(out), "--models", "melspec")
+    assert again.returncode == 0

@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from embedkit import outputs, run_search, search
+from embedkit import outputs, results, run_search, search
+from embedkit.extractors.base import OutputSpec
+from tests.synthetic_results import write_model
 
 DIM = 16
 
@@ -245,7 +247,7 @@ def test_segment_level_finds_the_moment(tmp_path, capsys):
     write_model_folder(tmp_path / "out", arrays)
     base = ["--output_base", str(tmp_path / "out"), "--model", "emb", "--level", "segment"]
     assert cli("index", *base, capsys=capsys)[0] == 0
-    info = search.ModelFolder.open(tmp_path / "out", "emb").info("segment")
+    info = search.collection_info(results.ModelFolder.open(tmp_path / "out", "emb"), "segment")
     with search.Index.open(tmp_path / "out/emb/.search", "emb_segment", create=info) as index:
         hits = index.search(motif, k=5)
     assert len(hits) == 5 and all(h.path == "long3.wav" for h in hits)
@@ -258,16 +260,21 @@ def test_segment_level_finds_the_moment(tmp_path, capsys):
     assert (top.path, top.start, top.end) == ("long3.wav", 4.0, 5.0)
 
 
-def test_per_file_timestamps_beside_the_array_win(tmp_path):
-    arrays = {"v.wav": np.eye(DIM, dtype=np.float32)[:4]}
-    write_model_folder(tmp_path / "out", arrays, hop=0.1)
-    np.save(tmp_path / "out/emb/v.timestamps.npy", np.array([0.0, 1.0, 3.0, 7.0]))
-    folder = search.ModelFolder.open(tmp_path / "out", "emb")
-    assert set(folder.outputs()) == {"v.npy"}  # the timestamps file is not an output
-    with search.Index.open(tmp_path / "db", "seg", create=folder.info("segment"), writer=True) as index:
+def test_frames_with_stored_times_span_to_the_next_frame(tmp_path):
+    """An irregular time axis as the run writes it (`<model>.timestamps/<rel>.npy`, presentation times):
+    each frame spans from its time to the next frame's, the last one as long as the one before."""
+    frames = np.eye(DIM, dtype=np.float32)[:4]
+    write_model(tmp_path / "out", "vid", {"v.npy": frames},
+                OutputSpec(axes=("time", "dim"), timestamps_file=True),
+                extras={"timestamps": {"v.npy": np.array([0.0, 1.0, 3.0, 7.0])}}, sources={"v.npy": "v.mp4"})
+    folder = results.ModelFolder.open(tmp_path / "out", "vid")
+    assert [str(i.output) for i in folder.items] == ["v.npy"]  # the timestamps folder holds no outputs
+    with search.Index.open(tmp_path / "db", "seg", create=search.collection_info(folder, "segment"),
+                           writer=True) as index:
         search.build_index(folder, index)
-        hit = index.search(np.eye(DIM)[2], k=1)[0]
-    assert (hit.start, hit.end) == (2.0, 5.0)  # centre 3 s, half the distance to its neighbours each side
+        hits = [index.search(np.eye(DIM)[i], k=1)[0] for i in range(4)]
+    assert [(h.path, h.start, h.end) for h in hits] == [
+        ("v.mp4", 0.0, 1.0), ("v.mp4", 1.0, 3.0), ("v.mp4", 3.0, 7.0), ("v.mp4", 7.0, 11.0)]
 
 
 # -- kill safety ----------------------------------------------------------------------------------
@@ -353,7 +360,7 @@ def test_bad_inputs_are_clear_messages(tmp_path, capsys):
     # a model folder without outputs
     write_model_folder(base, {})
     code, _, err = cli("index", "--output_base", str(base), "--model", "emb", capsys=capsys)
-    assert code == 2 and "holds no outputs" in err
+    assert code == 2 and "holds no current outputs" in err
     # mixed dimensions: nothing is indexed
     write_model_folder(base, {"a.wav": np.ones((3, DIM)), "b.wav": np.ones((3, DIM + 1))})
     code, _, err = cli("index", "--output_base", str(base), "--model", "emb", capsys=capsys)
@@ -365,7 +372,7 @@ def test_bad_inputs_are_clear_messages(tmp_path, capsys):
     # NaN rows: that output fails, the others are indexed
     arr = np.ones((4, DIM), np.float32)
     arr[2, 3] = np.nan
-    outputs.atomic_save_npy(base / "emb/nan.npy", arr)
+    write_model_folder(base, {"nan.wav": arr})
     code, out, err = cli("index", "--output_base", str(base), "--model", "emb", capsys=capsys)
     assert code == 1 and "nan.npy: 1 of 4 frames hold NaN/Inf" in err and "1 outputs indexed" in out
     # the index refuses a model folder re-extracted with other parameters
@@ -465,3 +472,23 @@ def test_retrieval_metrics_by_hand():
     assert m["precision@1"] == 0.5 and m["precision@2"] == 0.5
     assert m["recall@2"] == pytest.approx((0.5 + 1.0) / 2, abs=1e-4)
     assert m["mAP"] == pytest.approx(((1 + 2 / 3) / 2 + 0.5) / 2, abs=1e-4) and m["queries"] == 2
+
+
+def test_evaluate_says_what_it_left_out(tmp_path, capsys):
+    """Issue 22: "14 queries, 15 labelled items" without saying why one labelled item was not a query."""
+    arrays, cluster = clustered(12, seed=12)
+    write_model_folder(tmp_path / "out", arrays)
+    labels = tmp_path / "labels.csv"
+    rows = [f"{p},c{c}" for p, c in cluster.items()] + ["d0/f000.wav,solo", "gone/x.wav,c1"]
+    labels.write_text("path,label\n" + "\n".join(rows[1:]) + "\n")  # f000 relabelled: alone with "solo"
+    base = ["--output_base", str(tmp_path / "out"), "--model", "emb"]
+    assert cli("index", *base, capsys=capsys)[0] == 0
+    code, out, _ = cli("evaluate", "--labels", str(labels), *base, capsys=capsys)
+    assert code == 0 and "11 queries, 12 labelled items" in out
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("left out:")]
+    assert "1 labelled path(s) not in the collection (e.g. gone/x.wav)" in line
+    assert "1 query whose label no other collection item has" in line and "d0/f000.wav: 'solo'" in line
+    code, out, _ = cli("evaluate", "--labels", str(labels), *base, "--json", capsys=capsys)
+    left = json.loads(out)["left_out"]
+    assert left == {"labels_not_found": ["gone/x.wav"], "alone_with_label": ["d0/f000.wav"],
+                    "unlabelled_queries": []}
