@@ -641,7 +641,8 @@ def check_previous_params(jobs: list[ModelJob], output_base: Path, overwrite: bo
             continue
         new_params = json.loads(json.dumps(job.extractor.config))
         new_weights = job.extractor.weights_path
-        if (old.get("extractor") != job.extractor.name or old.get("params") != new_params
+        old_params = job.extractor.params_as_recorded(old.get("params"))  # + parameters added since
+        if (old.get("extractor") != job.extractor.name or old_params != new_params
                 or old.get("weights_setting") != new_weights):
             raise ConfigError(
                 f"{meta} was written by {old.get('extractor')} with params {old.get('params')} and "

@@ -27,10 +27,15 @@ Contract, in the spirit of the HEAR 2021 API:
   a frame consumer gets every decoded chunk of the video (`media.FrameChunk`:
   frames with presentation times; it selects and converts what it needs) through
   `add(chunk)` and returns the file's `Features` from `finish()`;
-- `weight_files()` / `fetch_weights()` for `--download_only`;
+- `weight_files()` / `fetch_weights()` for `--download_only` (records and resolver:
+  `weights.py`);
 - `provenance()` -> dict for the metadata.
 
 A plugin imports nothing from the run loop; `media` types are only passed in.
+
+Plugins that run a torch network subclass `TorchExtractor` (below): it owns device
+resolution, the `precision` parameter, autocast, batching and checkpoint loading, so
+such a plugin is its network, its front-end and its weights record.
 
 `weights_path="random"` asks a plugin with a network for architecture-identical
 seeded random weights (benchmarks and shape tests only, never a correctness
@@ -39,20 +44,21 @@ claim); its provenance then says `"weights": "random"`.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Protocol
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator, Protocol
 
 import numpy as np
+
+from embedkit import weights
+from embedkit.weights import WeightFile, WeightsError  # noqa: F401  (their old home; plugins import them here)
 
 
 class ConfigError(ValueError):
     """A configuration mistake: stops the run before any work starts."""
-
-
-class WeightsError(RuntimeError):
-    """Weights could not be found or verified; the message says how to supply them."""
 
 
 class SkipFile(ValueError):
@@ -96,6 +102,13 @@ class Param:
                 f"{plugin}: parameter {name!r} = {value!r} is invalid; allowed: {allowed}"
             )
         return value
+
+
+def pooling_param(rows: str, shape: str) -> Param:
+    """The `pooling` parameter of a plugin whose output has one row per `rows` (e.g. "clip"):
+    "none" keeps the rows (`shape`, with timestamps), "mean" averages them. One wording for all."""
+    return Param("none", str, f"none: one row per {rows}, {shape} with timestamps; mean: their average",
+                 choices=("none", "mean"))
 
 
 @dataclass(frozen=True)
@@ -167,20 +180,6 @@ class Features:
     extras: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class WeightFile:
-    """One weight file a plugin needs.
-
-    url: official download location (None where the file only comes from a
-    package or a local path); sha256: expected digest where known.
-    """
-
-    filename: str
-    url: str | None = None
-    sha256: str | None = None
-    how_to_get: str = ""
-
-
 class FrameConsumer(Protocol):
     """Takes one video's frames chunk by chunk, gives the file's Features at the end."""
 
@@ -244,6 +243,15 @@ class Extractor(ABC):
     @classmethod
     def check_combination(cls, config: dict[str, Any]) -> None:
         """Override to reject invalid combinations of valid values (raise ConfigError)."""
+
+    @classmethod
+    def params_as_recorded(cls, recorded: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Parameters a features.json (or an index) recorded, with the ones this plugin gained
+        since filled in at their defaults: a parameter added later (e.g. `precision` for crepe and
+        clmr) defaults to what the plugin did before it existed, so older outputs stay current."""
+        if not isinstance(recorded, dict):
+            return recorded
+        return {**{k: p.default for k, p in cls.params.items() if k not in recorded}, **recorded}
 
     @property
     def resample_method(self) -> str:
@@ -415,3 +423,205 @@ def torch_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# -- the torch plugins' shared policy ------------------------------------------------------------
+_torch = lazy_import("torch")
+
+PRECISIONS = ("auto", "float32", "float16", "bfloat16")
+PRECISION = Param(
+    "auto", str,
+    "network arithmetic: auto = float16 autocast on CUDA, float32 on the CPU; float32 = no autocast "
+    "(cuDNN may still use TF32 where torch's flags allow it); float16, bfloat16 = autocast to that "
+    "type (CUDA only)",
+    choices=PRECISIONS,
+)
+# Device type -> precision -> autocast dtype (None: no autocast, float32 throughout). A precision
+# missing from the device's row is a configuration error, raised when the plugin is created. The
+# one place to change for a new choice: e.g. bfloat16 autocast on CPUs with AVX512-BF16 is a
+# "bfloat16" entry in the "cpu" row, with the CPU check in `autocast_dtype`.
+AUTOCAST: dict[str, dict[str, str | None]] = {
+    "cuda": {"auto": "float16", "float32": None, "float16": "float16", "bfloat16": "bfloat16"},
+    "cpu": {"auto": None, "float32": None},
+}
+RANDOM_SEED = 0  # of every torch plugin's `weights_path="random"` networks
+
+
+def autocast_dtype(plugin: str, precision: str, device: str) -> str | None:
+    """The autocast dtype ("float16", "bfloat16") of `precision` on resolved `device`, None for
+    float32 throughout; ConfigError where the device cannot run it (see AUTOCAST)."""
+    row = AUTOCAST.get(device.split(":", 1)[0], AUTOCAST["cpu"])
+    if precision not in row:
+        raise ConfigError(f"{plugin}: precision {precision} needs a CUDA device (running on {device}); "
+                          f"use precision: {' or '.join(row)} there")
+    return row[precision]
+
+
+@dataclass
+class LoadedNetwork:
+    """What `TorchExtractor._load` returns: the network on the plugin's device, in eval mode, and
+    where its weights came from ("weights", "weights_sha256", ...: merged into the provenance)."""
+
+    net: Any
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+class TorchExtractor(Extractor):
+    """Base of the plugins that run a torch network: the policy they share, written once.
+
+    A plugin on it keeps what differs: its network (a `TorchModule`), its front-end, its weights
+    record (`weights.WeightFile`) and how a checkpoint file becomes the network. The base owns:
+
+    - device: resolved once, when the plugin is created ("auto" -> "cuda" where there is one,
+      else "cpu"); `self.device` is the resolved name and is in `model_key`, so "auto" and "cuda"
+      share one loaded network;
+    - precision: the `precision` parameter, added to every subclass's `params` with one meaning
+      (`PRECISION`; `self.autocast_dtype` is what it means on this device, checked at creation);
+    - autocast: `inference()` = torch.inference_mode + autocast to `autocast_dtype`;
+    - batching: `run_batches(inputs, forward)` runs `forward` on `call_size()` items at a time:
+      `batch_size`, on the CPU `cpu_call_size` where the plugin sets it (1: oneDNN and MKL pick
+      kernels by batch shape, so one item per call makes outputs independent of batch_size);
+      `pad_calls` zero-pads the last call so the network always sees one shape;
+    - loading: `_load` builds `random_network()` (`weights_path="random"`, seed RANDOM_SEED) or
+      `network_from(checkpoint_path())`, the path found by `weights.resolve` from
+      `weights_record()`, and records the weights in the provenance (with device and autocast).
+
+    Subclasses set `network_params` (the parameters that change the loaded network; the others
+    share one copy) and override the hooks they need; `_load` itself where loading is not one
+    checkpoint file (MERT's hub snapshots).
+    """
+
+    params: ClassVar[dict[str, Param]] = {"precision": PRECISION}
+    network_params: ClassVar[tuple[str, ...]] = ()  # the parameters that change the loaded network
+    weights_file: ClassVar[WeightFile | None] = None  # the checkpoint's record (`weights_record()`)
+    network_class: ClassVar[type | None] = None  # the architecture (`new_network()`)
+    random_fan: ClassVar[str] = "out"  # He-normal fan of `random_network()`'s convolutions
+    about: ClassVar[dict[str, str]] = {}  # what the network and its front-end are, for the provenance
+    cpu_call_size: ClassVar[int | None] = None  # items per network call on the CPU (None: batch_size)
+    pad_calls: ClassVar[bool] = False  # zero-pad the last call to a full one
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("params")
+        if own is not None:
+            if own.get("precision", PRECISION) is not PRECISION:
+                raise TypeError(f"{cls.__name__}.params: `precision` is TorchExtractor's (one meaning "
+                                "for every torch plugin); remove it")
+            cls.params = {**own, "precision": PRECISION}
+        if "weights_license" not in cls.__dict__ and cls.weights_file is not None:
+            cls.weights_license = cls.weights_file.license
+
+    def __init__(self, device: str = "cpu", *args: Any, **kwargs: Any) -> None:
+        """As `Extractor(device, weights_path, batch_size, **params)`, with `device` resolved here."""
+        super().__init__(torch_device(device), *args, **kwargs)
+        self.autocast_dtype: str | None = autocast_dtype(self.name, self.config["precision"], self.device)
+
+    # -- loading ----------------------------------------------------------------------------------
+    def model_key(self) -> tuple:
+        return (self.name, self.device, self.weights_path, *(self.config[p] for p in self.network_params))
+
+    def weights_record(self) -> WeightFile | None:
+        """The record of the checkpoint this configuration loads: `weights_file` (override where
+        it depends on the parameters, e.g. CREPE's capacity)."""
+        return self.weights_file
+
+    def weight_files(self) -> list[WeightFile]:
+        record = None if self.random_weights else self.weights_record()
+        return [record] if record is not None else []
+
+    def checkpoint_path(self) -> Path:
+        """The checkpoint file: `weights:` path, cache, other known places, or a download."""
+        return weights.resolve(self.name, self.weights_record(), self.weights_path)
+
+    def new_network(self, state: dict | None = None) -> Any:
+        """The architecture with torch's default initial values: `network_class()`. `state` is the
+        checkpoint about to be loaded, for what it decides (e.g. a fine-tuned classifier's size)."""
+        if self.network_class is None:
+            raise NotImplementedError(f"{self.name}: set network_class or override new_network")
+        return self.network_class()
+
+    def random_network(self) -> Any:
+        """The network with seeded random weights (RANDOM_SEED; benchmarks and shape tests only):
+        `weights.random_torch_state` (He-normal convolutions, perturbed BatchNorm) by default."""
+        net = self.new_network()
+        net.load_state_dict(weights.random_torch_state(net, RANDOM_SEED, self.random_fan), strict=True)
+        return net
+
+    def network_from(self, path: Path) -> Any:
+        """The network with the checkpoint at `path` loaded; WeightsError saying what is wrong.
+
+        Default: a state dict as torch.save writes it (torchvision's format; also under "state_dict"
+        or "model", "module." prefixes dropped), read with torch.load(weights_only=True) and loaded
+        strictly into `new_network(state)`. Plugins with other formats override it."""
+        record = self.weights_record()
+        how = record.how_to_get if record else ""
+        state = weights.read_torch_state_dict(path, self.name, how)
+        return weights.load_strict(self.new_network(state), state, self.name, str(path), how)
+
+    def place(self, net: Any) -> Any:
+        """`net` in eval mode on the device (override for a memory format)."""
+        return net.eval().to(self.device)
+
+    def weights_source(self, path: Path) -> dict[str, Any]:
+        """Provenance of the loaded file besides its path and sha256: the official URL where it
+        is the record's file, else "local file"."""
+        record = self.weights_record()
+        official = record is not None and record.url and path.name in record.names
+        return {"weights_source": record.url if official else "local file"}
+
+    def _load(self) -> LoadedNetwork:
+        if self.random_weights:
+            return LoadedNetwork(self.place(self.random_network()),
+                                 {"weights": "random", "weights_seed": RANDOM_SEED})
+        path = self.checkpoint_path()
+        net = self.network_from(path)
+        source = {"weights": str(path), "weights_sha256": weights.sha256sum(path),
+                  **self.weights_source(path)}
+        return LoadedNetwork(self.place(net), source)
+
+    # -- running ----------------------------------------------------------------------------------
+    def autocast(self) -> Any:
+        """Autocast to `autocast_dtype` on this device; a no-op for float32."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return _torch.autocast(self.device.split(":", 1)[0], dtype=getattr(_torch, self.autocast_dtype))
+
+    @contextlib.contextmanager
+    def inference(self) -> Iterator[None]:
+        """torch.inference_mode with the precision's autocast: where every forward pass runs."""
+        with _torch.inference_mode(), self.autocast():
+            yield
+
+    def call_size(self) -> int:
+        """Items per network call: `cpu_call_size` on the CPU where set, else `batch_size`."""
+        if self.cpu_call_size and not self.device.startswith("cuda"):
+            return self.cpu_call_size
+        return self.batch_size
+
+    def run_batches(self, inputs: np.ndarray, forward: Callable[[Any], Any],
+                    empty_shape: tuple[int, ...] = ()) -> np.ndarray:
+        """`forward` on `inputs` (N, ...) float32, `call_size()` items per call, under `inference()`:
+        (N, ...) float32 outputs (forward's, moved to the CPU). The inputs go to the device as they
+        are; the last call is zero-padded to full size where `pad_calls`. N = 0 gives
+        (0, *empty_shape)."""
+        size = self.call_size()
+        outs = []
+        with self.inference():
+            for start in range(0, inputs.shape[0], size):
+                x = _torch.from_numpy(np.ascontiguousarray(inputs[start:start + size]))
+                n = x.shape[0]
+                if self.pad_calls and n < size:
+                    x = _torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
+                outs.append(forward(x.to(self.device))[:n].float().cpu().numpy())
+        if not outs:
+            return np.zeros((0, *empty_shape), np.float32)
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+
+    def provenance(self) -> dict[str, Any]:
+        prov = super().provenance()
+        prov.update(self.about)
+        prov.update(self.load().source)
+        prov["device"] = self.device
+        prov["autocast"] = self.autocast_dtype or "none (float32)"
+        prov["torch"] = _torch.__version__
+        return prov

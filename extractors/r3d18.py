@@ -41,27 +41,14 @@ first 8 hex digits of its sha256 (in the name); they are checked wherever the fi
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from embedkit import weights
 from embedkit.extractors._frames import FrameGrid, Pick, pick_rgb
-from embedkit.extractors.base import (
-    ConfigError,
-    Extractor,
-    Features,
-    OutputSpec,
-    Param,
-    SkipFile,
-    TorchModule,
-    WeightFile,
-    lazy_import,
-    torch_device,
-)
+from embedkit.extractors.base import Features, OutputSpec, Param, SkipFile, TorchExtractor, TorchModule
+from embedkit.extractors.base import lazy_import, pooling_param
 
 torch = lazy_import("torch")
 nn = lazy_import("torch.nn")
@@ -84,7 +71,10 @@ WEIGHTS_URL = f"https://download.pytorch.org/models/{WEIGHTS_FILE}"
 WEIGHTS_SHA256_PREFIX = "b3b3357e"  # all torchvision publishes (the file name); 127.359 MB
 # torchvision's `_ops` for KINETICS400_V1: giga multiply-accumulates per 16 x 112 x 112 clip
 GMACS_PER_CLIP = 40.697
-RANDOM_SEED = 0
+WEIGHTS = weights.torchvision_checkpoint(
+    WEIGHTS_FILE, WEIGHTS_SHA256_PREFIX, "R3D_18_Weights.KINETICS400_V1",
+    builder="torchvision.models.video.r3d_18", example_key="layer1.0.conv1.0.weight",
+    trained_on="Kinetics-400")
 
 
 class ShortVideoWarning(UserWarning):
@@ -148,30 +138,6 @@ class R3D18Net(TorchModule):
         x = self.stem(x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(self.avgpool(x), 1)
-
-
-def random_state(net: nn.Module, seed: int = RANDOM_SEED) -> dict[str, torch.Tensor]:
-    """Seeded random weights for `net` (benchmarks and shape tests only): `weights.random_torch_state`."""
-    return weights.random_torch_state(net, seed)
-
-
-# --------------------------------------------------------------------------- checkpoints
-def _how_to_get() -> str:
-    return (f"Use {WEIGHTS_FILE} from {WEIGHTS_URL}, or a state dict of torchvision.models.video.r3d_18 "
-            "saved with torch.save(model.state_dict(), path) (keys like 'layer1.0.conv1.0.weight').")
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a checkpoint file (torch.load(weights_only=True), CPU;
-    see weights.read_torch_state_dict)."""
-    return weights.read_torch_state_dict(path, "r3d18", _how_to_get())
-
-
-def build_network(state: Mapping[str, torch.Tensor], label: str = "state dict") -> R3D18Net:
-    """R3D18Net with `state` loaded strictly (fc sized from the checkpoint, or absent), in eval mode."""
-    fc = state.get("fc.weight")
-    net = R3D18Net(num_classes=int(fc.shape[0]) if fc is not None and fc.ndim == 2 else None)
-    return weights.load_strict(net, state, "r3d18", label, _how_to_get())
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -239,37 +205,8 @@ def num_clips(num_grid_frames: int, hop_frames: int, last_clip: str = "drop",
     return full
 
 
-# --------------------------------------------------------------------------- running it
-@dataclass
-class LoadedNet:
-    """The network on its device and where its weights came from."""
-
-    net: R3D18Net
-    device: torch.device
-    source: dict[str, Any] = field(default_factory=dict)
-
-
-def run_network(model: LoadedNet, clips: np.ndarray, precision: str = "float32") -> np.ndarray:
-    """(N, 16, 112, 112, 3) uint8 clips -> (N, 512) float32 embeddings.
-
-    On the CPU every clip runs alone: oneDNN's 3-D convolutions round differently by batch
-    shape (measured: 1e-7), and batching gains nothing there (40 GMAC per clip keeps the
-    cores busy), so a clip's embedding depends on nothing but the clip.
-    precision (CUDA only): "float32" (no autocast; cuDNN may still use TF32 as torch's flags
-    allow), "float16" or "bfloat16" autocast.
-    """
-    x = torch.from_numpy(normalize(clips)).to(model.device)
-    with torch.inference_mode():
-        if model.device.type != "cuda":
-            return torch.cat([model.net(x[i:i + 1]) for i in range(x.shape[0])]).numpy()
-        if precision == "float32":
-            return model.net(x).cpu().numpy()
-        with torch.autocast("cuda", dtype=getattr(torch, precision)):
-            return model.net(x).float().cpu().numpy()
-
-
 # --------------------------------------------------------------------------- plugin
-class R3D18(Extractor):
+class R3D18(TorchExtractor):
     """R3D-18 (Kinetics-400): videos -> (num_clips, 512) clip embeddings, or (512,) with mean pooling."""
 
     name = "r3d18"
@@ -289,66 +226,29 @@ class R3D18(Extractor):
             "its last frame (with a warning); skip = note the file as skipped, with the reason",
             choices=("pad", "skip"),
         ),
-        "pooling": Param(
-            "none", str, "none: one embedding per clip (num_clips, 512); mean: their average (512,)",
-            choices=("none", "mean"),
-        ),
-        "precision": Param(
-            "auto", str, "CUDA autocast dtype: auto = float16 on CUDA; CPU always runs float32",
-            choices=("auto", "float32", "float16", "bfloat16"),
-        ),
+        "pooling": pooling_param("clip", "(num_clips, 512)"),
     }
-    weights_license = "BSD-3-Clause (torchvision's licence; weights trained on Kinetics-400)"
+    weights_file = WEIGHTS
     default_batch_size = 8
+    # On the CPU every clip runs alone: oneDNN's 3-D convolutions round differently by batch
+    # shape (measured: 1e-7), and batching gains nothing there (40 GMAC per clip keeps the cores
+    # busy), so a clip's embedding depends on nothing but the clip.
+    cpu_call_size = 1
+    about = {
+        "model": "torchvision r3d_18 (R3D_18_Weights.KINETICS400_V1), 512-d output of the global "
+        "average pool",
+        "clips": f"{CLIP_FRAMES} frames at {CLIP_FPS} fps (nearest frame by presentation time)",
+        "preprocessing": "bilinear resize to 128x171 (no antialias, rounded to uint8), centre crop "
+        "112, /255, Kinetics mean/std (torchvision VideoClassification)",
+    }
 
-    # -- weights ----------------------------------------------------------
-    def weight_files(self) -> list[WeightFile]:
-        if self.random_weights:
-            return []
-        return [
-            WeightFile(
-                WEIGHTS_FILE, url=WEIGHTS_URL, sha256=WEIGHTS_SHA256_PREFIX,
-                how_to_get=f"download {WEIGHTS_URL} (torchvision's R3D_18_Weights.KINETICS400_V1); "
-                f"a copy torchvision cached in {weights.torch_hub_checkpoints()} is found on its own",
-            )
-        ]
-
-    def checkpoint_path(self) -> Path:
-        """The weight file: `weights:` path (file or folder), our cache, torch hub's cache, or a download."""
-        return weights.resolve_hub_checkpoint(self.name, self.weight_files()[0], self.weights_path)
-
-    def model_key(self) -> tuple:
-        # Clip layout, pooling and precision do not change the network: share one copy.
-        return (self.name, torch_device(self.device), self.weights_path)
-
-    def _load(self) -> LoadedNet:
-        device = torch.device(torch_device(self.device))
-        if self.random_weights:
-            net = R3D18Net()
-            net.load_state_dict(random_state(net), strict=True)
-            source: dict[str, Any] = {"weights": "random", "weights_seed": RANDOM_SEED}
-        else:
-            path = self.checkpoint_path()
-            net = build_network(read_state_dict(path), str(path))
-            source = {"weights": str(path), "weights_sha256": weights.sha256sum(path),
-                      "weights_source": WEIGHTS_URL if path.name == WEIGHTS_FILE else "local file"}
-        return LoadedNet(net.eval().to(device), device, source)
-
-    def _precision(self, model: LoadedNet) -> str:
-        p = self.config["precision"]
-        if model.device.type != "cuda":
-            if p in ("float16", "bfloat16"):
-                raise ConfigError(f"r3d18: precision {p} needs a CUDA device; use auto or float32 on CPU")
-            return "float32"
-        return "float16" if p == "auto" else p
+    def new_network(self, state: dict | None = None) -> R3D18Net:
+        return R3D18Net(weights.classifier_size(state, NUM_CLASSES))  # a fine-tuned head loads too
 
     def embed_clips(self, clips: np.ndarray) -> np.ndarray:
-        """(N, 16, 112, 112, 3) uint8 clips -> (N, 512) float32, `batch_size` clips at a time."""
-        model = self.load()
-        precision = self._precision(model)
-        out = [run_network(model, clips[i:i + self.batch_size], precision)
-               for i in range(0, clips.shape[0], self.batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, EMBEDDING_DIM), np.float32)
+        """(N, 16, 112, 112, 3) uint8 clips -> (N, 512) float32 embeddings."""
+        net = self.load().net
+        return self.run_batches(normalize(clips), net, (EMBEDDING_DIM,))
 
     # -- output -----------------------------------------------------------
     def output_spec(self, kind: str = "video") -> OutputSpec:
@@ -364,21 +264,6 @@ class R3D18(Extractor):
 
     def frame_consumer(self, info: Any) -> "ClipEmbedder":
         return ClipEmbedder(self, info)
-
-    def provenance(self) -> dict[str, Any]:
-        prov = super().provenance()
-        model = self.load()
-        prov.update(model.source)
-        prov.update({
-            "model": "torchvision r3d_18 (R3D_18_Weights.KINETICS400_V1), 512-d output of the global "
-            "average pool",
-            "clips": f"{CLIP_FRAMES} frames at {CLIP_FPS} fps (nearest frame by presentation time)",
-            "preprocessing": "bilinear resize to 128x171 (no antialias, rounded to uint8), centre crop "
-            "112, /255, Kinetics mean/std (torchvision VideoClassification)",
-            "torch": torch.__version__,
-            "device": str(model.device),
-        })
-        return prov
 
 
 class ClipEmbedder:

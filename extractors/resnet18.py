@@ -39,26 +39,14 @@ its sha256 is checked wherever it is found (torchvision checks nothing for a cac
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from embedkit import weights
 from embedkit.extractors._frames import FrameGrid, Pick, pick_rgb
-from embedkit.extractors.base import (
-    ConfigError,
-    Extractor,
-    Features,
-    OutputSpec,
-    Param,
-    TorchModule,
-    WeightFile,
-    lazy_import,
-    torch_device,
-)
+from embedkit.extractors.base import ConfigError, Features, OutputSpec, Param, TorchExtractor, TorchModule
+from embedkit.extractors.base import lazy_import, pooling_param
 
 torch = lazy_import("torch")
 nn = lazy_import("torch.nn")
@@ -82,7 +70,9 @@ WEIGHTS_URL = f"https://download.pytorch.org/models/{WEIGHTS_FILE}"
 WEIGHTS_SHA256 = "f37072fd47e89c5e827621c5baffa7500819f7896bbacec160b1a16c560e07ec"
 # torchvision's `_ops` for IMAGENET1K_V1: giga multiply-accumulates per 224 x 224 image
 GMACS_PER_IMAGE = 1.814
-RANDOM_SEED = 0
+WEIGHTS = weights.torchvision_checkpoint(
+    WEIGHTS_FILE, WEIGHTS_SHA256, "ResNet18_Weights.IMAGENET1K_V1", builder="torchvision.models.resnet18",
+    example_key="layer1.0.conv1.weight", trained_on="ImageNet-1k")
 
 
 # --------------------------------------------------------------------------- network
@@ -134,30 +124,6 @@ class ResNet18Net(TorchModule):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(self.avgpool(x), 1)
-
-
-def random_state(net: nn.Module, seed: int = RANDOM_SEED) -> dict[str, torch.Tensor]:
-    """Seeded random weights for `net` (benchmarks and shape tests only): `weights.random_torch_state`."""
-    return weights.random_torch_state(net, seed)
-
-
-# --------------------------------------------------------------------------- checkpoints
-def _how_to_get() -> str:
-    return (f"Use {WEIGHTS_FILE} from {WEIGHTS_URL}, or a state dict of torchvision.models.resnet18 "
-            "saved with torch.save(model.state_dict(), path) (keys like 'layer1.0.conv1.weight').")
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a checkpoint file (torch.load(weights_only=True), CPU;
-    see weights.read_torch_state_dict)."""
-    return weights.read_torch_state_dict(path, "resnet18", _how_to_get())
-
-
-def build_network(state: Mapping[str, torch.Tensor], label: str = "state dict") -> ResNet18Net:
-    """ResNet18Net with `state` loaded strictly (fc sized from the checkpoint, or absent), in eval mode."""
-    fc = state.get("fc.weight")
-    net = ResNet18Net(num_classes=int(fc.shape[0]) if fc is not None and fc.ndim == 2 else None)
-    return weights.load_strict(net, state, "resnet18", label, _how_to_get())
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -222,40 +188,16 @@ def preprocess(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(normalize(crop_image(rgb)[None])[0].transpose(2, 0, 1))
 
 
-# --------------------------------------------------------------------------- running it
-@dataclass
-class LoadedNet:
-    """The network on its device and where its weights came from."""
-
-    net: ResNet18Net
-    device: torch.device
-    source: dict[str, Any] = field(default_factory=dict)
-
-
-def run_network(model: LoadedNet, crops: np.ndarray, precision: str = "float32") -> np.ndarray:
-    """(N, 224, 224, 3) uint8 crops -> (N, 512) float32 embeddings, in one forward pass.
-
-    The network and its input are in channels_last memory format (1.3x faster convolutions
-    on the CPU; outputs within 5e-7 of the default layout). Callers batch only within one
-    file (one image, or one video's frames in order), so a file's output never depends on
-    other files. On this project's CPUs (oneDNN, AVX-512) the output was also measured
-    identical for batches of 1 to 12.
-    precision (CUDA only): "float32" (no autocast; cuDNN may still use TF32 as torch's flags
-    allow), "float16" or "bfloat16" autocast.
-    """
-    x = torch.from_numpy(normalize(crops)).permute(0, 3, 1, 2).to(model.device)  # NCHW, channels_last
-    with torch.inference_mode():
-        if model.device.type != "cuda":
-            return model.net(x).numpy()
-        if precision == "float32":
-            return model.net(x).cpu().numpy()
-        with torch.autocast("cuda", dtype=getattr(torch, precision)):
-            return model.net(x).float().cpu().numpy()
-
-
 # --------------------------------------------------------------------------- plugin
-class ResNet18(Extractor):
-    """ResNet-18 (ImageNet-1k): images -> (512,); with `frame_rate`, video frames -> (num_frames, 512)."""
+class ResNet18(TorchExtractor):
+    """ResNet-18 (ImageNet-1k): images -> (512,); with `frame_rate`, video frames -> (num_frames, 512).
+
+    The network and its input are in channels_last memory format (1.3x faster convolutions on the
+    CPU; outputs within 5e-7 of the default layout). Batches hold one file's images only (one
+    image, or one video's frames in order), so a file's output never depends on other files; on
+    this project's CPUs (oneDNN, AVX-512) outputs were also measured identical for batches of 1
+    to 12, so the CPU runs `batch_size` images per call too.
+    """
 
     name = "resnet18"
     modality = "image"
@@ -265,18 +207,16 @@ class ResNet18(Extractor):
             "also embed video frames: the frame nearest to every 1 / frame_rate s; null = images only",
             check=lambda v: v is None or v > 0, allowed="null or a number of frames per second > 0",
         ),
-        "pooling": Param(
-            "none", str,
-            "video frames: none = (num_frames, 512) with timestamps; mean = their average (512,)",
-            choices=("none", "mean"),
-        ),
-        "precision": Param(
-            "auto", str, "CUDA autocast dtype: auto = float16 on CUDA; CPU always runs float32",
-            choices=("auto", "float32", "float16", "bfloat16"),
-        ),
+        "pooling": pooling_param("video frame", "(num_frames, 512)"),
     }
-    weights_license = "BSD-3-Clause (torchvision's licence; weights trained on ImageNet-1k)"
+    weights_file = WEIGHTS
     default_batch_size = 32
+    about = {
+        "model": "torchvision resnet18 (ResNet18_Weights.IMAGENET1K_V1), 512-d output of the global "
+        "average pool",
+        "preprocessing": "Pillow bilinear resize shorter side 256 (int-truncated longer side), centre "
+        "crop 224, /255, ImageNet mean/std (torchvision ImageClassification, PIL path)",
+    }
 
     @classmethod
     def check_combination(cls, config: dict[str, Any]) -> None:
@@ -288,54 +228,17 @@ class ResNet18(Extractor):
     def takes_video_frames(self) -> bool:
         return self.config["frame_rate"] is not None
 
-    # -- weights ----------------------------------------------------------
-    def weight_files(self) -> list[WeightFile]:
-        if self.random_weights:
-            return []
-        return [
-            WeightFile(
-                WEIGHTS_FILE, url=WEIGHTS_URL, sha256=WEIGHTS_SHA256,
-                how_to_get=f"download {WEIGHTS_URL} (torchvision's ResNet18_Weights.IMAGENET1K_V1); "
-                f"a copy torchvision cached in {weights.torch_hub_checkpoints()} is found on its own",
-            )
-        ]
+    def new_network(self, state: dict | None = None) -> ResNet18Net:
+        return ResNet18Net(weights.classifier_size(state, NUM_CLASSES))  # a fine-tuned head loads too
 
-    def checkpoint_path(self) -> Path:
-        """The weight file: `weights:` path (file or folder), our cache, torch hub's cache, or a download."""
-        return weights.resolve_hub_checkpoint(self.name, self.weight_files()[0], self.weights_path)
-
-    def model_key(self) -> tuple:
-        # frame_rate / pooling / precision do not change the network: share one copy.
-        return (self.name, torch_device(self.device), self.weights_path)
-
-    def _load(self) -> LoadedNet:
-        device = torch.device(torch_device(self.device))
-        if self.random_weights:
-            net = ResNet18Net()
-            net.load_state_dict(random_state(net), strict=True)
-            source: dict[str, Any] = {"weights": "random", "weights_seed": RANDOM_SEED}
-        else:
-            path = self.checkpoint_path()
-            net = build_network(read_state_dict(path), str(path))
-            source = {"weights": str(path), "weights_sha256": weights.sha256sum(path),
-                      "weights_source": WEIGHTS_URL if path.name == WEIGHTS_FILE else "local file"}
-        return LoadedNet(net.eval().to(device, memory_format=torch.channels_last), device, source)
-
-    def _precision(self, model: LoadedNet) -> str:
-        p = self.config["precision"]
-        if model.device.type != "cuda":
-            if p in ("float16", "bfloat16"):
-                raise ConfigError(f"resnet18: precision {p} needs a CUDA device; use auto or float32 on CPU")
-            return "float32"
-        return "float16" if p == "auto" else p
+    def place(self, net: ResNet18Net) -> ResNet18Net:
+        return net.eval().to(self.device, memory_format=torch.channels_last)
 
     def embed_crops(self, crops: np.ndarray) -> np.ndarray:
         """(N, 224, 224, 3) uint8 crops -> (N, 512) float32, `batch_size` at a time."""
-        model = self.load()
-        precision = self._precision(model)
-        out = [run_network(model, crops[i:i + self.batch_size], precision)
-               for i in range(0, crops.shape[0], self.batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, EMBEDDING_DIM), np.float32)
+        net = self.load().net
+        # NHWC memory seen as NCHW: the channels_last layout the network runs in
+        return self.run_batches(normalize(crops), lambda x: net(x.permute(0, 3, 1, 2)), (EMBEDDING_DIM,))
 
     # -- output -----------------------------------------------------------
     def output_spec(self, kind: str = "image") -> OutputSpec:
@@ -358,20 +261,6 @@ class ResNet18(Extractor):
         if self.config["frame_rate"] is None:
             raise ValueError("resnet18: video frames need frame_rate (e.g. frame_rate: 1)")
         return FrameEmbedder(self, info)
-
-    def provenance(self) -> dict[str, Any]:
-        prov = super().provenance()
-        model = self.load()
-        prov.update(model.source)
-        prov.update({
-            "model": "torchvision resnet18 (ResNet18_Weights.IMAGENET1K_V1), 512-d output of the global "
-            "average pool",
-            "preprocessing": "Pillow bilinear resize shorter side 256 (int-truncated longer side), centre "
-            "crop 224, /255, ImageNet mean/std (torchvision ImageClassification, PIL path)",
-            "torch": torch.__version__,
-            "device": str(model.device),
-        })
-        return prov
 
 
 class FrameEmbedder:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from embedkit import audio_io, registry
 from embedkit.extractors import base, clmr
-from embedkit.extractors.base import ConfigError, WeightsError
+from embedkit.extractors.base import WeightsError
 
 SR = 22050
 CLIP = 59049
@@ -168,7 +168,7 @@ def test_registered():
 def test_parameter_count_and_keys_match_clmr():
     # Conv: c_in*c_out*k weights + c_out biases; BatchNorm: scale + shift per channel.
     expected = sum(ci * co * k + co + 2 * co for ci, co, k, *_ in ARCH)
-    model = make("random").load()
+    model = make("random").load().net
     assert sum(p.numel() for p in model.parameters()) == expected
     # Upstream's state-dict names (so released checkpoints load without renaming).
     assert set(model.state_dict()) == set(encoder_state(0))
@@ -185,7 +185,7 @@ def test_receptive_field_and_hop_match_clmr():
             r, jump = r + (pool - 1) * jump, jump * pool
     assert jump == CLIP
     # The same recursion over the layers the plugin actually built.
-    model = make("random").load()
+    model = make("random").load().net
     r_m, j_m = 1, 1
     for layer in model.modules():
         if isinstance(layer, (torch.nn.Conv1d, torch.nn.MaxPool1d)):
@@ -378,23 +378,11 @@ def test_mean_pooling(ckpts):
     assert e.output_spec().axes == ("dim",) and e.output_spec().hop_seconds is None
 
 
-def test_identical_whatever_the_batch_size(ckpts):
-    audio = signal(2 * CLIP + 7, seed=3)
-    outs = [make(ckpts["simclr"], batch_size=b, last_clip="pad").extract(audio, SR).data for b in (1, 2)]
-    assert outs[0].shape == (3, 512) and np.array_equal(outs[0], outs[1])
-
-
-def test_params_validated():
-    with pytest.raises(ConfigError, match="last_clip"):
-        registry.create("clmr", weights_path="random", last_clip="keep")
-    with pytest.raises(ConfigError, match="pooling"):
-        registry.create("clmr", weights_path="random", pooling="max")
-
-
-def test_random_weights_provenance():
-    e = make("random")
-    assert e.weight_files() == [] and e.provenance()["weights"] == "random"
-    assert registry.create("clmr").weight_files()[0].url.endswith("/2.0/clmr_checkpoint_10000.zip")
+def test_weights_record_is_the_release_zip():
+    # (parameter checks, batch-size invariance, provenance and random weights: test_plugin_contract.py)
+    record = registry.create("clmr").weight_files()[0]
+    assert record.url.endswith("/2.0/clmr_checkpoint_10000.zip")
+    assert record.member == "clmr_checkpoint_10000.pt"
 
 
 # ------------------------------------------------------------------ end to end on upstream test audio

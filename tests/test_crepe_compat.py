@@ -388,7 +388,7 @@ def test_command_line_errors(tmp_path: Path, capsys) -> None:
     assert f"{folder / 'good.wav'}: its outputs would overwrite those of {folder / 'good.flac'}" in err
     assert "2 input(s) not processed" in err
     assert sorted(p.name for p in folder.iterdir()) == ["broken.wav", "good.f0.csv", "good.flac", "good.wav"]
-    with pytest.raises(audio_io.MediaError, match="broken.wav: cannot decode"):
+    with pytest.raises(audio_io.MediaError, match="broken.wav: not a decodable audio file"):
         crepe.process_file(folder / "broken.wav", verbose=False)
 
 

@@ -12,8 +12,8 @@ Truth used here, independent of extractors/r3d18.py:
 
 from __future__ import annotations
 
-import json
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -22,23 +22,14 @@ import torch.nn.functional as F
 
 from embedkit import media, registry, weights
 from embedkit.audio_io import MediaError
-from embedkit.extractors import base, r3d18
+from embedkit.extractors import r3d18
 from embedkit.extractors._frames import FrameGrid
 from embedkit.extractors.base import ConfigError, WeightsError
 from tests.conftest import reference
 from tests.media_synth import moving_shapes, numbered_frames, write_video
-from tests.test_resnet18 import reference_state
+from tests.test_resnet18 import assert_torchvision_keys_and_size, isolated, reference_state  # noqa: F401
 
 VIDEO = "synth_25fps_320x240"
-
-
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path, one_torch_thread):
-    """Own model cache, empty weight caches, offline; one torch thread (2 shared cores)."""
-    monkeypatch.setattr(base, "_MODEL_CACHE", {})
-    monkeypatch.setenv("EMBEDKIT_OFFLINE", "1")
-    monkeypatch.setenv("EMBEDKIT_CACHE", str(tmp_path / "embedkit_cache"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +54,7 @@ def run_video(ex, path, chunk_frames=16):
 
 # ------------------------------------------------------------------ architecture and parity
 def test_keys_shapes_and_size_match_torchvision():
-    entries = json.loads(reference("torchvision_random", "keys_r3d_18.json").read_text())["entries"]
-    state = r3d18.R3D18Net().state_dict()
-    ours = [(k, tuple(v.shape)) for k, v in state.items()]
-    assert [(e["name"], tuple(e["shape"])) for e in entries] == ours
-    params = sum(v.numel() for k, v in state.items() if "running" not in k and "num_batches" not in k)
-    assert params == 33_371_472  # torchvision's R3D_18_Weights meta num_params
+    assert_torchvision_keys_and_size(r3d18.R3D18Net(), "r3d_18", 33_371_472)
 
 
 @pytest.mark.parity
@@ -129,14 +115,13 @@ def probe(monkeypatch):
     of the 16 frames (the videos below have frame j at level 4 j), and the batch sizes run."""
     batches = []
 
-    def frames_of(model, clips, precision="float32"):
+    def frames_of(self, clips):
         batches.append(len(clips))
         out = np.zeros((len(clips), 512), np.float32)
         out[:, :16] = np.rint(clips[:, :, 56, 56, 0] / 4.0)
         return out
 
-    monkeypatch.setattr(r3d18, "run_network", frames_of)
-    monkeypatch.setattr(r3d18.R3D18, "_load", lambda self: r3d18.LoadedNet(None, torch.device("cpu")))
+    monkeypatch.setattr(r3d18.R3D18, "embed_clips", frames_of)
     return batches
 
 
@@ -196,10 +181,11 @@ def test_real_network_on_a_short_video(tmp_path):
 
 
 def test_params_and_specs():
+    # (the checks every plugin shares, random weights, precision: test_plugin_contract.py)
     ex = make()
     assert ex.takes("video") and not ex.takes("image") and not ex.takes("audio")
     assert make(pooling="mean").output_spec("video").axes == ("dim",)
-    for bad in ({"hop_frames": 0}, {"hop_frames": 1.5}, {"last_clip": "wrap"}, {"short_video": "loop"}):
+    for bad in ({"hop_frames": 0}, {"hop_frames": 1.5}):
         with pytest.raises(ConfigError):
             make(**bad)
 
@@ -216,11 +202,12 @@ def test_hash_prefix_in_the_name_is_checked(tmp_path, monkeypatch):
     # a file whose digest does start with its name's prefix is found in torch hub's cache
     prefix = weights.sha256sum(path)[:8]
     path.rename(hub / f"r3d_18-{prefix}.pth")
-    monkeypatch.setattr(r3d18, "WEIGHTS_FILE", f"r3d_18-{prefix}.pth")
-    monkeypatch.setattr(r3d18, "WEIGHTS_SHA256_PREFIX", prefix)
+    monkeypatch.setattr(r3d18.R3D18, "weights_file", replace(r3d18.WEIGHTS, filename=f"r3d_18-{prefix}.pth",
+                                                             sha256=prefix))
     assert make(None).checkpoint_path() == hub / f"r3d_18-{prefix}.pth"
     # a state dict missing a key is refused with its name
     state = r3d18.R3D18Net(num_classes=None).state_dict()
     state.pop("layer2.0.downsample.1.running_var")
+    torch.save(state, hub / "incomplete.pth")
     with pytest.raises(WeightsError, match="missing keys: layer2.0.downsample.1.running_var"):
-        r3d18.build_network(state)
+        make(hub / "incomplete.pth").load()
