@@ -290,8 +290,6 @@ def sniff_hint(path: str | os.PathLike) -> str:
 # (what resampy does with float32 input, e.g. crepe's), "float64" in float64 (what it does with
 # float64 input, e.g. openl3's, which reads files with soundfile as float64).
 PRECISIONS = ("float32", "float64")
-# Output samples per float64 block (a few MB of float64 work, whatever the file's length).
-_RESAMPY_BLOCK = 1 << 16
 
 
 def resample(audio: np.ndarray, sr_in: int, sr_out: int, method: str = "soxr_hq",
@@ -303,9 +301,9 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int, method: str = "soxr_hq"
     precision (resampy's filters only; soxr's is set by its quality): the arithmetic
     resampy accumulates in, "float32" or "float64"; None: the input's own (float64
     for float64 input, else float32), as resampy itself does. "float64" on float32
-    input is computed a block at a time and rounded to float32 once: bit for bit
-    resampy on the whole float64 signal, without a float64 copy of the file.
-    residual (float64 only): `decode_mono`'s, added to the float32 signal per block.
+    input is computed a block at a time and rounded to float32 once: resampy on the
+    whole float64 signal (to 1e-12, see `resampy_resample`), without a float64 copy of
+    the file. residual (float64 only): `decode_mono`'s, added to the float32 signal per block.
     """
     if method not in RESAMPLERS:
         raise ValueError(f"unknown resampler {method!r}; known: {', '.join(RESAMPLERS)}")
@@ -328,7 +326,8 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int, method: str = "soxr_hq"
     if audio.shape[0] < min_len:
         if residual is not None and precision == "float64":
             audio = audio.astype(np.float64) + residual
-        padded = np.pad(audio, (0, min_len - audio.shape[0]))
+        # enough zeros for n_out outputs (resampy gives int(len * sr_out / sr_in))
+        padded = np.pad(audio, (0, max(min_len, int(np.ceil(n_out * sr_in / sr_out)) + 1) - audio.shape[0]))
         return resampy_resample(padded, sr_in, sr_out, method, precision, out_dtype)[:n_out]
     return resampy_resample(audio, sr_in, sr_out, method, precision, out_dtype, residual)
 
@@ -338,59 +337,24 @@ def resampy_resample(x: np.ndarray, sr_in: float, sr_out: float, filter: str = "
                      residual: np.ndarray | None = None) -> np.ndarray:
     """resampy.resample of a 1-D signal in a chosen arithmetic, whatever ran before in the process.
 
-    resampy 0.4's kernel is a numba gufunc compiled per dtype on first use, and once its
-    float64 loop exists numpy runs float32 input through it too: the same call gives
-    float32-accumulated samples in a fresh process (what crepe and openl3 get) and
-    float64-accumulated ones after any float64 call. Here the kernel runs directly, so
-    `precision` ("float32"/"float64"; None: float64 for float64 input, else float32)
-    alone decides. The samples equal resampy.resample(x.astype(precision)) in a fresh
-    process, length int(n * sr_out / sr_in); returned as `out_dtype` (default: precision).
-    It runs in blocks of _RESAMPY_BLOCK output samples, each with the filter's full
-    support around it, which gives the same numbers as one call in bounded memory;
-    `residual` (float64 only, same length as x) is added to each block of x first.
+    `precision` ("float32"/"float64"; None: float64 for float64 input, else float32) alone
+    decides the arithmetic: the samples are resampy.resample(x.astype(precision)) as in a
+    fresh process (where resampy's numba gufunc has only the loop for that dtype), length
+    int(n * sr_out / sr_in); returned as `out_dtype` (default: precision). Computed as
+    polyphase matrix products (`polyphase.resample`: within 1e-12 of max |y| of resampy's
+    samples in float64, within resampy's own float32 rounding in float32; a block at a
+    time, in bounded memory); rates it does not take run resampy's own loop
+    (`polyphase.resampy_loop`). `residual` (float64 only, same length as x) is added to
+    x in float64 a block at a time (no float64 copy of the signal).
     """
-    from resampy.filters import get_filter
-    from resampy.interpn import _resample_loop_s  # resampy 0.4.x (pinned): the loop its gufunc runs
+    from embedkit import polyphase
 
     x = np.asarray(x)
     if x.ndim != 1:
         raise ValueError(f"resampy_resample takes 1-D audio, got shape {x.shape}")
     if sr_in <= 0 or sr_out <= 0:
         raise ValueError(f"invalid sample rates {sr_in} -> {sr_out}")
-    if precision is None:
-        precision = "float64" if x.dtype == np.float64 else "float32"
-    dtype = np.dtype(precision)
-    out_dtype = np.dtype(out_dtype or dtype)
-    # resampy.resample's set-up, step for step (the same float64 numbers)
-    ratio = float(sr_out) / sr_in
-    n_in, n_out = x.shape[0], int(x.shape[0] * float(sr_out) / float(sr_in))
-    if n_out < 1:
-        raise ValueError(f"Input signal length={n_in} is too small to resample from {sr_in}->{sr_out}")
-    win, num_table, _ = get_filter(filter)
-    if ratio < 1:
-        win = ratio * win
-    delta = np.diff(win, append=win[-1])
-    scale = min(1.0, ratio)
-    increment = 1.0 / ratio
-    if residual is not None and (dtype != np.float64 or residual.shape != x.shape):
-        raise ValueError("a residual goes with float64 precision and a signal of its length")
-    # Blocks of output samples, each computed from the input around it: output sample t
-    # reads input samples n - support < i <= n + support around n = int(t * increment).
-    # With all of them in the block, and the block's start subtracted exactly (an integer
-    # <= t * increment), each sample is the same sum of the same terms as in one call,
-    # without one call's (n_out,) float64 time array or a float64 copy of the input.
-    support = win.shape[0] // int(scale * num_table) + 1
-    out = np.empty(n_out, out_dtype)
-    for t0 in range(0, n_out, _RESAMPY_BLOCK):
-        t = np.arange(t0, min(n_out, t0 + _RESAMPY_BLOCK)) * increment
-        a, b = max(0, int(t[0]) - support), min(n_in, int(t[-1]) + support + 2)
-        xb = x[a:b].astype(dtype)
-        if residual is not None:
-            xb += residual[a:b]
-        y = np.zeros(t.shape[0], dtype)
-        _resample_loop_s(xb, t - a, win, delta, num_table, scale, y)
-        out[t0 : t0 + t.shape[0]] = y
-    return out
+    return polyphase.resample(x, sr_in, sr_out, filter, precision, out_dtype, residual)
 
 
 @dataclass

@@ -6,9 +6,10 @@
 The float64 path (`audio_io.load(path, residual=True).at(48000, "kaiser_best", "float64")`,
 what the driver does for OpenL3) must hold the float32 mono signal, its float32 residual and
 the float32 output, never a float64 copy of the whole signal. Each case runs in a fresh
-process: imports and a warm-up call (numba compiles resampy's loop for both dtypes) first,
+process: imports and a warm-up call (the plan and the compiled per-sample pass, both dtypes) first,
 then the process's peak RSS growth (`ru_maxrss` after minus current RSS before) is reported
-next to the sizes of the arrays it must hold. A float32 stereo file is the worst case: its
+next to the sizes of the arrays it must hold (the resampler's own work buffers are a few
+MB per block, whatever the length). A float32 stereo file is the worst case: its
 float32 channel mean is inexact, so the residual is kept for the whole file.
 Writes benchmarks/results/mem_resample.json.
 """
@@ -38,7 +39,7 @@ def rss_mb():
     with open("/proc/self/status") as f:
         return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
 
-for p in ("float32", "float64"):  # compile resampy's loop for both dtypes before measuring
+for p in ("float32", "float64"):  # build the plan and compile the per-sample pass before measuring
     audio_io.resampy_resample(np.zeros(48000, np.float32), 44100, 48000, "kaiser_best", p, np.float32)
 path, precision = sys.argv[2], sys.argv[3]
 before = rss_mb()

@@ -124,7 +124,7 @@ def _plugin(capacity: str, step_size: int = 10, center: bool = True, device: str
                        resampler=RESAMPLER, activations=True)
 
 
-def _load(plugin: _port.Crepe) -> dict[str, Any]:
+def _load(plugin: _port.Crepe) -> Any:
     """The plugin's network, loaded once per (capacity, device, weights) for the process."""
     cap = plugin.config["capacity"]
     if plugin.weights_path is None and _port._package_weights(cap) is None:
@@ -162,21 +162,15 @@ class Model:
         frames = np.asarray(frames, dtype=np.float32)
         if frames.ndim != 2 or frames.shape[1] != _port.FRAME:
             raise ValueError(f"frames must have shape (n, {_port.FRAME}), got {frames.shape}")
-        net, device = self.loaded["net"], self.loaded["device"]
-        cuda = str(device).startswith("cuda")
-        block = _port._CUDA_BLOCK if cuda else _port._CPU_BLOCK
+        net, device = self.loaded.net, self._plugin.device
+        block = self._plugin.call_size()
         n = frames.shape[0]
         x = torch.zeros((-(-n // block) * block, _port.FRAME), dtype=torch.float32)
         x[:n] = torch.from_numpy(frames)
         outs = []
-        with torch.inference_mode():
+        with self._plugin.inference():  # the plugin's precision and autocast, as the driver runs it
             for i in range(0, x.shape[0], block):
-                xi = x[i : i + block].to(device)
-                if cuda:
-                    with torch.autocast("cuda", dtype=torch.float16):
-                        outs.append(net(xi).float().cpu())
-                else:
-                    outs.append(net(xi))
+                outs.append(net(x[i : i + block].to(device)).float().cpu())
         return torch.cat(outs)[:n].numpy() if outs else np.zeros((0, _port.N_BINS), np.float32)
 
 

@@ -24,12 +24,12 @@ class QueryEmbedder:
         self.meta = info.frames
         weights = cfg.get("weights_setting")
         try:
-            self.extractor = registry.create(
-                cfg["extractor"], device=device, weights_path=weights, **(cfg["params"] or {})
-            )
+            # parameters a plugin gained since the index was built take the defaults it had before
+            params = registry.get(cfg["extractor"]).params_as_recorded(cfg["params"]) or {}
+            self.extractor = registry.create(cfg["extractor"], device=device, weights_path=weights, **params)
         except ConfigError as exc:
             raise ConfigError(f"cannot recreate the index's model {describe_config(cfg)}: {exc}") from exc
-        if json.loads(json.dumps(self.extractor.config)) != cfg["params"]:
+        if json.loads(json.dumps(self.extractor.config)) != params:
             raise ConfigError(
                 f"this version of {cfg['extractor']} would embed queries with {self.extractor.config}, but "
                 f"the index was built with {cfg['params']}; re-extract and rebuild the index"

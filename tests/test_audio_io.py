@@ -6,6 +6,7 @@ import pytest
 
 from embedkit import audio_io
 from tests.conftest import tone, write_wav
+from tests.test_polyphase import U32, bound
 
 
 def test_stereo_is_mixed_to_mono_mean(tmp_path):
@@ -101,14 +102,28 @@ def _noisy(n: int, seed: int = 0) -> np.ndarray:
     return (0.4 * np.sin(2 * np.pi * 440 * t) + 0.1 * rng.standard_normal(n)).astype(np.float32)
 
 
+def _rounded_from(got32: np.ndarray, want64: np.ndarray, rel: float = 1e-12) -> None:
+    """got32 is want64 (within rel of its max) rounded once to float32: each sample lies
+    between the float32 roundings of want64 -/+ that margin (equal to want64's rounding
+    unless want64 lies within the margin of a rounding boundary)."""
+    tol = rel * np.abs(want64).max()
+    assert got32.dtype == np.float32 and got32.shape == want64.shape
+    lo, hi = (want64 - tol).astype(np.float32), (want64 + tol).astype(np.float32)
+    assert ((got32 >= lo) & (got32 <= hi)).all()
+
+
 def test_resampy_arithmetic_does_not_depend_on_what_ran_before(tmp_path, monkeypatch):
     """resampy's gufunc runs float32 input through its float64 loop once that loop exists, so
-    the same call gives other samples after any float64 call. Ours gives what resampy gives in
-    a fresh process (as in crepe's and openl3's own runs) whatever ran before, in blocks."""
+    the same call gives other samples after any float64 call. polyphase.resampy_loop gives
+    what resampy gives in a fresh process (as in crepe's and openl3's own runs) bit for bit,
+    whatever ran before, in blocks; the polyphase products (what audio_io runs) are within
+    1e-12 of the float64 samples and within float32 rounding of the float32 ones."""
     import subprocess
     import sys
 
     import resampy
+
+    from embedkit import polyphase
 
     x = _noisy(9000)
     np.save(tmp_path / "x.npy", x)
@@ -124,34 +139,56 @@ def test_resampy_arithmetic_does_not_depend_on_what_ran_before(tmp_path, monkeyp
     assert want32.dtype == np.float32 and (want32 != want64.astype(np.float32)).mean() > 0.3
 
     resampy.resample(x.astype(np.float64), 44100, 48000)  # this process has the float64 loop now
-    monkeypatch.setattr(audio_io, "_RESAMPY_BLOCK", 1009)  # several blocks against one whole call
-    np.testing.assert_array_equal(audio_io.resampy_resample(x, 44100, 48000), want32)
-    np.testing.assert_array_equal(audio_io.resample(x, 44100, 48000, "kaiser_best", "float32"), want32)
-    np.testing.assert_array_equal(audio_io.resampy_resample(x.astype(np.float64), 44100, 48000), want64)
-    np.testing.assert_array_equal(audio_io.resample(x, 44100, 48000, "kaiser_best", "float64"),
-                                  want64.astype(np.float32))
+    monkeypatch.setattr(polyphase, "_LOOP_BLOCK", 1009)  # several blocks against one whole call
+    np.testing.assert_array_equal(polyphase.resampy_loop(x, 44100, 48000), want32)
+    np.testing.assert_array_equal(polyphase.resampy_loop(x.astype(np.float64), 44100, 48000), want64)
+    np.testing.assert_array_equal(polyphase.resampy_loop(x, 44100, 48000, precision="float64"), want64)
+    # the products: float32 within each sample's bound (see test_polyphase)
+    bound32 = bound(x, 44100, 48000, "kaiser_best", U32)
+    for got in (audio_io.resampy_resample(x, 44100, 48000), audio_io.resample(x, 44100, 48000, "kaiser_best",
+                                                                             "float32")):
+        assert got.dtype == np.float32
+        assert (np.abs(got.astype(np.float64) - want32) <= bound32).all()
+    got64 = audio_io.resampy_resample(x.astype(np.float64), 44100, 48000)
+    assert np.abs(got64 - want64).max() <= 1e-12 * np.abs(want64).max()
+    _rounded_from(audio_io.resample(x, 44100, 48000, "kaiser_best", "float64"), want64)
 
 
 @pytest.mark.parametrize("sr_in, sr_out", [(44100, 48000), (44100, 16000), (22050, 48000), (48000, 16000),
                                            (16000, 44100)])
 @pytest.mark.parametrize("method", ["kaiser_best", "kaiser_fast"])
 def test_float64_resampling_in_blocks_equals_one_call(monkeypatch, sr_in, sr_out, method):
-    """Blocks with the filter's support around them give resampy's whole-signal float64 samples."""
+    """Blocks with the filter's support around them give resampy's whole-signal float64 samples
+    (to 1e-12 of max |y|, then rounded once to float32)."""
     import resampy
 
-    monkeypatch.setattr(audio_io, "_RESAMPY_BLOCK", 997)  # many blocks, none aligned with the ratio
+    from embedkit import polyphase
+
+    monkeypatch.setattr(polyphase, "_BLOCK_OUT", 997)  # many blocks (16 rows each)
     x = _noisy(sr_in // 4 + 13, seed=sr_in + sr_out)
     residual = (np.random.default_rng(1).standard_normal(x.shape[0]) * 1e-9).astype(np.float32)
     whole = resampy.resample(x.astype(np.float64), sr_in, sr_out, filter=method)
-    got = audio_io.resample(x, sr_in, sr_out, method, "float64")
-    assert got.dtype == np.float32 and got.shape == whole.shape
-    np.testing.assert_array_equal(got, whole.astype(np.float32))
+    _rounded_from(audio_io.resample(x, sr_in, sr_out, method, "float64"), whole)
     # with a residual: the float64 signal x + residual, never held whole
     whole = resampy.resample(x.astype(np.float64) + residual, sr_in, sr_out, filter=method)
-    np.testing.assert_array_equal(
-        audio_io.resampy_resample(x, sr_in, sr_out, method, "float64", residual=residual), whole)
+    got = audio_io.resampy_resample(x, sr_in, sr_out, method, "float64", residual=residual)
+    assert got.dtype == np.float64 and np.abs(got - whole).max() <= 1e-12 * np.abs(whole).max()
     with pytest.raises(ValueError, match="precision"):
         audio_io.resample(x, sr_in, sr_out, method, "float16")
+
+
+def test_short_signals_keep_the_expected_length():
+    """Shorter than resampy's minimum: zero-extended (what the filter assumes beyond the end)."""
+    from embedkit import polyphase
+
+    for n in (1, 2, 3):  # resampy needs 4 samples at this ratio
+        x = _noisy(n)
+        y = audio_io.resample(x, 44100, 16000, "kaiser_best")
+        assert y.shape == (int(np.ceil(n * 16000 / 44100)),)
+        padded = np.pad(x, (0, 16 - n))  # zeros beyond the end change no output
+        want = polyphase.resampy_loop(padded, 44100, 16000)[: y.shape[0]]
+        assert (np.abs(y.astype(np.float64) - want) <= bound(padded, 44100, 16000, "kaiser_best", U32)[
+            : y.shape[0]]).all()
 
 
 def _write(path, data, sr, fmt=None, subtype=None):
@@ -204,13 +241,14 @@ def test_media_resamples_from_the_float64_signal(tmp_path):
     path = _write(tmp_path / "s.wav", np.clip(0.3 * rng.standard_normal((6000, 2)), -1, 1), 22050,
                   subtype="FLOAT")
     x, sr = sf.read(path)
-    want = resampy.resample(np.mean(x, axis=1), sr, 48000, filter="kaiser_best").astype(np.float32)
+    want64 = resampy.resample(np.mean(x, axis=1), sr, 48000, filter="kaiser_best")
+    want = want64.astype(np.float32)
     hinted = media.Media(path, residual=True)
-    np.testing.assert_array_equal(hinted.audio(48000, "kaiser_best", "float64"), want)
+    _rounded_from(hinted.audio(48000, "kaiser_best", "float64"), want64)
     late = media.Media(path)
     f32 = late.audio(48000, "kaiser_best")  # the float32 default first
     assert (f32 != want).mean() > 0.3
-    np.testing.assert_array_equal(late.audio(48000, "kaiser_best", "float64"), want)
+    _rounded_from(late.audio(48000, "kaiser_best", "float64"), want64)
     np.testing.assert_array_equal(late.audio(48000, "kaiser_best"), f32)  # both kept, each once
     # no resampling needed: the float64 mean rounded once
     np.testing.assert_array_equal(media.Media(path).audio(22050, "kaiser_best", "float64"),
