@@ -2,6 +2,8 @@
 
     embedkit extract ...   features of every file in a folder (run_extraction.py)
     embedkit search ...    index and query the outputs (run_search.py)
+    embedkit browse ...    a local web app over the outputs and the index (run_browse.py)
+    embedkit evaluate ...  compare models on your labels: probe and retrieval (evaluate.py)
     embedkit plot ...      pictures of the outputs (plotting.py)
     embedkit export ...    one file a training script loads (export.py)
     embedkit openl3 ...    openl3's own command line (embedkit.openl3.cli)
@@ -21,6 +23,8 @@ import sys
 COMMANDS = {
     "extract": ("run_extraction", "extract features of every file in a folder, resumably"),
     "search": ("run_search", "index the outputs and query them by similarity"),
+    "browse": ("run_browse", "a local web app: collection map, item pages with players and neighbours"),
+    "evaluate": ("evaluate", "compare models on your labels: linear probe and retrieval per model"),
     "plot": ("plotting", "plot per-file features and a map of the collection"),
     "export": ("export", "pack a model folder into one npz / hdf5 / parquet / csv file"),
     "openl3": ("openl3.cli", "openl3's command line (audio | image | video)"),

@@ -1,6 +1,7 @@
 """Synthesise a labelled folder of female and male voices with espeak-ng (the search case study).
 
     python examples/make_voices.py OUT_DIR [--per_gender 8] [--held_out 2]
+    python examples/make_voices.py OUT_DIR --per_voice 3      # 3 sentences per voice, speaker groups
 
 Writes OUT_DIR/voices/female/<voice>.wav and OUT_DIR/voices/male/<voice>.wav, one distinct
 sentence per voice (no two files share a speaker variant or a sentence, so a match is a voice
@@ -102,6 +103,37 @@ def synthesise(
     return labels
 
 
+def synthesise_speakers(
+    out_dir: str | Path, per_gender: int = 8, per_voice: int = 3
+) -> list[tuple[str, str, str]]:
+    """Several sentences per voice, for evaluation grouped by speaker (`embedkit evaluate`).
+
+    Writes OUT_DIR/speakers/<gender>/<voice>_<i>.wav (sentence i differs within a voice and
+    between voices) and OUT_DIR/speakers.csv (path,label,group: gender, and the voice as group,
+    so cross-validation never puts one speaker on both sides). Returns the (path, label, group) rows.
+    """
+    out = Path(out_dir)
+    if per_gender > min(len(FEMALE), len(MALE)):
+        raise ValueError(f"at most {min(len(FEMALE), len(MALE))} voices per gender")
+    exe = espeak()
+    rows = []
+    for gender, variants in (("female", FEMALE), ("male", MALE)):
+        for i, variant in enumerate(variants[:per_gender]):
+            for j in range(per_voice):
+                rel = f"{gender}/{variant}_{j}.wav"
+                path = out / "speakers" / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                text = SENTENCES[(i * per_voice + j + (gender == "male") * 7) % len(SENTENCES)]
+                subprocess.run(
+                    [exe, "-v", f"en-us+{variant}", "-s", "160", "-w", str(path), text],
+                    check=True,
+                    capture_output=True,
+                )
+                rows.append((rel, gender, variant))
+    (out / "speakers.csv").write_text("path,label,group\n" + "".join(f"{p},{g},{v}\n" for p, g, v in rows))
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_dir")
@@ -112,7 +144,17 @@ def main() -> None:
         help=f"every voice says this (e.g. the guide's {GUIDE_SENTENCE!r}); "
         "default: a distinct sentence per voice",
     )
+    p.add_argument(
+        "--per_voice",
+        type=int,
+        default=0,
+        help="instead: N sentences per voice in OUT_DIR/speakers/ with speakers.csv (path,label,group)",
+    )
     args = p.parse_args()
+    if args.per_voice:
+        rows = synthesise_speakers(args.out_dir, args.per_gender, args.per_voice)
+        print(f"wrote {len(rows)} files to {args.out_dir}/speakers (labels and speaker groups: speakers.csv)")
+        return
     labels = synthesise(args.out_dir, args.per_gender, args.held_out, args.sentence)
     print(f"wrote {len(labels)} voices to {args.out_dir}/voices (labels: voices.csv)")
 

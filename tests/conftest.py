@@ -222,3 +222,33 @@ def pg_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def pg_uri(pg_server) -> str:
     return pg_server.get_uri()
+
+
+@pytest.fixture(scope="session")
+def speaker_collection(tmp_path_factory):
+    """espeak-ng voices, 8 per gender x 3 sentences (examples/make_voices.py --per_voice 3), extracted
+    with two melspec configurations (frames, 64 mels; pooled, 128 mels) and indexed (file level for
+    both, segment level with 1 s windows for the frames). Labels: speakers.csv (path,gender,voice).
+    Returns {"root", "input", "out", "labels"} (Paths). Tests that change it restore it."""
+    import shutil as _shutil
+
+    need_tool(_shutil.which("espeak-ng") is not None, "espeak-ng (apt-get install espeak-ng)")
+    sys.path.insert(0, str(ROOT / "examples"))
+    import make_voices
+
+    root = tmp_path_factory.mktemp("speakers")
+    make_voices.synthesise_speakers(root, per_gender=8, per_voice=3)
+    config = root / "study.yaml"
+    config.write_text(
+        f"audio_dir: {root / 'speakers'}\noutput_base: {root / 'out'}\nrecursive: true\nmodels:\n"
+        "  melspec:\n    n_mels: 64\n"
+        "  melspec_mean:\n    extractor: melspec\n    n_mels: 128\n    n_fft: 1024\n    pooling: mean\n"
+    )
+    res = run_cli("--config", str(config))
+    assert res.returncode == 0, res.stderr
+    from embedkit import run_search
+
+    for args in (["--model", "melspec"], ["--model", "melspec", "--level", "segment", "--window", "1"],
+                 ["--model", "melspec_mean"]):
+        assert run_search.main(["index", "--output_base", str(root / "out"), "--quiet", *args]) == 0
+    return {"root": root, "input": root / "speakers", "out": root / "out", "labels": root / "speakers.csv"}

@@ -124,3 +124,13 @@ def test_import_embedkit_leaves_a_notebooks_own_modules_alone(installed, tmp_pat
     assert got["twice"] == []
     assert "unknown model 'melspc'" in got["caught"]
     assert got["same_as_run"] and got["shape"][1] == 32
+
+
+def test_installed_browse_app_has_its_pages_and_assets(installed, tmp_path):
+    browse = installed / "embedkit" / "browse"
+    for name in ("templates/base.html", "templates/item.html", "templates/map.html", "static/map.js",
+                 "static/item.js", "static/common.js", "static/style.css", "static/favicon.svg"):
+        assert (browse / name).is_file(), name
+    for command, usage in (("browse", "usage: embedkit browse"), ("evaluate", "usage: embedkit evaluate")):
+        res = embedkit(installed, command, "--help", cwd=tmp_path)
+        assert res.returncode == 0 and res.stdout.startswith(usage), res.stderr
