@@ -79,13 +79,8 @@ def tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}{_TMP_TAG}{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via temp file + fsync + rename; no partial file on failure."""
-    try:
-        if path.read_bytes() == data:  # the same configuration, written the same: nothing to write
-            return os.stat(path)
-    except OSError:
-        pass
+def _synced_tmp(path: Path, data: bytes) -> Path:
+    """`data` in a hidden temporary beside `path`, on disk (fsync); nothing is left on failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(path)
     try:
@@ -93,12 +88,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    """Whether `path` holds exactly `data` already (small files: reports, features.json)."""
+    try:
+        return path.read_bytes() == data
+    except OSError:
+        return False
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via temp file + fsync + rename; no partial file on failure."""
+    tmp = _synced_tmp(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -112,7 +122,9 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+    data = (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode()
+    if not _holds(path, data):  # the same text already there: nothing to write (a full disk allows that)
+        atomic_write_bytes(path, data)
 
 
 def is_complete_npy(path: Path) -> bool:
@@ -436,18 +448,10 @@ def claim_config(path: Path, meta: dict, replace: bool = False) -> os.stat_resul
     if replace:
         atomic_write_bytes(path, data)
         return os.stat(path)
+    if _holds(path, data):  # the same configuration, written the same: nothing to write
+        return os.stat(path)
+    tmp = _synced_tmp(path, data)
     try:
-        if path.read_bytes() == data:  # the same configuration, written the same: nothing to write
-            return os.stat(path)
-    except OSError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         try:
             os.link(tmp, path)  # atomic, and fails where the file exists: the first writer wins
             return os.stat(path)
