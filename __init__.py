@@ -3,6 +3,7 @@
     import embedkit
     crepe = embedkit.load("crepe", capacity="tiny")         # a configured extractor
     f = embedkit.extract(crepe, "song.wav")                 # Features(data, timestamps, extras)
+    embedkit.run("media/", "out", models={"melspec": {}})  # a folder, as run_extraction.py
     embedkit.open_results("out")["melspec"].items           # what a run wrote (embedkit.results)
     embedkit.registry.available()                           # the model plugins
     embedkit.ConfigError                                    # raised for a configuration mistake
@@ -23,9 +24,9 @@ from embedkit.extractors.base import ConfigError, SkipFile, WeightsError
 from embedkit.media import MediaError
 
 __all__ = ["ConfigError", "MediaError", "SkipFile", "WeightsError", "extract", "load", "open_results",
-           "registry", "results"]
+           "registry", "results", "run"]
 
-_API = ("extract", "load", "open_results")
+_API = ("extract", "load", "open_results", "run")
 _LAZY_MODULES = ("registry", "results")
 
 

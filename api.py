@@ -4,10 +4,11 @@
     crepe = embedkit.load("crepe", capacity="tiny")                 # a configured extractor
     f = embedkit.extract(crepe, "examples/audio/sweep_110_880.wav") # Features of one file
     f = embedkit.extract("melspec", samples, sample_rate=44100)     # of an array, at any rate
+    stats = embedkit.run("examples/audio", "out", models={"melspec": {}})  # a folder, as the driver
     outputs = embedkit.open_results("out")                          # what a run wrote
 
 Every call takes the same parameters, and gives the same numbers, as the command line:
-`extract` decodes and resamples exactly as a run does.
+`extract` decodes and resamples exactly as a run does; `run` is `run_extraction.py`.
 Configuration mistakes raise `embedkit.ConfigError`, unreadable media `embedkit.MediaError`.
 """
 
@@ -73,6 +74,44 @@ def extract(extractor: Extractor | str, source: str | os.PathLike | np.ndarray,
     return extractor.extract(decoded.at(*extractor.resample_key), extractor.sample_rate)
 
 
+def run(input_dir: str | os.PathLike, output_base: str | os.PathLike,
+        models: list[str] | dict[str, dict] | None = None, *, config: str | os.PathLike | None = None,
+        shard: str | None = None, log: Any = None, **settings: Any):
+    """Extract every file of `input_dir` into `output_base` as `run_extraction.py` does: the same
+    outputs, resumable (what is done is kept), a bad file reported and skipped.
+
+    models: names (["crepe", "melspec"]) or, as in the YAML, {alias: {param: value, ...}} (an
+    alias may name another configuration: {"mel128": {"extractor": "melspec", "n_mels": 128}});
+    None: the config's models, else every model. config: a YAML file these arguments override.
+    shard: "I/N". settings: any top-level YAML key (recursive=True, overwrite=True, device="cuda",
+    batch_size=16, extensions=[".wav"], ...). Messages go to `log(str)` (default: stderr).
+
+    Raises ConfigError (before any work) where the command line exits 2; KeyboardInterrupt
+    after writing the report when interrupted. Returns the run's `reporting.RunStats`
+    (`.failures`, `.render()`); run_report.json and failures.json are written as by a run.
+    """
+    import sys
+
+    from embedkit import run_config, run_extraction
+
+    data: dict[str, Any] = dict(run_config.load_yaml(config)) if config else {}
+    data.update(settings, audio_dir=os.fspath(input_dir), output_base=os.fspath(output_base))
+    if models is not None:
+        data["models"] = list(models) if isinstance(models, (list, tuple)) else dict(models)
+    cfg = run_config.build(data, os.fspath(config) if config else "embedkit.run()", {})
+    jobs = run_config.jobs_of(cfg)
+    run_extraction.check_run(cfg, jobs)
+    options = run_extraction.run_options(cfg, run_config.parse_shard(shard), progress=False,
+                                         progress_every=cfg.progress_every)
+    runner = run_extraction.make_runner(cfg, jobs, options,
+                                        log or (lambda msg: print(msg, file=sys.stderr, flush=True)))
+    stats = runner.run()
+    runner.write_reports()
+    if stats.interrupted == "SIGINT":
+        raise KeyboardInterrupt("the run was interrupted; run it again to finish")
+    return stats
+
+
 def open_results(output_base: str | os.PathLike):
     """A run's output folder read through the one reader (`embedkit.results.Results`):
     `.models`, `[name]` -> model folder, `.items` -> array, frame times, extras, manifest record."""
@@ -81,4 +120,4 @@ def open_results(output_base: str | os.PathLike):
     return results.Results(output_base)
 
 
-__all__ = ["ConfigError", "extract", "load", "open_results"]
+__all__ = ["ConfigError", "extract", "load", "open_results", "run"]

@@ -356,14 +356,19 @@ def check_devices(devices: list[str]) -> None:
 
 def jobs_from_args(args) -> tuple[RunConfig, list]:
     """The run's config (YAML + flags) and its model jobs; ConfigError lists every mistake."""
-    from embedkit import pipeline
-    from embedkit.extractors.base import torch_device
-
     data, where = ({}, "command line")
     if args.config:
         data, where = load_yaml(args.config), args.config
     overrides = {k: getattr(args, k, None) for k in (*SETTINGS, "models", "set")}
     cfg = build(data, where, overrides)
+    return cfg, jobs_of(cfg)
+
+
+def jobs_of(cfg: RunConfig) -> list:
+    """One `pipeline.ModelJob` per configured model, its plugin created (parameters checked)."""
+    from embedkit import pipeline
+    from embedkit.extractors.base import torch_device
+
     if cfg.engine == "local":  # engine ray: the devices are the cluster nodes', checked there
         check_devices([m.device or cfg.device for m in cfg.models])
     jobs = []
@@ -371,4 +376,4 @@ def jobs_from_args(args) -> tuple[RunConfig, list]:
         ex = registry.create(m.extractor, device=torch_device(m.device or cfg.device), weights_path=m.weights,
                              batch_size=m.batch_size or cfg.batch_size, **m.params)
         jobs.append(pipeline.ModelJob(m.alias, ex))
-    return cfg, jobs
+    return jobs

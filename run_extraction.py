@@ -124,13 +124,8 @@ def _main(args: argparse.Namespace) -> int:
     try:
         cfg, jobs = run_config.jobs_from_args(args)
         shard = run_config.parse_shard(args.shard)
-        output_base = Path(cfg.output_base)
         if not args.download_only:
-            from embedkit import pipeline
-
-            check_folders(Path(cfg.audio_dir), output_base)
-            pipeline.check_previous_params(jobs, output_base, cfg.overwrite)
-            check_writable(output_base, [f for job in jobs for f in _job_folders(job, output_base)])
+            check_run(cfg, jobs)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -151,43 +146,15 @@ def _main(args: argparse.Namespace) -> int:
                 print(f"[{job.alias}] {exc}", file=sys.stderr)
         return 1 if failed else 0
 
-    from embedkit import pipeline
-
-    options = pipeline.RunOptions(
-        audio_dir=Path(cfg.audio_dir),
-        output_base=output_base,
-        recursive=cfg.recursive,
-        extensions=tuple(cfg.extensions),
-        overwrite=cfg.overwrite,
-        verbose=cfg.verbose,
-        prefetch=cfg.prefetch,
-        shard=shard,
-        progress=not args.no_progress and sys.stderr.isatty(),
-        progress_every=0.0 if args.no_progress else cfg.progress_every,
-        lease_seconds=cfg.lease_seconds,
-        torch_threads=cfg.torch_threads,
-        max_pixels_per_frame=cfg.max_pixels_per_frame,
-    )
-
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    if cfg.engine == "ray":
-        from embedkit import ray_engine  # Ray is imported only here, never by a local run
-
-        devices = {m.alias: m.device or cfg.device for m in cfg.models}
-        runner = ray_engine.RayRunner(jobs, options, log=log, address=cfg.ray_address, devices=devices,
-                                      actors=cfg.ray_actors)
-        try:
-            runner.connect()
-        except ConfigError as exc:
-            print(f"configuration error: {exc}", file=sys.stderr)
-            return 2
-    else:
-        runner = pipeline.Runner(jobs, options, log=log)
+    options = run_options(cfg, shard, progress=not args.no_progress and sys.stderr.isatty(),
+                          progress_every=0.0 if args.no_progress else cfg.progress_every)
     try:
+        runner = make_runner(cfg, jobs, options, log)
         stats = runner.run()
-    except ConfigError as exc:  # nothing to do, or a model folder another configuration claimed first
+    except ConfigError as exc:  # no cluster; nothing to do; a model folder another configuration claimed
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     # the run is over (finished or stopped): a signal now must not cut the report short
@@ -209,6 +176,54 @@ def _main(args: argparse.Namespace) -> int:
     if stats.interrupted:
         return 130 if stats.interrupted == "SIGINT" else 143
     return 1 if stats.failures or stats.work_left or runner.unwritten else 0
+
+
+def check_run(cfg, jobs: list) -> None:
+    """Every check before any work: the folders, the models' previous parameters, writability
+    (ConfigError; OSError for a full disk)."""
+    from embedkit import pipeline
+
+    output_base = Path(cfg.output_base)
+    check_folders(Path(cfg.audio_dir), output_base)
+    pipeline.check_previous_params(jobs, output_base, cfg.overwrite)
+    check_writable(output_base, [f for job in jobs for f in _job_folders(job, output_base)])
+
+
+def run_options(cfg, shard: tuple[int, int] | None, progress: bool, progress_every: float):
+    """The executor's `pipeline.RunOptions` for a RunConfig."""
+    from embedkit import pipeline
+
+    return pipeline.RunOptions(
+        audio_dir=Path(cfg.audio_dir),
+        output_base=Path(cfg.output_base),
+        recursive=cfg.recursive,
+        extensions=tuple(cfg.extensions),
+        overwrite=cfg.overwrite,
+        verbose=cfg.verbose,
+        prefetch=cfg.prefetch,
+        shard=shard,
+        progress=progress,
+        progress_every=progress_every,
+        lease_seconds=cfg.lease_seconds,
+        torch_threads=cfg.torch_threads,
+        max_pixels_per_frame=cfg.max_pixels_per_frame,
+    )
+
+
+def make_runner(cfg, jobs: list, options, log):
+    """The executor for `cfg.engine`: pipeline.Runner, or a connected ray_engine.RayRunner
+    (ConfigError when the cluster cannot be reached or its nodes miss the folders)."""
+    if cfg.engine != "ray":
+        from embedkit import pipeline
+
+        return pipeline.Runner(jobs, options, log=log)
+    from embedkit import ray_engine  # Ray is imported only here, never by a local run
+
+    devices = {m.alias: m.device or cfg.device for m in cfg.models}
+    runner = ray_engine.RayRunner(jobs, options, log=log, address=cfg.ray_address, devices=devices,
+                                  actors=cfg.ray_actors)
+    runner.connect()
+    return runner
 
 
 def check_folders(audio_dir: Path, output_base: Path) -> None:
