@@ -457,6 +457,22 @@ def autocast_dtype(plugin: str, precision: str, device: str) -> str | None:
     return row[precision]
 
 
+def autocast_context(device: str, dtype: str | None) -> Any:
+    """Autocast to `dtype` ("float16", "bfloat16"; from `autocast_dtype`) on resolved `device`; a
+    no-op for None (float32 throughout)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return _torch.autocast(device.split(":", 1)[0], dtype=getattr(_torch, dtype))
+
+
+@contextlib.contextmanager
+def inference_context(device: str, dtype: str | None) -> Iterator[None]:
+    """torch.inference_mode with autocast to `dtype`: where every torch plugin's forward pass runs
+    (`TorchExtractor.inference`), and the compatibility APIs' that run a plugin's network."""
+    with _torch.inference_mode(), autocast_context(device, dtype):
+        yield
+
+
 @dataclass
 class LoadedNetwork:
     """What `TorchExtractor._load` returns: the network on the plugin's device, in eval mode, and
@@ -582,15 +598,11 @@ class TorchExtractor(Extractor):
     # -- running ----------------------------------------------------------------------------------
     def autocast(self) -> Any:
         """Autocast to `autocast_dtype` on this device; a no-op for float32."""
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return _torch.autocast(self.device.split(":", 1)[0], dtype=getattr(_torch, self.autocast_dtype))
+        return autocast_context(self.device, self.autocast_dtype)
 
-    @contextlib.contextmanager
-    def inference(self) -> Iterator[None]:
+    def inference(self) -> Any:
         """torch.inference_mode with the precision's autocast: where every forward pass runs."""
-        with _torch.inference_mode(), self.autocast():
-            yield
+        return inference_context(self.device, self.autocast_dtype)
 
     def call_size(self) -> int:
         """Items per network call: `cpu_call_size` on the CPU where set, else `batch_size`."""

@@ -10,18 +10,22 @@ timestamps `arange(T) * hop_size`.
 The port lives in `embedkit.openl3`: windows and the kapre/librosa front-ends in
 `preprocessing`, the network in `network`, the official `.h5` (and torchopenl3 `.pth.tar`)
 weight files in `weightfiles`; openl3's own API and command line are `embedkit.openl3`
-(docs/openl3.md). This module is only the plugin: parameters, loading, provenance.
+(docs/openl3.md). This module is only the plugin, on `TorchExtractor` (device, precision,
+batching, loading): its parameters and front-end, and `OpenL3Network`, openl3's weight files
+and networks as both OpenL3 plugins load them.
 """
 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from embedkit.extractors.base import Extractor, Features, OutputSpec, Param, WeightFile
-from embedkit.openl3.network import AUDIO_EMBEDDING_SIZES, LoadedModel, embed_signal
+from embedkit.extractors.base import Features, OutputSpec, Param, TorchExtractor, WeightFile, lazy_import
+from embedkit.openl3 import weightfiles
+from embedkit.openl3.network import AUDIO_EMBEDDING_SIZES, audio_forward, embed_signal
 from embedkit.openl3.openl3_warnings import OpenL3Warning
 from embedkit.openl3.preprocessing import (
     CONTENT_TYPES,
@@ -31,14 +35,61 @@ from embedkit.openl3.preprocessing import (
     WINDOW,
     hop_samples,
 )
-from embedkit.openl3.weightfiles import load_network, official_filename, official_url
+
+torch = lazy_import("torch")
 
 
 def _valid_hop(h: Any) -> bool:
     return isinstance(h, float) and np.isfinite(h) and h > 0 and hop_samples(h) >= 1
 
 
-class OpenL3(Extractor):
+def versions(*packages: str) -> dict[str, str | None]:
+    """Installed versions of `packages` (None where one is missing), for the provenance."""
+    import importlib.metadata as md
+
+    found: dict[str, str | None] = {}
+    for pkg in packages:
+        try:
+            found[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            found[pkg] = None
+    return found
+
+
+class OpenL3Network(TorchExtractor):
+    """What the audio and the image plugin share: openl3's weight files for (input_repr,
+    content_type) of the plugin's `modality`, found by `weightfiles.find_weights` (its places
+    beyond a record's: torchopenl3's names, installed openl3 packages), and the networks in
+    channels_last. Every embedding size, hop and front-end shares one loaded network."""
+
+    weights_license = weightfiles.WEIGHTS_LICENSE
+    network_params = ("input_repr", "content_type")
+
+    def weights_record(self) -> WeightFile:
+        c = self.config
+        return weightfiles.official_record(c["input_repr"], c["content_type"], self.modality)
+
+    def checkpoint_path(self) -> Path:
+        c = self.config
+        return weightfiles.find_weights(c["input_repr"], c["content_type"], self.weights_path,
+                                        modality=self.modality)
+
+    def random_network(self) -> Any:
+        return weightfiles.random_network(self.modality)
+
+    def network_from(self, path: Path) -> Any:
+        return weightfiles.network_from(path, self.modality, self.config["input_repr"],
+                                        self.config["content_type"])
+
+    def weights_source(self, path: Path) -> dict[str, Any]:
+        return weightfiles.weights_source(path, self.config["input_repr"], self.config["content_type"],
+                                          self.modality)
+
+    def place(self, net: Any) -> Any:
+        return super().place(net).to(memory_format=torch.channels_last)  # faster convolutions, same numbers
+
+
+class OpenL3(OpenL3Network):
     """OpenL3 audio embeddings, (T, embedding_size) float32 per file."""
 
     name = "openl3"
@@ -48,8 +99,8 @@ class OpenL3(Extractor):
     # front-end's near-floor bins see float32 rounding, so float32 resampling moves
     # embeddings by ~0.5 % (docs/openl3.md).
     resample_precision = "float64"
-    weights_license = "CC BY 4.0 (OpenL3 model weights, marl/openl3; code MIT)"
     default_batch_size = 16
+    about = {"reproduces": "openl3 0.4.2 (kapre 0.4.1 front-end semantics)"}
     params = {
         "input_repr": Param("mel256", str, "spectrogram fed to the network", choices=INPUT_REPRS),
         "content_type": Param("music", str, "training content of the weights", choices=CONTENT_TYPES),
@@ -61,36 +112,12 @@ class OpenL3(Extractor):
         "center": Param(True, bool, "pad half a window at the start so timestamps are window centres"),
         "frontend": Param("kapre", str, "spectrogram implementation openl3 offers", choices=FRONTENDS),
         "resampler": Param("kaiser_best", str, "resampling to 48 kHz", choices=("kaiser_best", "soxr_hq")),
-        "precision": Param(
-            "auto", str, "autocast dtype of the network on CUDA: auto = float16 (CPU always float32)",
-            choices=("auto", "float16", "bfloat16", "float32"),
-        ),
     }
 
     @property
     def input_dtype(self) -> str:
         # openl3's librosa front-end runs its STFT on the float64 samples soundfile gave it
         return "float64" if self.config["frontend"] == "librosa" else "float32"
-
-    def model_key(self) -> tuple:
-        # The same weights serve every embedding size, front-end, hop and centring.
-        c = self.config
-        return (self.name, self.device, self.weights_path, c["input_repr"], c["content_type"])
-
-    def _load(self) -> LoadedModel:
-        c = self.config
-        return load_network(c["input_repr"], c["content_type"], self.device, self.weights_path)
-
-    def weight_files(self) -> list[WeightFile]:
-        c = self.config
-        return [
-            WeightFile(
-                official_filename(c["input_repr"], c["content_type"]),
-                url=official_url(c["input_repr"], c["content_type"]),
-                how_to_get="the URL serves it gzipped (unpacked automatically); "
-                "or copy it from an installed openl3 package",
-            )
-        ]
 
     def output_spec(self, kind: str = "audio") -> OutputSpec:
         hop = self.config["hop_size"]
@@ -101,6 +128,13 @@ class OpenL3(Extractor):
             first_frame_seconds=0.0,
             timestamp_note=f"t[i] = i * {hop} s: {where}; windows are 1 s long",
         )
+
+    def embed_spectrograms(self, spec: np.ndarray) -> np.ndarray:
+        """(B, F, T) dB spectrograms -> (B, embedding_size) float32, `batch_size` per network call."""
+        net, c = self.load().net, self.config
+        size = c["embedding_size"]
+        return self.run_batches(np.asarray(spec, np.float32),
+                                lambda x: audio_forward(net, x, c["input_repr"], size), (size,))
 
     def _extract(self, audio: np.ndarray) -> Features:
         c = self.config
@@ -115,22 +149,11 @@ class OpenL3(Extractor):
             )
         emb, ts = embed_signal(
             self.load(), audio, c["input_repr"], c["embedding_size"], c["hop_size"], c["center"],
-            c["frontend"], self.batch_size, "float16" if c["precision"] == "auto" else c["precision"],
+            c["frontend"], self.batch_size, embed=self.embed_spectrograms,
         )
         return Features(emb, ts)
 
     def provenance(self) -> dict[str, Any]:
-        import importlib.metadata as md
-
         prov = super().provenance()
-        prov.update(self.load().source)
-        versions = {}
-        for pkg in ("torch", "numpy", "scipy", "librosa", "resampy", "soxr", "h5py"):
-            try:
-                versions[pkg] = md.version(pkg)
-            except md.PackageNotFoundError:
-                versions[pkg] = None
-        prov["versions"] = versions
-        prov["reproduces"] = "openl3 0.4.2 (kapre 0.4.1 front-end semantics)"
-        prov["device"] = str(self.load().device)
+        prov["versions"] = versions("torch", "numpy", "scipy", "librosa", "resampy", "soxr", "h5py")
         return prov

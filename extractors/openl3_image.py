@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from embedkit.extractors.base import Extractor, Features, OutputSpec, Param, WeightFile
-from embedkit.openl3.network import IMAGE_EMBEDDING_SIZES, LoadedModel, VideoEmbedder, run_image_network
+from embedkit.extractors.base import Features, OutputSpec, Param
+from embedkit.extractors.openl3 import OpenL3Network, versions
+from embedkit.openl3.network import IMAGE_EMBEDDING_SIZES, VideoEmbedder, image_forward
 from embedkit.openl3.preprocessing import (
     CONTENT_TYPES,
     IMAGE_SIZE,
@@ -28,7 +29,6 @@ from embedkit.openl3.preprocessing import (
     VIDEO_SIZE,
     preprocess_image_batch,
 )
-from embedkit.openl3.weightfiles import load_image_network, official_filename, official_url
 
 
 def select_by_rate(
@@ -58,7 +58,7 @@ class _FrameConsumer:
         c = plugin.config
         self.rate = c["frame_rate"]
         self.embedder = VideoEmbedder(plugin.load(), c["embedding_size"], plugin.batch_size,
-                                      plugin.cuda_dtype)
+                                      embed=plugin.embed_images)
         self.times: list[np.ndarray] = []
         self.last_bin: int | None = None
 
@@ -80,13 +80,13 @@ class _FrameConsumer:
         return Features(emb, np.concatenate(self.times))
 
 
-class OpenL3Image(Extractor):
+class OpenL3Image(OpenL3Network):
     """OpenL3 image embeddings: (D,) per image, (N, D) per video with each frame's time."""
 
     name = "openl3_image"
     modality = "image"
-    weights_license = "CC BY 4.0 (OpenL3 model weights, marl/openl3; code MIT)"
     default_batch_size = 16  # images per forward pass (~1.5 GB of activations on CPU)
+    about = {"reproduces": "openl3 0.4.2 image network (process_video_file's frame decoding for videos)"}
     params = {
         "input_repr": Param("mel256", str, "which audio network the image network was trained with",
                             choices=INPUT_REPRS),
@@ -99,36 +99,13 @@ class OpenL3Image(Extractor):
             check=_valid_rate, allowed="null or a number of frames per second > 0",
         ),
         "video_frames": Param(True, bool, "also embed the frames of video files"),
-        "precision": Param(
-            "auto", str, "autocast dtype of the network on CUDA: auto = float16 (CPU always float32)",
-            choices=("auto", "float16", "bfloat16", "float32"),
-        ),
     }
 
-    @property
-    def cuda_dtype(self) -> str:
-        p = self.config["precision"]
-        return "float16" if p == "auto" else p
-
-    def model_key(self) -> tuple:
-        # The same weights serve both embedding sizes and every frame rate.
-        c = self.config
-        return (self.name, self.device, self.weights_path, c["input_repr"], c["content_type"])
-
-    def _load(self) -> LoadedModel:
-        c = self.config
-        return load_image_network(c["input_repr"], c["content_type"], self.device, self.weights_path)
-
-    def weight_files(self) -> list[WeightFile]:
-        c = self.config
-        return [
-            WeightFile(
-                official_filename(c["input_repr"], c["content_type"], "image"),
-                url=official_url(c["input_repr"], c["content_type"], "image"),
-                how_to_get="the URL serves it gzipped (unpacked automatically); "
-                "or copy it from an installed openl3 package",
-            )
-        ]
+    def embed_images(self, x: np.ndarray) -> np.ndarray:
+        """(B, 224, 224, 3) float32 preprocessed images -> (B, embedding_size) float32,
+        `batch_size` per network call."""
+        net, size = self.load().net, self.config["embedding_size"]
+        return self.run_batches(np.asarray(x, np.float32), lambda b: image_forward(net, b, size), (size,))
 
     def takes_video_frames(self) -> bool:
         return bool(self.config["video_frames"])
@@ -159,24 +136,12 @@ class OpenL3Image(Extractor):
                 "(openl3 refuses smaller images); upscale it first if you want it embedded"
             )
         x = preprocess_image_batch(rgb, warn=False)  # an all-black image is a valid input here
-        emb = run_image_network(self.load(), x, self.config["embedding_size"], self.cuda_dtype)
-        return Features(emb[0])
+        return Features(self.embed_images(x)[0])
 
     def frame_consumer(self, info: Any) -> _FrameConsumer:
         return _FrameConsumer(self, info)
 
     def provenance(self) -> dict[str, Any]:
-        import importlib.metadata as md
-
         prov = super().provenance()
-        prov.update(self.load().source)
-        versions = {}
-        for pkg in ("torch", "numpy", "av", "Pillow", "h5py"):
-            try:
-                versions[pkg] = md.version(pkg)
-            except md.PackageNotFoundError:
-                versions[pkg] = None
-        prov["versions"] = versions
-        prov["reproduces"] = "openl3 0.4.2 image network (process_video_file's frame decoding for videos)"
-        prov["device"] = str(self.load().device)
+        prov["versions"] = versions("torch", "numpy", "av", "Pillow", "h5py")
         return prov

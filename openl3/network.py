@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from embedkit.extractors.base import TorchModule, lazy_import
+from embedkit.extractors.base import TorchModule, autocast_dtype, inference_context, lazy_import
 from embedkit.openl3.preprocessing import (
     IMAGE_SIZE,
     crop_and_scale,
@@ -114,14 +114,19 @@ def fold_batchnorm(
     return k.astype(np.float32), b.astype(np.float32)
 
 
+def _set_bn(bn: nn.BatchNorm2d, values: tuple[np.ndarray, ...]) -> None:
+    """Load (gamma, beta, mean, var) into a BatchNorm."""
+    gamma, beta, mean, var = (torch.from_numpy(np.ascontiguousarray(a, np.float32)) for a in values)
+    bn.weight.data.copy_(gamma)
+    bn.bias.data.copy_(beta)
+    bn.running_mean.copy_(mean)
+    bn.running_var.copy_(var)
+
+
 def build_network(state: dict[str, tuple[np.ndarray, ...]]) -> OpenL3AudioNet:
     """An eval-mode OpenL3AudioNet holding `state` (canonical form), BatchNorms folded."""
     net = OpenL3AudioNet()
-    gamma, beta, mean, var = (torch.from_numpy(np.ascontiguousarray(a, np.float32)) for a in state["bn_in"])
-    net.bn_in.weight.data.copy_(gamma)
-    net.bn_in.bias.data.copy_(beta)
-    net.bn_in.running_mean.copy_(mean)
-    net.bn_in.running_var.copy_(var)
+    _set_bn(net.bn_in, state["bn_in"])
     for i, conv in enumerate(net.convs):
         kernel, bias = state[f"conv{i}"]
         if i < 7:
@@ -131,10 +136,13 @@ def build_network(state: dict[str, tuple[np.ndarray, ...]]) -> OpenL3AudioNet:
     return net.eval()
 
 
-def random_state(seed: int = 0) -> dict[str, tuple[np.ndarray, ...]]:
-    """Architecture-identical seeded random weights (benchmarks and shape tests only)."""
+def random_state(seed: int = 0, in_channels: int = 1) -> dict[str, tuple[np.ndarray, ...]]:
+    """Architecture-identical seeded random weights (benchmarks and shape tests only), canonical
+    form: the audio network's (`in_channels` 1), or the image network's (3). The input
+    BatchNorm's statistics fit the input: a dB spectrogram (mean -40, variance 300) or pixels
+    in [0, 1] (0.4, 0.1)."""
     rng = np.random.default_rng(seed)
-    c_in = (1,) + CHANNELS[:-1]
+    c_in = (in_channels,) + CHANNELS[:-1]
 
     def bn(c: int, mean: float = 0.0, var: float = 1.0) -> tuple[np.ndarray, ...]:
         return (
@@ -144,7 +152,8 @@ def random_state(seed: int = 0) -> dict[str, tuple[np.ndarray, ...]]:
             np.full(c, var, np.float32),
         )
 
-    state: dict[str, tuple[np.ndarray, ...]] = {"bn_in": bn(1, -40.0, 300.0)}
+    mean, var = (-40.0, 300.0) if in_channels == 1 else (0.4, 0.1)
+    state: dict[str, tuple[np.ndarray, ...]] = {"bn_in": bn(in_channels, mean, var)}
     for i, (a, b) in enumerate(zip(c_in, CHANNELS)):
         w = rng.normal(0, np.sqrt(2.0 / (9 * a)), (b, a, 3, 3)).astype(np.float32)  # He normal
         state[f"conv{i}"] = (w, rng.normal(0, 0.01, b).astype(np.float32))
@@ -202,16 +211,8 @@ def build_image_network(state: dict[str, tuple[np.ndarray, ...]]) -> OpenL3Image
     """An eval-mode OpenL3ImageNet holding `state` (canonical form: bn_in, conv0..7, bn0..6,
     where bn{i} follows conv{i} in the file; bn1 follows conv1's ReLU)."""
     net = OpenL3ImageNet()
-
-    def set_bn(bn: nn.BatchNorm2d, values: tuple[np.ndarray, ...]) -> None:
-        gamma, beta, mean, var = (torch.from_numpy(np.ascontiguousarray(a, np.float32)) for a in values)
-        bn.weight.data.copy_(gamma)
-        bn.bias.data.copy_(beta)
-        bn.running_mean.copy_(mean)
-        bn.running_var.copy_(var)
-
-    set_bn(net.bn_in, state["bn_in"])
-    set_bn(net.bn_after_relu, state["bn1"])
+    _set_bn(net.bn_in, state["bn_in"])
+    _set_bn(net.bn_after_relu, state["bn1"])
     for i, conv in enumerate(net.convs):
         kernel, bias = state[f"conv{i}"]
         if i < 7 and i != 1:
@@ -221,75 +222,61 @@ def build_image_network(state: dict[str, tuple[np.ndarray, ...]]) -> OpenL3Image
     return net.eval()
 
 
-def random_image_state(seed: int = 0) -> dict[str, tuple[np.ndarray, ...]]:
-    """Architecture-identical seeded random weights (benchmarks and shape tests only)."""
-    rng = np.random.default_rng(seed)
-    c_in = (3,) + CHANNELS[:-1]
-
-    def bn(c: int, mean: float = 0.0, var: float = 1.0) -> tuple[np.ndarray, ...]:
-        return (
-            rng.uniform(0.5, 1.5, c).astype(np.float32),
-            rng.normal(0, 0.1, c).astype(np.float32),
-            np.full(c, mean, np.float32),
-            np.full(c, var, np.float32),
-        )
-
-    state: dict[str, tuple[np.ndarray, ...]] = {"bn_in": bn(3, 0.4, 0.1)}
-    for i, (a, b) in enumerate(zip(c_in, CHANNELS)):
-        w = rng.normal(0, np.sqrt(2.0 / (9 * a)), (b, a, 3, 3)).astype(np.float32)  # He normal
-        state[f"conv{i}"] = (w, rng.normal(0, 0.01, b).astype(np.float32))
-        if i < 7:
-            state[f"bn{i}"] = bn(b)
-    return state
-
-
 # ---------------------------------------------------------------------------
 # Running the networks on batches
 # ---------------------------------------------------------------------------
 @dataclass
 class LoadedModel:
-    """A network (audio or image) on its device and where its weights came from."""
+    """A network (audio or image) on its device and where its weights came from (the API's)."""
 
     net: OpenL3AudioNet
     device: str
     source: dict[str, Any] = field(default_factory=dict)
 
 
-def forward_pooled(model: LoadedModel, x: Any, pool: Callable[[Any], Any], cuda_dtype: str) -> np.ndarray:
-    """`pool(net(x))` as float32 numpy, for the audio and the image network: x (B, C, H, W) goes
-    to the model's device in channels_last; float32 on CPU (deterministic, batch-size
-    independent), on CUDA under autocast with `cuda_dtype` unless that is "float32"."""
-    x = x.to(model.device).contiguous(memory_format=torch.channels_last)
-    on_cuda = str(model.device).startswith("cuda")
-    with torch.inference_mode():
-        if on_cuda and cuda_dtype != "float32":
-            with torch.autocast("cuda", dtype=getattr(torch, cuda_dtype)):
-                fmap = model.net(x)
-        else:
-            fmap = model.net(x)
-        emb = pool(fmap.float())
-    return emb.cpu().numpy().astype(np.float32, copy=False)
+# The forward passes, on torch tensors already on the network's device: what the plugins hand
+# `TorchExtractor.run_batches` and what `forward_pooled` runs for the API.
+def audio_forward(net: OpenL3AudioNet, x: torch.Tensor, input_repr: str, embedding_size: int) -> torch.Tensor:
+    """(B, F, T) float32 dB spectrograms -> (B, embedding_size) float32 embeddings."""
+    fmap = net(x[:, None].contiguous(memory_format=torch.channels_last))
+    return pool_embedding(fmap.float(), input_repr, embedding_size)
+
+
+def image_forward(net: OpenL3ImageNet, x: torch.Tensor, embedding_size: int) -> torch.Tensor:
+    """(B, 224, 224, 3) float32 preprocessed images -> (B, embedding_size) float32 embeddings."""
+    fmap = net(x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))  # NHWC in memory
+    return pool_image_embedding(fmap.float(), embedding_size)
+
+
+def forward_pooled(model: Any, x: np.ndarray, forward: Callable[[Any, Any], Any],
+                   cuda_dtype: str = "auto") -> np.ndarray:
+    """`forward(net, x)` as float32 numpy, on the device the network is on, for the API.
+
+    `model`: a LoadedModel, or what a plugin's `load()` returns (anything with `.net`).
+    `cuda_dtype`: the precision, as the plugins' `precision` parameter means it
+    (`extractors.base.PRECISION`: "auto" = float16 autocast on CUDA; "float32" = none; the
+    CPU runs float32), applied as the plugins apply it (`base.inference_context`).
+    """
+    device = str(next(model.net.parameters()).device)
+    with inference_context(device, autocast_dtype("openl3", cuda_dtype, device)):
+        out = forward(model.net, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device))
+    return out.float().cpu().numpy()
 
 
 def run_network(
-    model: LoadedModel,
+    model: Any,
     spectrograms: np.ndarray,
     input_repr: str,
     embedding_size: int,
-    cuda_dtype: str = "float16",
+    cuda_dtype: str = "auto",
 ) -> np.ndarray:
-    """Embeddings of (B, F, T) dB spectrograms: (B, embedding_size) float32.
-
-    float32 on CPU (deterministic, batch-size independent); on CUDA under
-    autocast with `cuda_dtype` unless that is "float32".
-    """
-    x = torch.from_numpy(np.ascontiguousarray(spectrograms, dtype=np.float32))[:, None]
-    return forward_pooled(model, x, lambda fmap: pool_embedding(fmap, input_repr, embedding_size),
-                          cuda_dtype)
+    """Embeddings of (B, F, T) dB spectrograms: (B, embedding_size) float32 (see forward_pooled)."""
+    return forward_pooled(model, spectrograms,
+                          lambda net, x: audio_forward(net, x, input_repr, embedding_size), cuda_dtype)
 
 
 def embed_signal(
-    model: LoadedModel,
+    model: Any,
     audio: np.ndarray,
     input_repr: str,
     embedding_size: int,
@@ -297,37 +284,37 @@ def embed_signal(
     center: bool,
     frontend: str,
     batch_size: int,
-    cuda_dtype: str = "float16",
+    cuda_dtype: str = "auto",
+    embed: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings (T, D) float32, timestamps (T,) float64) of a 48 kHz mono signal.
 
     Windows are made, transformed and embedded `batch_size` at a time, so
-    memory stays bounded for long files.
+    memory stays bounded for long files. `embed` runs the network on each batch's
+    (B, F, T) spectrograms (the plugin's run); default: run_network(model, ..., cuda_dtype).
     """
+    if embed is None:
+        def embed(spec: np.ndarray) -> np.ndarray:
+            return run_network(model, spec, input_repr, embedding_size, cuda_dtype)
     hop_len = hop_samples(hop_size)
     n = num_windows(audio.shape[0], hop_len, center)
     out = np.empty((n, embedding_size), dtype=np.float32)
     for w0, segment, starts in iter_window_chunks(audio, hop_len, center, batch_size):
-        spec = spectrogram_chunk(segment, starts, input_repr, frontend)
-        out[w0 : w0 + len(starts)] = run_network(model, spec, input_repr, embedding_size, cuda_dtype)
+        out[w0 : w0 + len(starts)] = embed(spectrogram_chunk(segment, starts, input_repr, frontend))
     return out, timestamps(n, hop_size)
 
 
 def run_image_network(
-    model: LoadedModel, batch: np.ndarray, embedding_size: int, cuda_dtype: str = "float16"
+    model: Any, batch: np.ndarray, embedding_size: int, cuda_dtype: str = "auto"
 ) -> np.ndarray:
-    """Embeddings of preprocessed images (B, 224, 224, 3) float32: (B, embedding_size) float32.
-
-    float32 on CPU (deterministic, batch-size independent); on CUDA under
-    autocast with `cuda_dtype` unless that is "float32".
-    """
-    x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).permute(0, 3, 1, 2)  # NHWC view
-    return forward_pooled(model, x, lambda fmap: pool_image_embedding(fmap, embedding_size), cuda_dtype)
+    """Embeddings of preprocessed images (B, 224, 224, 3) float32: (B, embedding_size) float32
+    (see forward_pooled)."""
+    return forward_pooled(model, batch, lambda net, x: image_forward(net, x, embedding_size), cuda_dtype)
 
 
 def embed_batches(
-    model: LoadedModel, batch: np.ndarray, embedding_size: int, batch_size: int,
-    cuda_dtype: str = "float16",
+    model: Any, batch: np.ndarray, embedding_size: int, batch_size: int,
+    cuda_dtype: str = "auto",
 ) -> np.ndarray:
     """run_image_network `batch_size` images at a time: (N, 224, 224, 3) -> (N, D)."""
     out = [run_image_network(model, batch[i : i + batch_size], embedding_size, cuda_dtype)
@@ -346,10 +333,13 @@ class VideoEmbedder:
     costs disk, not memory: exact numbers, bounded memory.
     """
 
-    def __init__(self, model: LoadedModel, embedding_size: int, batch_size: int,
-                 cuda_dtype: str = "float16", spill_frames: int = 1024) -> None:
-        self.model, self.size, self.batch_size = model, embedding_size, batch_size
-        self.cuda_dtype = cuda_dtype
+    def __init__(self, model: Any, embedding_size: int, batch_size: int,
+                 cuda_dtype: str = "auto", spill_frames: int = 1024,
+                 embed: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        """`embed` runs the network on a batch of (k, 224, 224, 3) float32 crops (the plugin's
+        run); default: run_image_network(model, ..., cuda_dtype)."""
+        self.size, self.batch_size = embedding_size, batch_size
+        self.embed = embed or (lambda x: run_image_network(model, x, embedding_size, cuda_dtype))
         self.spill_frames = spill_frames
         self.peak = 0
         self.count = 0
@@ -414,7 +404,7 @@ class VideoEmbedder:
         stacked = np.concatenate(self._ready) if len(self._ready) > 1 else self._ready[0]
         take, rest = stacked[:n], stacked[n:]
         x = crop_and_scale(take, peak)  # already 224x224: the crop is the identity
-        self._out.append(run_image_network(self.model, x, self.size, self.cuda_dtype))
+        self._out.append(self.embed(x))
         self._ready = [rest] if len(rest) else []
         self._n_ready = len(rest)
 

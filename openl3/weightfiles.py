@@ -1,4 +1,4 @@
-"""openl3's weight files: where they are, reading them, and the networks built from them.
+"""openl3's weight files: their records, where they are, reading them, and the networks built from them.
 
 Accepted: openl3's official Keras weights-only HDF5 files `openl3_<audio|image>_<input_repr>_
 <content_type>.h5` (read by layer order with h5py, no TensorFlow), and for the audio networks
@@ -13,7 +13,6 @@ Who asked decides the advice a missing file comes with (`entry`): "driver" (the 
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
 from pathlib import Path
@@ -21,18 +20,20 @@ from typing import Any
 
 import numpy as np
 
-from embedkit.extractors.base import WeightsError, lazy_import, torch_device
+from embedkit.extractors.base import RANDOM_SEED, WeightFile, WeightsError, lazy_import, torch_device
 from embedkit.openl3.network import (
     CHANNELS,
     LoadedModel,
+    OpenL3AudioNet,
+    OpenL3ImageNet,
     build_image_network,
     build_network,
-    random_image_state,
     random_state,
 )
 
 torch = lazy_import("torch")
 
+WEIGHTS_LICENSE = "CC BY 4.0 (OpenL3 model weights, marl/openl3; code MIT)"
 OFFICIAL_URL = "https://github.com/marl/openl3/raw/models/openl3_audio_{repr}_{content}-v0_4_0.h5.gz"
 OFFICIAL_IMAGE_URL = "https://github.com/marl/openl3/raw/models/openl3_image_{repr}_{content}-v0_4_0.h5.gz"
 MODALITIES = ("audio", "image")
@@ -153,6 +154,19 @@ def official_url(input_repr: str, content_type: str, modality: str = "audio") ->
     """Where openl3's setup.py downloads the gzipped weight file from."""
     template = OFFICIAL_URL if modality == "audio" else OFFICIAL_IMAGE_URL
     return template.format(repr=input_repr, content=content_type)
+
+
+def official_record(input_repr: str, content_type: str, modality: str = "audio") -> WeightFile:
+    """openl3's official weight file of a configuration as a weights record: the `.h5` that
+    openl3's setup.py unpacks into its package folder, served gzipped at `official_url`."""
+    return WeightFile(
+        official_filename(input_repr, content_type, modality),
+        url=official_url(input_repr, content_type, modality),
+        license=WEIGHTS_LICENSE,
+        how_to_get="the URL serves it gzipped (unpacked automatically); "
+        "or copy it from an installed openl3 package",
+        gzip=True,
+    )
 
 
 def torchopenl3_filenames(input_repr: str, content_type: str) -> list[str]:
@@ -276,7 +290,8 @@ def find_weights(
             _check_name(p, input_repr, None, modality, entry)
             return p
         raise WeightsError(f"weight file {local_path} not found (a model path must name an existing file)")
-    h5 = official_filename(input_repr, content_type, modality)
+    record = official_record(input_repr, content_type, modality)
+    h5 = record.filename
     # torchopenl3 converted only the audio networks.
     names = [h5] + (torchopenl3_filenames(input_repr, content_type) if modality == "audio" else [])
     if local_path is not None:
@@ -307,10 +322,10 @@ def find_weights(
         if cand.is_file():
             return cand
     looked = [str(p) for p in places]
-    url = official_url(input_repr, content_type, modality)
+    url = record.url
     if allow_download and not weights.offline():
         try:
-            return _download_official(url, cache / h5)
+            return weights.download(url, cache / h5, gzipped=record.gzip)
         except WeightsError:
             raise
         except Exception as exc:
@@ -335,19 +350,6 @@ def find_weights(
     )
 
 
-def _download_official(url: str, dest: Path) -> Path:
-    """Download openl3's gzipped weight file and unpack it atomically to `dest`."""
-    from embedkit import weights
-
-    gz = dest.with_name(dest.name + ".gz")
-    weights.download(url, gz)
-    try:
-        with gzip.open(gz, "rb") as src:
-            return weights.save_stream(src, dest)
-    finally:
-        gz.unlink(missing_ok=True)
-
-
 def read_weights(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, ...]]:
     """Canonical state from either layout (detected from the file's first bytes)."""
     path = Path(path)
@@ -357,32 +359,68 @@ def read_weights(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, ...]]:
 # ---------------------------------------------------------------------------
 # Networks from their weights
 # ---------------------------------------------------------------------------
-def _source(path: Path, fmt: str, input_repr: str, content_type: str | None, modality: str) -> dict[str, Any]:
-    """Where a network's weights came from (the plugins' provenance)."""
-    from embedkit import weights
+def random_network(modality: str = "audio") -> OpenL3AudioNet | OpenL3ImageNet:
+    """The audio or image network with seeded random weights (random_state, seed RANDOM_SEED;
+    benchmarks and shape tests only), in eval mode on the CPU."""
+    if modality == "audio":
+        return build_network(random_state(RANDOM_SEED))
+    return build_image_network(random_state(RANDOM_SEED, in_channels=3))
 
-    source = {"weights": str(path), "format": fmt, "weights_sha256": weights.sha256sum(path)}
+
+def network_from(
+    path: Path, modality: str, input_repr: str, content_type: str | None, entry: str = "driver",
+) -> OpenL3AudioNet | OpenL3ImageNet:
+    """The network holding the weight file at `path` (as find_weights found it), eval mode, CPU.
+
+    Audio: an official `.h5` or a torchopenl3 `.pth.tar`; image: an official `.h5` only (the
+    configuration and `entry` word the error for another file)."""
+    if modality == "audio":
+        return build_network(read_weights(path))
+    with open(path, "rb") as f:
+        if not f.read(8).startswith(b"\x89HDF"):
+            prefix = "openl3_image: " if entry == "driver" else ""
+            raise WeightsError(
+                f"{prefix}{path} is not an HDF5 file; openl3's image weights are the official "
+                f"{official_filename(input_repr, content_type or 'music', 'image')} "
+                "(gunzip the .h5.gz first)"
+            )
+    return build_image_network(read_keras_h5(path, in_channels=3))
+
+
+def weights_source(
+    path: Path, input_repr: str, content_type: str | None, modality: str = "audio"
+) -> dict[str, Any]:
+    """Provenance of a loaded weight file besides its path and sha256: its layout ("keras-h5",
+    "torchopenl3-pth") and the official URL of the configuration (where it names one)."""
+    source = {"format": _weight_format(path)}
     if content_type is not None:
         source["official_url"] = official_url(input_repr, content_type, modality)
     return source
+
+
+def _load(modality: str, input_repr: str, content_type: str | None, device: str, weights_path: str | None,
+          entry: str) -> LoadedModel:
+    if weights_path == "random":
+        net, source = random_network(modality), {"weights": "random", "weights_seed": RANDOM_SEED}
+    else:
+        from embedkit import weights
+
+        path = find_weights(input_repr, content_type, weights_path, modality=modality, entry=entry)
+        net = network_from(path, modality, input_repr, content_type, entry)
+        source = {"weights": str(path), "weights_sha256": weights.sha256sum(path),
+                  **weights_source(path, input_repr, content_type, modality)}
+    device = torch_device(device)
+    net = net.to(device).to(memory_format=torch.channels_last)  # faster convolutions, same numbers
+    return LoadedModel(net, device, source)
 
 
 def load_network(
     input_repr: str, content_type: str | None, device: str = "cpu", weights_path: str | None = None,
     entry: str = "driver",
 ) -> LoadedModel:
-    """The audio network on `device`, its weights found (find_weights) or, with
-    weights_path="random", made (random_state(0)). `entry`: whose advice errors give."""
-    if weights_path == "random":
-        state, source = random_state(0), {"weights": "random", "seed": 0}
-    else:
-        path = find_weights(input_repr, content_type, weights_path, entry=entry)
-        state = read_weights(path)
-        source = _source(path, _weight_format(path), input_repr, content_type, "audio")
-    device = torch_device(device)
-    net = build_network(state).to(device)
-    net = net.to(memory_format=torch.channels_last)  # faster convolutions, same numbers
-    return LoadedModel(net, device, source)
+    """The audio network on `device` for the API, its weights found (find_weights) or, with
+    weights_path="random", made (random_network). `entry`: whose advice errors give."""
+    return _load("audio", input_repr, content_type, device, weights_path, entry)
 
 
 def load_image_network(
@@ -390,20 +428,4 @@ def load_image_network(
     entry: str = "driver",
 ) -> LoadedModel:
     """The image network on `device`, as load_network (official .h5 files only)."""
-    if weights_path == "random":
-        state, source = random_image_state(0), {"weights": "random", "seed": 0}
-    else:
-        path = find_weights(input_repr, content_type, weights_path, modality="image", entry=entry)
-        with open(path, "rb") as f:
-            if not f.read(8).startswith(b"\x89HDF"):
-                prefix = "openl3_image: " if entry == "driver" else ""
-                raise WeightsError(
-                    f"{prefix}{path} is not an HDF5 file; openl3's image weights are the official "
-                    f"{official_filename(input_repr, content_type or 'music', 'image')} "
-                    "(gunzip the .h5.gz first)"
-                )
-        state = read_keras_h5(path, in_channels=3)
-        source = _source(path, "keras-h5", input_repr, content_type, "image")
-    device = torch_device(device)
-    net = build_image_network(state).to(device).to(memory_format=torch.channels_last)
-    return LoadedModel(net, device, source)
+    return _load("image", input_repr, content_type, device, weights_path, entry)

@@ -38,14 +38,11 @@ FAST: dict[str, dict] = {
     "r3d18": {"hop_frames": 8},
     "madmom": {"beats": True},
 }
-# Torch plugins that move onto TorchExtractor once the openl3 split has landed; until then they
-# run the random-weights checks here but not the base's own (precision, device).
-MOVING_ONTO_BASE = {"openl3", "openl3_image"}
 AUDIO_SECONDS = 6.5  # at least two clips of every clip model (CLMR's are 2.68 s)
 
 
 def has_random_weights(name: str) -> bool:
-    return issubclass(registry.get(name), TorchExtractor) or name in MOVING_ONTO_BASE
+    return issubclass(registry.get(name), TorchExtractor)
 
 
 def kinds(name: str) -> list[str]:
@@ -143,10 +140,7 @@ def test_parameters_are_validated_with_errors_that_name_them(name):
 
 
 @pytest.mark.parametrize("name", [n for n in PLUGINS if has_random_weights(n)])
-def test_torch_plugins_share_precision_and_resolve_the_device_once(name, make, request):
-    if name in MOVING_ONTO_BASE:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="moves onto TorchExtractor after the "
-                                              "openl3 split (own precision, device key, weight_files)"))
+def test_torch_plugins_share_precision_and_resolve_the_device_once(name, make):
     cls = registry.get(name)
     assert cls.params["precision"] is PRECISION  # one meaning and help text everywhere
     assert make(name).config["precision"] == "auto"
