@@ -154,20 +154,22 @@ def main() -> None:
         t_scale = 0.0
         info, chunks = media.iter_frames(path, chunk_frames=16)
         consumer = plugins[512].frame_consumer(info)
-        scaler = consumer.scaler
-        orig = scaler.__call__
+        convert = media.FrameChunk.rgb  # the plugin scales frames as it converts them (chunk.rgb)
 
-        def timed(frames):
+        def timed(chunk, *a, **kw):
             nonlocal t_scale
             s0 = time.perf_counter()
-            out = orig(frames)
+            out = convert(chunk, *a, **kw)
             t_scale += time.perf_counter() - s0
             return out
 
-        consumer.scaler = timed
-        for chunk in chunks:
-            consumer.add(chunk)
-        feats = consumer.finish()
+        media.FrameChunk.rgb = timed
+        try:
+            for chunk in chunks:
+                consumer.add(chunk)
+            feats = consumer.finish()
+        finally:
+            media.FrameChunk.rgb = convert
         dt = time.perf_counter() - t0
         assert feats.data.shape[0] == n
         rss1 = peak_rss_mb()
