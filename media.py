@@ -600,6 +600,10 @@ class Media:
         # audio files hold audio (or fail to decode); containers say what they hold when probed
         self._has_audio: bool | None = {"audio": True, "image": False}.get(self.kind)
         self._has_video: bool | None = {"audio": False, "image": False}.get(self.kind)
+        # the preflight (--decode_only) only: frames decoded, in how long, and why decoding stopped
+        self.frames_decoded = 0
+        self.frames_seconds = 0.0
+        self.frames_error: Exception | None = None
 
     # streams present
     def probe(self) -> None:

@@ -130,6 +130,8 @@ class RunOptions:
     lease_seconds: float = outputs.LEASE_SECONDS
     torch_threads: int | None = None  # torch's intra-op threads (None: the cores this process may use)
     max_pixels_per_frame: int = media.MAX_PIXELS_PER_FRAME  # the size guard for images and video frames
+    decode_workers: int | None = None  # decode processes (None: the cores beside the models'; 0: in-process)
+    decode_only: bool = False  # the preflight: decode and resample every file, load no model, write no array
 
 
 @dataclass
@@ -364,6 +366,23 @@ def _decode(m: media.Media, item: Item, live: list[ModelJob]) -> None:
                     m.audio(*job.extractor.resample_key)
                 except Exception:
                     pass  # raised again in extract, for the models that need the sound only
+
+
+def count_frames(m: media.Media, jobs: list[ModelJob]) -> None:
+    """The preflight's video pass, where a model takes the frames: decode every frame (no model),
+    counting them and the time taken; a stream that stops decoding mid-way is `m.frames_error`."""
+    if m.error is not None or m.kind != "video" or not any(
+            j.extractor.modality != "audio" for j in jobs if not j.error) or not m.has_video:
+        return
+    t0 = time.perf_counter()
+    try:
+        _, chunks = m.frames()
+        for chunk in chunks:
+            m.frames_decoded += len(chunk)
+    except Exception as exc:
+        m.frames_error = exc if isinstance(exc, audio_io.MediaError) else audio_io.MediaError(
+            audio_io.one_line(exc))
+    m.frames_seconds = time.perf_counter() - t0
 
 
 # -- extract ------------------------------------------------------------------------------
@@ -729,6 +748,25 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+def decode_workers_for(opt: RunOptions, jobs: list[ModelJob], files: int) -> int:
+    """Decode processes for a run: `opt.decode_workers`, else the cores beside the models' threads
+    (torch's intra-op threads where a model computes on this CPU with torch, else the main thread
+    and the writer); the preflight takes every core. Never more than there are files."""
+    if files < 1:
+        return 0
+    if opt.decode_workers is not None:
+        return min(opt.decode_workers, files)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if opt.decode_only:
+        return min(cores, files)
+    live = [j for j in jobs if not j.error]
+    torch_here = "torch" in sys.modules and any(
+        str(getattr(j.extractor, "device", "cpu")).startswith("cpu")
+        and hasattr(sys.modules.get(type(j.extractor).__module__), "torch") for j in live)
+    beside = cores - ((opt.torch_threads or default_threads()) if torch_here else 2)
+    return max(0, min(beside, files, 16))
+
+
 def load_error_text(exc: BaseException) -> str:
     """`ModelJob.error` for a model that could not load: the exception's name and first line."""
     lines = str(exc).strip().splitlines()
@@ -751,7 +789,7 @@ class _Work:
     locks: list[outputs.OutputLock]
     outcomes: list[Outcome]
     media: media.Media | None = None
-    decode_seconds: float = 0.0  # decode + resampling, in the prefetch thread
+    decode_seconds: float = 0.0  # decode + resampling, in the prefetch thread or a decode worker
 
 
 class Runner:
@@ -770,13 +808,27 @@ class Runner:
         self._leases = outputs.Leases(options.lease_seconds)
         self._writer = _Writer()
         self._stats_lock = threading.Lock()  # the writer thread counts outcomes too
+        self.decode_workers = 0  # decode processes this run uses (`decode_workers_for`)
+        self._pool: Any = None  # the decode pool while there is one
 
     # -- before any file ----------------------------------------------------------------
     def prepare(self) -> list[Item]:
-        """Discover, load the models, write their metadata, plan: the items still to do."""
+        """Discover, load the models, write their metadata, plan: the items still to do.
+        The preflight (decode_only): every file the models take, no model loaded, nothing written."""
+        opt = self.opt
+        if opt.decode_only:
+            self.discover()
+            assert self.listing is not None
+            for job in self.jobs:
+                self.stats.model(job.alias)
+            items = plan(self.listing.files, self.jobs, True, self.stats, opt.shard, self.listing.names)
+            found = ", ".join(f"{n} {k}" for k, n in self._found.items())
+            self.log(f"decode only: {len(items)} file(s) in {opt.audio_dir} ({found}) for "
+                     f"{', '.join(j.alias for j in self.jobs)}; no model is loaded, nothing is written but "
+                     "the report")
+            return items
         self.discover()
         self.load()
-        opt = self.opt
         assert self.listing is not None and self.ledger is not None
         items = plan(self.listing.files, self.jobs, opt.overwrite, self.stats, opt.shard,
                      self.listing.names, self.ledger)
@@ -805,9 +857,12 @@ class Runner:
                               f"({found}); choose models for them with --models (--list_models)")
         for job in self.jobs:
             job.out_dir = opt.output_base / job.alias
+            if opt.decode_only:
+                continue  # the preflight touches no model folder
             for folder in job.folders():
                 outputs.clean_stale(folder)
-        self.ledger = Ledger(opt.audio_dir, opt.output_base)
+        if not opt.decode_only:
+            self.ledger = Ledger(opt.audio_dir, opt.output_base)
 
     def load(self) -> None:
         """Load every model and claim its folder (features.json)."""
@@ -849,14 +904,18 @@ class Runner:
     # -- the prefetch stage ---------------------------------------------------------------
     def _producer(self, items: list[Item], q: queue.Queue) -> None:
         try:
+            if self.decode_workers:
+                self._produce_in_workers(items, q, self.decode_workers)
+                return
             for item in items:
                 if self._stop.is_set():
                     break
-                jobs, locks, outcomes = claim(item, self._leases, self.opt.overwrite, self.ledger)
-                work = _Work(item, jobs, locks, outcomes)
-                if jobs:
+                work = self._claim(item)
+                if work.jobs:
                     t0 = time.perf_counter()
-                    work.media = decode(self.opt.audio_dir, item, jobs, self.opt.max_pixels_per_frame)
+                    work.media = decode(self.opt.audio_dir, item, work.jobs, self.opt.max_pixels_per_frame)
+                    if self.opt.decode_only:
+                        count_frames(work.media, work.jobs)
                     work.decode_seconds = time.perf_counter() - t0
                 if not self._offer(q, work):
                     self._release(work)
@@ -864,6 +923,66 @@ class Runner:
             self._offer(q, exc)
         finally:
             self._offer(q, None)
+
+    def _claim(self, item: Item) -> _Work:
+        if self.opt.decode_only:  # the preflight writes nothing: no lease either
+            return _Work(item, list(item.jobs), [], [])
+        return _Work(item, *claim(item, self._leases, self.opt.overwrite, self.ledger))
+
+    def _produce_in_workers(self, items: list[Item], q: queue.Queue, workers: int) -> None:
+        """Claim here, decode in `workers` processes, hand over in plan order. At most `workers`
+        files are claimed and not yet in the queue (the queue holds `prefetch` more)."""
+        from embedkit import decode_pool
+
+        opt = self.opt
+        pool = self._pool = decode_pool.DecodePool(workers)
+        held: dict[int, _Work] = {}  # claimed, not yet handed over
+        ready: set[int] = set()
+        todo = iter(enumerate(items))
+        more, emit = True, 0
+        try:
+            pool.start()
+            while not self._stop.is_set():
+                while more and len(held) < workers and pool.idle():
+                    nxt = next(todo, None)
+                    if nxt is None:
+                        more = False
+                        break
+                    i, item = nxt
+                    work = held[i] = self._claim(item)
+                    if not work.jobs:
+                        ready.add(i)
+                        continue
+                    slim = Item(item.source, item.kind, {}, [])
+                    views = [ModelJob(j.alias, decode_pool.DecodeView(j.extractor))  # type: ignore[arg-type]
+                             for j in work.jobs if not j.error]
+                    pool.submit(i, opt.audio_dir, slim, views, opt.max_pixels_per_frame, opt.decode_only)
+                while emit in ready:
+                    ready.discard(emit)
+                    work = held.pop(emit)
+                    emit += 1
+                    if not self._offer(q, work):
+                        self._release(work)
+                        return
+                if not more and not held:
+                    return
+                for i, m, failure, seconds in pool.poll(0.25):
+                    work = held[i]
+                    if m is None:
+                        if self._stop.wait(0.5) or self._signalled:
+                            return  # a signal to the whole group ended the worker too: not the file's fault
+                        m = media.Media(opt.audio_dir / work.item.source, work.item.kind)
+                        m.error = decode_pool.DecodeWorkerDied(failure or "the decode worker died")
+                        self._progress.say(f"{work.item.source.as_posix()}: {failure}")
+                    elif failure is not None:
+                        m = media.Media(opt.audio_dir / work.item.source, work.item.kind)
+                        m.error = RuntimeError(f"decoding failed in the worker: {failure}")
+                    work.media, work.decode_seconds = m, seconds
+                    ready.add(i)
+        finally:
+            for work in held.values():  # claimed but never handed over (the run is stopping)
+                self._release(work)
+            pool.close()
 
     def _offer(self, q: queue.Queue, item: Any) -> bool:
         """Put `item` unless the run is stopping (so the decoder never blocks on a full queue)."""
@@ -892,6 +1011,13 @@ class Runner:
             if self.stats.disk_full:  # not even features.json fits: nothing can be written
                 items = []
             self._progress.start(len(items), sum(m.skipped for m in self.stats.models.values()))
+            self.decode_workers = decode_workers_for(opt, self.jobs, len(items))
+            if self.decode_workers:
+                self.log(f"decoding in {self.decode_workers} worker process(es)")
+            if opt.decode_only:
+                from embedkit import preflight
+
+                self.feed = preflight.FeedStats(self.jobs, self.decode_workers)
             producer = threading.Thread(target=self._producer, args=(items, q), daemon=True, name="decoder")
             producer.start()
             while True:
@@ -902,7 +1028,11 @@ class Runner:
                     break
                 if isinstance(got, BaseException):
                     raise got
-                self._process(got)
+                if opt.decode_only:
+                    self.feed.add(got)
+                    self._progress.file_done()
+                else:
+                    self._process(got)
         except (KeyboardInterrupt, Interrupted) as exc:
             self.stats.interrupted = "SIGINT" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
         finally:
@@ -912,11 +1042,15 @@ class Runner:
             # land inside producer.start(), before the thread counts as started (join would raise)
             if producer is not None and producer.is_alive():
                 producer.join(timeout=2 if self.stats.interrupted else 10)
+            if self._pool is not None:
+                self._pool.close()  # the producer's own close, unless it is still stuck: no orphan worker
             _drain(q)
             self._leases.close()  # every lock this process still holds, whichever thread took it
             self._progress.close()
             _restore_signal_handlers(previous)
             self.stats.wall_seconds = time.perf_counter() - t_start
+            if opt.decode_only and hasattr(self, "feed"):
+                self.feed.wall_seconds = self.stats.wall_seconds
         return self.stats
 
     _signalled: str | None = None  # "SIGINT" / "SIGTERM" once one has arrived

@@ -225,6 +225,10 @@ class RayRunner(pipeline.Runner):
     def __init__(self, jobs: list[ModelJob], options: RunOptions, log: Callable[[str], None] = print,
                  address: str | None = None, devices: dict[str, str] | None = None,
                  actors: int | None = None) -> None:
+        if options.decode_workers is not None:
+            raise ConfigError(f"decode_workers ({options.decode_workers}) applies to the local engine: the "
+                              "Ray engine decodes each file in a Ray task of its own (one CPU each, as the "
+                              "cluster has them); leave decode_workers unset with --engine ray")
         super().__init__(jobs, options, log)
         self.address = address
         self.devices = devices or {}

@@ -10,6 +10,7 @@ A config file (all keys optional):
     device: auto            # auto | cpu | cuda | cuda:N
     batch_size: null        # default for every model; per model below wins
     prefetch: 2
+    decode_workers: null    # decode processes ahead of the models (null: cores beside the models; 0: none)
     verbose: false
     progress_every: 60      # seconds between progress lines when stderr is not a terminal
     lease_seconds: 300      # a lock whose heartbeat is older than this is taken over
@@ -55,6 +56,7 @@ TOP_KEYS = {
     "device": str,
     "batch_size": (int, type(None)),
     "prefetch": int,
+    "decode_workers": (int, type(None)),
     "verbose": bool,
     "progress_every": (int, float),
     "lease_seconds": (int, float),
@@ -93,6 +95,7 @@ class RunConfig:
     device: str = "auto"
     batch_size: int | None = None
     prefetch: int = 2
+    decode_workers: int | None = None
     verbose: bool = False
     progress_every: float = 60.0
     lease_seconds: float = 300.0
@@ -244,6 +247,9 @@ def build(file_data: dict[str, Any], where: str, overrides: dict[str, Any]) -> R
         errors.add(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     if cfg.prefetch < 1:
         errors.add("prefetch must be >= 1")
+    if cfg.decode_workers is not None and not 0 <= cfg.decode_workers <= 256:
+        errors.add(f"decode_workers must be 0 (decode in the driver) to 256, or null (the cores beside the "
+                   f"models'), got {cfg.decode_workers!r}")
     if cfg.lease_seconds < 10:
         errors.add("lease_seconds must be >= 10 (the heartbeat renews a lease every lease/5 seconds)")
     if cfg.engine not in ENGINES:

@@ -43,6 +43,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--extensions", nargs="+",
                    help="file extensions to take (default: every one the decoders read)")
     p.add_argument("--prefetch", type=int, help="decoded files buffered ahead of the models (default 2)")
+    p.add_argument("--decode_workers", type=int,
+                   help="processes decoding and resampling files ahead of the models (default: the cores "
+                        "beside the models' threads; 0: in the driver). Engine ray: not used (Ray decodes)")
+    p.add_argument("--decode_only", action="store_true",
+                   help="preflight: decode and resample every file for the configured models without "
+                        "loading any (no weights needed), write no array; list bad files (exit 1 if any) and "
+                        "the feed rate per stage (also in <output_base>/decode_only_report.json)")
     p.add_argument("--shard", help="INDEX/COUNT: process only this stable share of the files (SLURM arrays)")
     p.add_argument("--set", action="append", metavar="MODEL.PARAM=VALUE",
                    help="override one model parameter, e.g. --set crepe.capacity=tiny (repeatable)")
@@ -124,7 +131,9 @@ def _main(args: argparse.Namespace) -> int:
     try:
         cfg, jobs = run_config.jobs_from_args(args)
         shard = run_config.parse_shard(args.shard)
-        if not args.download_only:
+        if args.decode_only:
+            check_folders(Path(cfg.audio_dir), Path(cfg.output_base))
+        elif not args.download_only:
             check_run(cfg, jobs)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
@@ -151,6 +160,8 @@ def _main(args: argparse.Namespace) -> int:
 
     options = run_options(cfg, shard, progress=not args.no_progress and sys.stderr.isatty(),
                           progress_every=0.0 if args.no_progress else cfg.progress_every)
+    if args.decode_only:
+        return decode_only(options, jobs, log)
     try:
         runner = make_runner(cfg, jobs, options, log)
         stats = runner.run()
@@ -207,7 +218,46 @@ def run_options(cfg, shard: tuple[int, int] | None, progress: bool, progress_eve
         lease_seconds=cfg.lease_seconds,
         torch_threads=cfg.torch_threads,
         max_pixels_per_frame=cfg.max_pixels_per_frame,
+        decode_workers=cfg.decode_workers,
     )
+
+
+def decode_only(options, jobs: list, log) -> int:
+    """The preflight, on this machine whatever the engine: 0 every file decodes for every model,
+    1 some file is bad (listed with its cause), 2 nothing to do, 130/143 interrupted."""
+    import dataclasses
+    import signal
+
+    from embedkit import outputs, pipeline, preflight
+    from embedkit.extractors.base import ConfigError
+
+    runner = pipeline.Runner(jobs, dataclasses.replace(options, decode_only=True), log=log)
+    try:
+        stats = runner.run()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    held = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        feed = getattr(runner, "feed", None)
+        if feed is None:  # interrupted before the first file
+            return 130 if stats.interrupted == "SIGINT" else 143
+        report = {"run": runner.run_id, "finished": outputs.now_iso(),
+                  "audio_dir": str(Path(options.audio_dir).resolve()), "interrupted": stats.interrupted,
+                  **feed.to_json()}
+        path = Path(options.output_base) / preflight.REPORT_NAME
+        print(feed.render())
+        try:
+            outputs.atomic_write_json(path, report)
+            print(f"report: {path}")
+        except OSError as exc:
+            print(f"not written: {outputs.explain_os_error(exc, path)}", file=sys.stderr)
+    finally:
+        for s, handler in held.items():
+            signal.signal(s, handler)
+    if stats.interrupted:
+        return 130 if stats.interrupted == "SIGINT" else 143
+    return 1 if feed.bad else 0
 
 
 def make_runner(cfg, jobs: list, options, log):
