@@ -676,6 +676,10 @@ class Media:
             self._image = load_image(self.path, self.max_pixels)
         return self._image
 
+    def drop_image(self) -> None:
+        """Free the decoded pixels (a file waiting for its batch keeps only its network inputs)."""
+        self._image = None
+
     # video
     def frames(self, chunk_frames: int = 16, stop: threading.Event | None = None
                ) -> tuple[VideoInfo, Iterator[FrameChunk]]:

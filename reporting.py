@@ -50,6 +50,8 @@ class Outcome:
     inference_seconds: float = 0.0
     write_seconds: float = 0.0
     disk_full: str = ""  # the path a write found the disk full at (the run stops)
+    forward_passes: int = 0  # network calls made for it (a batch of several files: on its first)
+    items_forwarded: int = 0  # items those calls held (images, windows, clips, frames)
 
     def fail(self, exc: BaseException | str, stage: str, cause: str | None = None) -> None:
         """Mark failed; the cause is the message's first line, the rest goes to `details`."""
@@ -78,6 +80,13 @@ class ModelStats:
     resample_seconds: float = 0.0
     inference_seconds: float = 0.0
     write_seconds: float = 0.0
+    forward_passes: int = 0  # network calls (TorchExtractor.run_batches); 0 for models without one
+    items_forwarded: int = 0
+
+    @property
+    def items_per_forward(self) -> float | None:
+        """Mean items per network call: whether the device was fed (None: no network call)."""
+        return round(self.items_forwarded / self.forward_passes, 2) if self.forward_passes else None
 
     @property
     def wall_seconds(self) -> float:
@@ -171,6 +180,8 @@ class RunStats:
         m.resample_seconds += o.resample_seconds
         m.inference_seconds += o.inference_seconds
         m.write_seconds += o.write_seconds
+        m.forward_passes += o.forward_passes
+        m.items_forwarded += o.items_forwarded
 
     @property
     def file_failures(self) -> list[dict[str, Any]]:
@@ -182,6 +193,7 @@ class RunStats:
             d = asdict(m)
             d["wall_seconds"] = round(m.wall_seconds, 4)
             d["realtime_factor"] = None if m.realtime_factor is None else round(m.realtime_factor, 3)
+            d["items_per_forward"] = m.items_per_forward
             models[name] = d
         return {
             "files_total": self.files_total,
@@ -221,6 +233,10 @@ class RunStats:
             f"inference); run wall time {self.wall_seconds:.2f} s; waiting for input "
             f"{self.waited_for_input_seconds:.2f} s"
         )
+        fed = [f"{name} {m.forward_passes} ({m.items_per_forward:g} items each)"
+               for name, m in self.models.items() if m.forward_passes]
+        if fed:
+            rows.append(f"forward passes: {', '.join(fed)}")
         if self.files_not_taken:
             left = ", ".join(f"{n} {k}" for k, n in self.files_not_taken.items())
             rows.append(f"not taken by any configured model: {left} file(s)")

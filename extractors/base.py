@@ -22,7 +22,10 @@ Contract, in the spirit of the HEAR 2021 API:
     runs on audio files and on the sound track of videos;
   - image: `extract_image(rgb)` on (H, W, 3) uint8 -> `Features`; runs on
     images, and on video frames where `takes_video_frames()` says so, through
-    `frame_consumer(info)`;
+    `frame_consumer(info)`; a plugin that batches images across files also gives
+    `prepare_image(rgb)` (the per-image front-end: a small network input, errors for an
+    image it refuses) and `extract_images(prepared)` (one list of them -> one `Features`
+    each, at most `batch_size` per call; the driver packs consecutive image files);
   - video: `frame_consumer(info)` only;
   a frame consumer gets every decoded chunk of the video (`media.FrameChunk`:
   frames with presentation times; it selects and converts what it needs) through
@@ -343,6 +346,29 @@ class Extractor(ABC):
         """Image plugins: features of one (H, W, 3) uint8 RGB image."""
         raise NotImplementedError(f"{self.name} takes {self.modality}, not images")
 
+    # Images across files: the driver prepares each image as it arrives (the decoded pixels are
+    # then freed: a batch waiting for its last files holds network inputs only) and embeds up to
+    # `batch_size` prepared images of consecutive files in one `extract_images` call.
+    def prepare_image(self, rgb: np.ndarray) -> Any:
+        """Image plugins that batch across files: one image's network input (raise for an image
+        the plugin refuses: that file fails alone, before any batch)."""
+        return rgb
+
+    def extract_images(self, prepared: list[Any]) -> list[Features]:
+        """Features of each prepared image, in order (`prepare_image`'s results); default: one
+        `extract_image` per image. An override makes one forward pass of them all."""
+        return [self.extract_image(x) for x in prepared]
+
+    @property
+    def batches_images(self) -> bool:
+        """Whether `extract_images` runs one forward pass for several images (it is overridden)."""
+        return type(self).extract_images is not Extractor.extract_images
+
+    # network calls made so far (`TorchExtractor.run_batches` counts them): the run's report
+    # gives each model's forward passes and items per forward from them
+    forward_passes: int = 0
+    items_forwarded: int = 0
+
     def frame_consumer(self, info: Any) -> FrameConsumer:
         """Video and image plugins: a consumer for one video's frames (`info`: media.VideoInfo)."""
         raise NotImplementedError(f"{self.name} takes {self.modality}, not video frames")
@@ -625,6 +651,8 @@ class TorchExtractor(Extractor):
                 if self.pad_calls and n < size:
                     x = _torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
                 outs.append(forward(x.to(self.device))[:n].float().cpu().numpy())
+                self.forward_passes += 1
+                self.items_forwarded += n
         if not outs:
             return np.zeros((0, *empty_shape), np.float32)
         return outs[0] if len(outs) == 1 else np.concatenate(outs)

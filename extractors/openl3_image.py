@@ -126,6 +126,20 @@ class OpenL3Image(OpenL3Network):
 
         Raises ValueError for an image under 224 px on a side (openl3 refuses them).
         """
+        return self.extract_images([self.prepare_image(rgb)])[0]
+
+    def extract_images(self, prepared: list[np.ndarray]) -> list[Features]:
+        """Preprocessed images of several files -> (embedding_size,) float32 each, `batch_size`
+        per network call (an image's vector is bitwise the same in any batch on this project's
+        CPUs: tests/test_batching.py)."""
+        return [Features(row.copy()) for row in self.embed_images(np.stack(prepared))]
+
+    def prepare_image(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W, 3) image -> its (224, 224, 3) float32 network input, preprocessed alone (openl3
+        scales a batch by its largest value: one image per call keeps each file's own).
+
+        Raises ValueError for an image under 224 px on a side (openl3 refuses them).
+        """
         rgb = np.asarray(rgb)
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"openl3_image needs (H, W, 3) RGB pixels, got shape {rgb.shape}")
@@ -135,8 +149,8 @@ class OpenL3Image(OpenL3Network):
                 f"image is {w}x{h} px; OpenL3's image network needs at least 224 px on each side "
                 "(openl3 refuses smaller images); upscale it first if you want it embedded"
             )
-        x = preprocess_image_batch(rgb, warn=False)  # an all-black image is a valid input here
-        return Features(self.embed_images(x)[0])
+        x = preprocess_image_batch(rgb, warn=False)[0]  # an all-black image is a valid input here
+        return x.astype(np.float32)  # what embed_images would make of it (half the memory waiting)
 
     def frame_consumer(self, info: Any) -> _FrameConsumer:
         return _FrameConsumer(self, info)

@@ -1,0 +1,145 @@
+"""Images per second through the driver: images of several files per forward pass vs one per forward.
+
+    python benchmarks/bench_image_batching.py                       # CPU, ~5 min on 2 cores
+    python benchmarks/bench_image_batching.py --images 96 --repeats 3 --json benchmarks/results/image_batching.json
+    python benchmarks/bench_image_batching.py --device cuda --images 512
+
+`embedkit.run` (the local executor, as run_extraction.py runs it) over a folder of synthesized
+640x480 JPEG scenes, for resnet18 and openl3_image (architecture-identical random weights: speed
+does not depend on the values), at the plugins' default batch size (files packed across, the
+report's forward_passes / items_per_forward say how) and at `batch_size: 1` (one image per
+forward), interleaved repeat by repeat so a shared machine's load falls on both alike; best and
+median wall time per setting (models loaded before timing: the process caches them).
+
+Video (--videos N): N short videos (320x240, 15 fps) through resnet18 at frame_rate 5: a video's
+frames are batched within the file (`batch_size` frames per call); files are not packed across.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import _checkout  # noqa: E402,F401  (the checkout as the package embedkit)
+
+import embedkit  # noqa: E402
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def write_images(folder: Path, n: int) -> None:
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT))
+    from tests.media_synth import scene
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(scene(i, 640, 480, shapes=20)).save(folder / f"im{i:04d}.jpg", quality=90)
+
+
+def write_videos(folder: Path, n: int, seconds: float) -> None:
+    from tests.media_synth import moving_shapes, write_video
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        write_video(folder / f"v{i:03d}.mp4", moving_shapes(i, int(seconds * 15), 320, 240), fps=15)
+
+
+def one_run(folder: Path, model: dict, batch_size: int | None, device: str, threads: int) -> dict:
+    out = Path(tempfile.mkdtemp(prefix="bench_batching_"))
+    try:
+        settings = {"device": device, "torch_threads": threads}
+        if batch_size is not None:
+            settings["batch_size"] = batch_size
+        t0 = time.perf_counter()
+        stats = embedkit.run(folder, out, models=model, log=lambda msg: None, **settings)
+        wall = time.perf_counter() - t0
+        (m,) = stats.models.values()
+        assert m.ok and not stats.failures, stats.render()
+        return {"wall_s": wall, "ok": m.ok, "forward_passes": m.forward_passes,
+                "items_per_forward": m.items_per_forward, "inference_s": m.inference_seconds}
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def compare(name: str, folder: Path, model: dict, items: int, repeats: int, device: str,
+            threads: int, unit: str) -> dict:
+    one_run(folder, model, None, device, threads)  # warm-up: load, first-call kernels
+    runs: dict[str, list[dict]] = {"batched": [], "one_per_forward": []}
+    for _ in range(repeats):
+        runs["batched"].append(one_run(folder, model, None, device, threads))
+        runs["one_per_forward"].append(one_run(folder, model, 1, device, threads))
+    row: dict = {"model": name, unit: items}
+    for what, got in runs.items():
+        walls = [r["wall_s"] for r in got]
+        row[what] = {"best_wall_s": round(min(walls), 3), "median_wall_s": round(statistics.median(walls), 3),
+                     f"{unit}_per_s_best": round(items / min(walls), 2),
+                     "forward_passes": got[0]["forward_passes"], "items_per_forward": got[0]["items_per_forward"]}
+    row["speedup_best"] = round(row["one_per_forward"]["best_wall_s"] / row["batched"]["best_wall_s"], 3)
+    row["speedup_median"] = round(row["one_per_forward"]["median_wall_s"] / row["batched"]["median_wall_s"], 3)
+    b, s = row["batched"], row["one_per_forward"]
+    print(f"{name:<28} batched {b[f'{unit}_per_s_best']:>8.2f} {unit}/s ({b['forward_passes']} passes, "
+          f"{b['items_per_forward']} items each)   one per forward {s[f'{unit}_per_s_best']:>8.2f} {unit}/s "
+          f"({s['forward_passes']} passes)   x{row['speedup_best']:.2f} best, x{row['speedup_median']:.2f} median",
+          flush=True)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=48)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--videos", type=int, default=6)
+    ap.add_argument("--video-seconds", type=float, default=2.0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--models", nargs="*", default=["resnet18", "openl3_image"])
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    load = os.getloadavg()
+    print(f"{cpu_name()}, {args.threads} torch thread(s), device {args.device}; load average before "
+          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        images = Path(tmp) / "images"
+        write_images(images, args.images)
+        for name in args.models:
+            rows.append(compare(name, images, {name: {"weights": "random"}}, args.images, args.repeats,
+                                args.device, args.threads, "images"))
+        if args.videos:
+            videos = Path(tmp) / "videos"
+            write_videos(videos, args.videos, args.video_seconds)
+            frames = args.videos * int(args.video_seconds * 5)
+            rows.append(compare("resnet18 video, 5 frames/s", videos,
+                                {"resnet18": {"weights": "random", "frame_rate": 5.0}}, frames,
+                                args.repeats, args.device, args.threads, "frames"))
+    after = os.getloadavg()
+    print(f"load average after {after[0]:.2f} {after[1]:.2f} {after[2]:.2f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "cpu": cpu_name(), "device": args.device, "threads": args.threads, "images": args.images,
+            "repeats": args.repeats, "load_before": load, "load_after": after, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
