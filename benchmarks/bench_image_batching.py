@@ -83,7 +83,8 @@ def one_run(folder: Path, model: dict, batch_size: int | None, device: str, thre
 
 def compare(name: str, folder: Path, model: dict, items: int, repeats: int, device: str,
             threads: int, unit: str) -> dict:
-    one_run(folder, model, None, device, threads)  # warm-up: load, first-call kernels
+    one_run(folder, model, None, device, threads)  # warm-up: load, first-call kernels of both shapes
+    one_run(folder, model, 1, device, threads)
     runs: dict[str, list[dict]] = {"batched": [], "one_per_forward": []}
     for _ in range(repeats):
         runs["batched"].append(one_run(folder, model, None, device, threads))
