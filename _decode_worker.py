@@ -9,6 +9,6 @@ for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_
 
 runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_checkout.py"))
 
-from embedkit import decode_pool  # noqa: E402
+from embedkit import decode_pool, pipeline  # noqa: E402
 
-decode_pool.serve(conn, parent)  # noqa: F821  (given by the pool)
+decode_pool.serve(conn, parent, pipeline)  # noqa: F821  (given by the pool)

@@ -74,10 +74,9 @@ def died_cause(exitcode: int | None) -> str:
 
 
 # -- in the worker ---------------------------------------------------------------------------
-def serve(conn: Connection, parent: int) -> None:
-    """A worker's loop: (index, root, item, views, max_pixels, frames) in, the decoded Media out."""
-    from embedkit import pipeline
-
+def serve(conn: Connection, parent: int, pipeline: Any) -> None:
+    """A worker's loop: (index, root, item, views, max_pixels, frames) in, the decoded Media out.
+    `pipeline` is embedkit.pipeline, passed in by the worker's entry (it imports this module)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the driver decides
     _die_with(parent)
     while True:
