@@ -1,8 +1,7 @@
 """Images per second through the driver: images of several files per forward pass vs one per forward.
 
     python benchmarks/bench_image_batching.py                       # CPU, ~5 min on 2 cores
-    python benchmarks/bench_image_batching.py --images 96 --repeats 3 \
-        --json benchmarks/results/image_batching.json
+    python benchmarks/bench_image_batching.py --images 64 --json benchmarks/results/image_batching.json
     python benchmarks/bench_image_batching.py --device cuda --images 512
 
 `embedkit.run` (the local executor, as run_extraction.py runs it) over a folder of synthesized
@@ -93,14 +92,14 @@ def compare(name: str, folder: Path, model: dict, items: int, repeats: int, devi
     row: dict = {"model": name, unit: items}
     for what, got in runs.items():
         walls = [r["wall_s"] for r in got]
-        row[what] = {"best_wall_s": round(min(walls), 3), "median_wall_s": round(statistics.median(walls), 3),
+        row[what] = {"best_wall_s": round(min(walls), 3),
+                     "median_wall_s": round(statistics.median(walls), 3),
                      f"{unit}_per_s_best": round(items / min(walls), 2),
                      "forward_passes": got[0]["forward_passes"],
                      "items_per_forward": got[0]["items_per_forward"]}
-    row["speedup_best"] = round(row["one_per_forward"]["best_wall_s"] / row["batched"]["best_wall_s"], 3)
-    row["speedup_median"] = round(row["one_per_forward"]["median_wall_s"]
-                                  / row["batched"]["median_wall_s"], 3)
     b, s = row["batched"], row["one_per_forward"]
+    row["speedup_best"] = round(s["best_wall_s"] / b["best_wall_s"], 3)
+    row["speedup_median"] = round(s["median_wall_s"] / b["median_wall_s"], 3)
     print(f"{name:<28} batched {b[f'{unit}_per_s_best']:>8.2f} {unit}/s ({b['forward_passes']} passes, "
           f"{b['items_per_forward']} items each)   one per forward {s[f'{unit}_per_s_best']:>8.2f} {unit}/s "
           f"({s['forward_passes']} passes)   x{row['speedup_best']:.2f} best, "

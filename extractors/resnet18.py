@@ -193,13 +193,11 @@ class ResNet18(TorchExtractor):
     """ResNet-18 (ImageNet-1k): images -> (512,); with `frame_rate`, video frames -> (num_frames, 512).
 
     The network and its input are in channels_last memory format (1.3x faster convolutions on the
-    CPU; outputs within 5e-7 of the default layout). Batches hold one file's images only (one
-    image, or one video's frames in order), so a file's output never depends on other files; on
-    this project's CPUs (oneDNN, AVX-512) outputs were also measured identical for batches of 1
-    to 12, so the CPU runs `batch_size` images per call too.
-    The driver packs the images of consecutive image files into one call (`extract_images`);
-    an image's vector was measured bitwise the same alone or at any position of a batch of 2 to
-    40, at 1 and 2 threads (tests/test_batching.py checks it on the machine it runs on).
+    CPU; outputs within 5e-7 of the default layout). A video's frames go `batch_size` per call;
+    the driver packs the images of consecutive image files into one call (`extract_images`). On
+    this project's CPUs (oneDNN, AVX-512) an image's vector was measured bitwise the same alone
+    or at any position of a batch of 2 to 40, at 1 and 2 threads, so a file's output does not
+    depend on its companions (tests/test_batching.py checks it on the machine it runs on).
     """
 
     name = "resnet18"
