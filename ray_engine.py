@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import signal
 import sys
 import threading
@@ -40,7 +39,8 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from embedkit import audio_io, media, outputs, pipeline, registry
-from embedkit.extractors.base import ConfigError, Extractor
+from embedkit.decode_pool import DecodeView, picklable
+from embedkit.extractors.base import ConfigError
 from embedkit.pipeline import Item, ModelJob, Result, RunOptions
 from embedkit.reporting import Outcome, RunStats
 
@@ -76,33 +76,13 @@ class ModelRecipe:
         return cls(job.alias, ex.name, ex.weights_path, ex.batch_size, dict(ex.config))
 
 
-class _DecodeView:
-    """What `pipeline.decode` reads of a model, so decode workers never import the plugins."""
-
-    def __init__(self, ex: Extractor) -> None:
-        self.modality = ex.modality
-        self.resample_precision = ex.resample_precision if ex.modality == "audio" else None
-        self.resample_key = ex.resample_key if ex.modality == "audio" else None
-
-
-def _picklable(exc: BaseException | None) -> BaseException | None:
-    """`exc` itself when it survives pickling, else a MediaError with its one-line text."""
-    if exc is None:
-        return None
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:
-        return audio_io.MediaError(audio_io.one_line(exc))
-
-
 def decode_file(root: Path, item: Item, jobs: list[ModelJob],
                 max_pixels: int = media.MAX_PIXELS_PER_FRAME) -> tuple[media.Media, dict]:
     """A decode task: pipeline.decode, then (the Media for the models, a small summary for the driver)."""
     t0 = time.perf_counter()
     m = pipeline.decode(root, item, jobs, max_pixels)
     seconds = time.perf_counter() - t0
-    m.error = _picklable(m.error)
+    m.error = picklable(m.error)
     info = {"decoded_audio": m.decoded_audio, "duration_seconds": m.duration_seconds, "seconds": seconds,
             "resample_seconds": sum(m.resample_seconds.values()), "host": outputs.HOST}
     return m, info
@@ -162,7 +142,7 @@ class ModelWorker:
 
     def ready(self) -> tuple[BaseException | None, str, int]:
         """(load error or None, host, pid) once the model is loaded."""
-        return _picklable(self.error), outputs.HOST, os.getpid()
+        return picklable(self.error), outputs.HOST, os.getpid()
 
     def write_metadata(self, overwrite: bool = False) -> None:
         """Claim the model folder (features.json), as a local run does: ConfigConflict where another
@@ -525,7 +505,7 @@ class RayRunner(pipeline.Runner):
             self._progress.file_done()
             return
         slim = Item(item.source, item.kind, {j.alias: item.names[j.alias] for j in live}, [])
-        views = [ModelJob(j.alias, _DecodeView(j.extractor)) for j in live]  # type: ignore[arg-type]
+        views = [ModelJob(j.alias, DecodeView(j.extractor)) for j in live]  # type: ignore[arg-type]
         media_ref, info_ref = decode.remote(opt.audio_dir.resolve(), slim, views, opt.max_pixels_per_frame)
         flight = _Flight(item, locks, media_ref, info_ref)
         self._flights[index] = flight
