@@ -85,9 +85,12 @@ class Param:
     choices: tuple | None = None
     check: Callable[[Any], bool] | None = None
     allowed: str = ""
+    aliases: dict[str, Any] | None = None  # other spellings -> the value they mean (recorded as it)
 
     def validate(self, plugin: str, name: str, value: Any) -> Any:
         types = self.types if isinstance(self.types, tuple) else (self.types,)
+        if self.aliases and isinstance(value, str):
+            value = self.aliases.get(value, value)
         # YAML gives ints where floats are meant (hop_size: 1); accept them.
         if float in types and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -458,28 +461,59 @@ PRECISIONS = ("auto", "float32", "float16", "bfloat16")
 PRECISION = Param(
     "auto", str,
     "network arithmetic: auto = float16 autocast on CUDA, float32 on the CPU; float32 = no autocast "
-    "(cuDNN may still use TF32 where torch's flags allow it); float16, bfloat16 = autocast to that "
-    "type (CUDA only)",
-    choices=PRECISIONS,
+    "(cuDNN may still use TF32 where torch's flags allow it); float16 = autocast to float16 (CUDA "
+    "only); bfloat16 (or bf16) = autocast to bfloat16 on CUDA, and on CPUs with AVX512-BF16 or AMX "
+    "for the convolutional networks (never the default there)",
+    choices=PRECISIONS, aliases={"bf16": "bfloat16"},
 )
 # Device type -> precision -> autocast dtype (None: no autocast, float32 throughout). A precision
 # missing from the device's row is a configuration error, raised when the plugin is created. The
-# one place to change for a new choice: e.g. bfloat16 autocast on CPUs with AVX512-BF16 is a
-# "bfloat16" entry in the "cpu" row, with the CPU check in `autocast_dtype`.
+# "cpu" row's bfloat16 is further limited by `autocast_dtype`: plugins that opt in
+# (`TorchExtractor.cpu_bfloat16`), on CPUs with bfloat16 units (`cpu_bfloat16_units`).
 AUTOCAST: dict[str, dict[str, str | None]] = {
     "cuda": {"auto": "float16", "float32": None, "float16": "float16", "bfloat16": "bfloat16"},
-    "cpu": {"auto": None, "float32": None},
+    "cpu": {"auto": None, "float32": None, "bfloat16": "bfloat16"},
 }
 RANDOM_SEED = 0  # of every torch plugin's `weights_path="random"` networks
 
 
-def autocast_dtype(plugin: str, precision: str, device: str) -> str | None:
+def cpu_bfloat16_units(capabilities: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """The bfloat16 units of this CPU ("AMX", "AVX512-BF16"; empty where it has neither):
+    oneDNN runs bfloat16 convolutions and matrix products natively on these; without them it
+    emulates bfloat16 on AVX-512 (slower than float32) or refuses. `capabilities`: cpuinfo's
+    flags as `torch.cpu.get_capabilities()` gives them (default: this CPU's)."""
+    if capabilities is None:
+        try:
+            capabilities = _torch.cpu.get_capabilities()
+        except Exception:  # an older torch or a platform cpuinfo does not know: say none
+            capabilities = {}
+    units = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16"))
+    return tuple(name for flag, name in units if capabilities.get(flag))
+
+
+def autocast_dtype(plugin: str, precision: str, device: str, cpu_bfloat16: bool = False,
+                   cpu_units: tuple[str, ...] | None = None) -> str | None:
     """The autocast dtype ("float16", "bfloat16") of `precision` on resolved `device`, None for
-    float32 throughout; ConfigError where the device cannot run it (see AUTOCAST)."""
-    row = AUTOCAST.get(device.split(":", 1)[0], AUTOCAST["cpu"])
+    float32 throughout; ConfigError where the device cannot run it (see AUTOCAST).
+
+    bfloat16 on the CPU needs a plugin that offers it (`cpu_bfloat16`: the convolutional
+    networks, whose bfloat16 outputs are measured in BENCHMARKS.md) and a CPU with bfloat16
+    units (`cpu_units`, default `cpu_bfloat16_units()`)."""
+    precision = PRECISION.aliases.get(precision, precision)
+    kind = device.split(":", 1)[0]
+    row = AUTOCAST.get(kind, AUTOCAST["cpu"])
     if precision not in row:
         raise ConfigError(f"{plugin}: precision {precision} needs a CUDA device (running on {device}); "
                           f"use precision: {' or '.join(row)} there")
+    if kind != "cuda" and row[precision] == "bfloat16":
+        if not cpu_bfloat16:
+            raise ConfigError(f"{plugin}: precision bfloat16 on the CPU is offered for the convolutional "
+                              "networks only (its outputs are not measured for this model); use float32, "
+                              "or bfloat16 on a CUDA device")
+        units = cpu_bfloat16_units() if cpu_units is None else cpu_units
+        if not units:
+            raise ConfigError(f"{plugin}: precision bfloat16 on the CPU needs AVX512-BF16 or AMX "
+                              "(this CPU has neither); use float32")
     return row[precision]
 
 
@@ -518,7 +552,8 @@ class TorchExtractor(Extractor):
       else "cpu"); `self.device` is the resolved name and is in `model_key`, so "auto" and "cuda"
       share one loaded network;
     - precision: the `precision` parameter, added to every subclass's `params` with one meaning
-      (`PRECISION`; `self.autocast_dtype` is what it means on this device, checked at creation);
+      (`PRECISION`; `self.autocast_dtype` is what it means on this device, checked at creation;
+      bfloat16 on the CPU only where the plugin sets `cpu_bfloat16 = True`, see `autocast_dtype`);
     - autocast: `inference()` = torch.inference_mode + autocast to `autocast_dtype`;
     - batching: `run_batches(inputs, forward)` runs `forward` on `call_size()` items at a time:
       `batch_size`, on the CPU `cpu_call_size` where the plugin sets it (1: oneDNN and MKL pick
@@ -541,6 +576,7 @@ class TorchExtractor(Extractor):
     about: ClassVar[dict[str, str]] = {}  # what the network and its front-end are, for the provenance
     cpu_call_size: ClassVar[int | None] = None  # items per network call on the CPU (None: batch_size)
     pad_calls: ClassVar[bool] = False  # zero-pad the last call to a full one
+    cpu_bfloat16: ClassVar[bool] = False  # offers precision bfloat16 on the CPU (measured, BENCHMARKS.md)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -556,7 +592,8 @@ class TorchExtractor(Extractor):
     def __init__(self, device: str = "cpu", *args: Any, **kwargs: Any) -> None:
         """As `Extractor(device, weights_path, batch_size, **params)`, with `device` resolved here."""
         super().__init__(torch_device(device), *args, **kwargs)
-        self.autocast_dtype: str | None = autocast_dtype(self.name, self.config["precision"], self.device)
+        self.autocast_dtype: str | None = autocast_dtype(self.name, self.config["precision"], self.device,
+                                                         self.cpu_bfloat16)
 
     # -- loading ----------------------------------------------------------------------------------
     def model_key(self) -> tuple:
@@ -663,5 +700,7 @@ class TorchExtractor(Extractor):
         prov.update(self.load().source)
         prov["device"] = self.device
         prov["autocast"] = self.autocast_dtype or "none (float32)"
+        if self.autocast_dtype and not self.device.startswith("cuda"):
+            prov["cpu_bfloat16_units"] = list(cpu_bfloat16_units())
         prov["torch"] = _torch.__version__
         return prov

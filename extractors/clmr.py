@@ -343,6 +343,7 @@ class CLMR(TorchExtractor):
     # oneDNN picks its kernels by batch shape, which moves the last bits; one clip per call
     # keeps CPU results identical whatever batch_size.
     cpu_call_size = 1
+    cpu_bfloat16 = True  # precision: bfloat16 on CPUs with AVX512-BF16/AMX (BENCHMARKS.md, "bf16 on the CPU")
     about = {
         "model": "CLMR SampleCNN encoder (SimCLR on MagnaTagATune, 10000 epochs), representation before "
         "the projection head",

@@ -406,6 +406,9 @@ class Crepe(TorchExtractor):
     # zero-padded): BLAS picks its kernels and threading by shape, so a fixed shape makes every
     # frame's result independent of batch_size and of where a file ends (byte-identical resume).
     pad_calls = True
+    # precision: bfloat16 on CPUs with AVX512-BF16/AMX runs the library convolutions under autocast
+    # (not the float32 tap sums); pitch in cents and voicing vs float32 in BENCHMARKS.md
+    cpu_bfloat16 = True
 
     @property
     def _cpu_path(self) -> bool:

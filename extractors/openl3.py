@@ -64,6 +64,9 @@ class OpenL3Network(TorchExtractor):
 
     weights_license = weightfiles.WEIGHTS_LICENSE
     network_params = ("input_repr", "content_type")
+    # precision: bfloat16 on CPUs with AVX512-BF16/AMX, for the audio and the image network
+    # (fidelity and speed-up per network in BENCHMARKS.md, "bf16 on the CPU")
+    cpu_bfloat16 = True
 
     def weights_record(self) -> WeightFile:
         c = self.config

@@ -234,6 +234,7 @@ class R3D18(TorchExtractor):
     # shape (measured: 1e-7), and batching gains nothing there (40 GMAC per clip keeps the cores
     # busy), so a clip's embedding depends on nothing but the clip.
     cpu_call_size = 1
+    cpu_bfloat16 = True  # precision: bfloat16 on CPUs with AVX512-BF16/AMX (BENCHMARKS.md, "bf16 on the CPU")
     about = {
         "model": "torchvision r3d_18 (R3D_18_Weights.KINETICS400_V1), 512-d output of the global "
         "average pool",

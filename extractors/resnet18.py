@@ -212,6 +212,7 @@ class ResNet18(TorchExtractor):
     }
     weights_file = WEIGHTS
     default_batch_size = 32
+    cpu_bfloat16 = True  # precision: bfloat16 on CPUs with AVX512-BF16/AMX (BENCHMARKS.md, "bf16 on the CPU")
     about = {
         "model": "torchvision resnet18 (ResNet18_Weights.IMAGENET1K_V1), 512-d output of the global "
         "average pool",
