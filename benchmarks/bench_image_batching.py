@@ -11,6 +11,10 @@ report's forward_passes / items_per_forward say how) and at `batch_size: 1` (one
 forward), interleaved repeat by repeat so a shared machine's load falls on both alike; best and
 median wall time per setting (models loaded before timing: the process caches them).
 
+--call-sizes 1 2 16: also the packed run with each of these items per network call on the CPU
+(the plugin's `cpu_call_size`, set in this process only), interleaved with one file per forward:
+how a plugin's CPU call size is chosen (openl3_image's 1).
+
 Video (--videos N): N short videos (320x240, 15 fps) through resnet18 at frame_rate 5: a video's
 frames are batched within the file (`batch_size` frames per call); files are not packed across.
 """
@@ -108,6 +112,38 @@ def compare(name: str, folder: Path, model: dict, items: int, repeats: int, devi
     return row
 
 
+def call_sizes(name: str, folder: Path, items: int, repeats: int, threads: int, sizes: list[int]) -> dict:
+    """Packed (default batch_size) at each CPU call size vs one file per forward, interleaved."""
+    from embedkit import registry
+
+    cls, model = registry.get(name), {name: {"weights": "random"}}
+    saved = cls.cpu_call_size
+    cases = {"one per forward": (1, saved), **{f"packed, calls of {c}": (None, c) for c in sizes}}
+
+    def go(case):
+        cls.cpu_call_size = cases[case][1]
+        return one_run(folder, model, cases[case][0], "cpu", threads)["wall_s"]
+
+    try:
+        for case in cases:
+            go(case)  # warm-up of each shape
+        walls: dict[str, list[float]] = {c: [] for c in cases}
+        for r in range(repeats):
+            for case in (list(cases) if r % 2 == 0 else list(cases)[::-1]):
+                walls[case].append(go(case))
+    finally:
+        cls.cpu_call_size = saved
+    base = statistics.median(walls["one per forward"])
+    row = {"model": name, "images": items, "call_sizes": {
+        c: {"best_images_per_s": round(items / min(w), 2),
+            "median_images_per_s": round(items / statistics.median(w), 2),
+            "vs_one_per_forward_median": round(base / statistics.median(w), 3)} for c, w in walls.items()}}
+    for c, v in row["call_sizes"].items():
+        print(f"{name:<14} {c:<22} best {v['best_images_per_s']:>6.2f} images/s, median "
+              f"{v['median_images_per_s']:>6.2f} (x{v['vs_one_per_forward_median']:.2f})", flush=True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=48)
@@ -117,6 +153,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--models", nargs="*", default=["resnet18", "openl3_image"])
+    ap.add_argument("--call-sizes", type=int, nargs="*", default=[],
+                    help="packed runs with these CPU call sizes too (see above)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     load = os.getloadavg()
@@ -129,6 +167,8 @@ def main() -> None:
         for name in args.models:
             rows.append(compare(name, images, {name: {"weights": "random"}}, args.images, args.repeats,
                                 args.device, args.threads, "images"))
+        for name in args.models if args.call_sizes else []:
+            rows.append(call_sizes(name, images, args.images, args.repeats, args.threads, args.call_sizes))
         if args.videos:
             videos = Path(tmp) / "videos"
             write_videos(videos, args.videos, args.video_seconds)

@@ -86,6 +86,10 @@ class OpenL3Image(OpenL3Network):
     name = "openl3_image"
     modality = "image"
     default_batch_size = 16  # images per forward pass (~1.5 GB of activations on CPU)
+    # On the CPU one image per call: an image's activations are ~95 MB and more leave the caches
+    # (2 cores, 48 files packed, interleaved: calls of 1 at 1.03x one file per forward, of 2 at
+    # 0.92x, of 16 at 0.85x; BENCHMARKS.md). Packing still pays on a GPU: batch_size per call.
+    cpu_call_size = 1
     about = {"reproduces": "openl3 0.4.2 image network (process_video_file's frame decoding for videos)"}
     params = {
         "input_repr": Param("mel256", str, "which audio network the image network was trained with",

@@ -79,6 +79,7 @@ def test_an_images_vector_does_not_depend_on_its_batch(name, one_torch_thread, t
     one_by_one = [alone.extract_images([x])[0].data for x in prepared]
     for size in (2, 3, 7):
         plugin = registry.create(name, weights_path="random", batch_size=size)
+        plugin.cpu_call_size = None  # batch_size per call on the CPU too: the shapes under test
         before = plugin.forward_passes
         batched = plugin.extract_images(prepared)
         assert plugin.forward_passes - before == math.ceil(7 / size)
@@ -119,15 +120,18 @@ def runs(folder, tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.slow
 def test_48_images_take_a_handful_of_forward_passes_and_the_report_says_so(runs):
     """Groups of 32 consecutive files of the listing (the largest batch_size); openl3_image runs
-    each group in calls of its own 16. The 50 files: group 0 = the 2 bad ones + im00..im29, group 1
-    = im30..im47."""
+    each group in calls of its own size (its batch_size, 16; on the CPU its cpu_call_size, 1). The
+    50 files: group 0 = the 2 bad ones + im00..im29, group 1 = im30..im47."""
     models = report(runs["batched"])["models"]
     r18, ol3 = models["resnet18"], models["openl3_image"]
     assert r18["ok"] == N + 1 and ol3["ok"] == N  # bad_small is fine for resnet18
     assert r18["forward_passes"] == 2 and r18["items_forwarded"] == N + 1
-    assert ol3["forward_passes"] == 4 and ol3["items_forwarded"] == N  # 16 + 14, 16 + 2
+    call = registry.create("openl3_image", weights_path="random").call_size()
+    passes = math.ceil(30 / call) + math.ceil(18 / call)  # 30 + 18 in calls of 1
+    assert ol3["forward_passes"] == passes and ol3["items_forwarded"] == N
     assert r18["items_per_forward"] == round((N + 1) / 2, 2)
-    said = "forward passes: resnet18 2 (24.5 items each), openl3_image 4 (12 items each)"
+    said = (f"forward passes: resnet18 2 (24.5 items each), openl3_image {passes} "
+            f"({round(N / passes, 2):g} items each)")
     assert said in runs["batched_log"]
     single = report(runs["single"])["models"]
     assert single["resnet18"]["forward_passes"] == N + 1 and single["resnet18"]["items_per_forward"] == 1
