@@ -24,6 +24,13 @@ CLMR `weights: random`):
 
 Writes benchmarks/results/bf16.json (--json) and prints a table; the load average at the start
 and at the end goes into the JSON (the ratios are what count on a shared machine).
+
+--emulated, on a CPU without bfloat16 units (where the plugins refuse the precision): the same
+runs with oneDNN's bfloat16 emulation (operands rounded to bfloat16, products summed in float32,
+as the native instructions do, up to summation order), in this process only. It measures the
+fidelity; its times are the emulation's (slower than float32), not a bfloat16 CPU's speed-up, and
+are recorded under "emulated". openl3-TF then runs beside ours in float32 (speed), and our
+bfloat16 outputs of the same files are compared with TF's in this process.
 """
 
 from __future__ import annotations
@@ -246,7 +253,7 @@ def openl3_network(make: dict, rounds: int) -> dict:
 
 
 # -- openl3-TF side by side ----------------------------------------------------------------------
-def openl3_side_by_side(tmp: Path, rounds: int, threads: int) -> dict:
+def openl3_side_by_side(tmp: Path, rounds: int, threads: int, emulated: bool = False) -> dict:
     import soundfile as sf
 
     import peers
@@ -266,11 +273,11 @@ def openl3_side_by_side(tmp: Path, rounds: int, threads: int) -> dict:
         return {"skipped": why}
     members = [{"name": f"ours {p}", "worker": "ours",
                 "params": {"model": "openl3", "params": {**peers.OPENL3, "weights_path": w, "precision": p}}}
-               for p in ("float32", "bfloat16")] + [tf]
+               for p in (("float32",) if emulated else ("float32", "bfloat16"))] + [tf]
     a = argparse.Namespace(threads=threads)
     per: dict[str, list] = {m["name"]: [] for m in members}
     for r in range(rounds):
-        order = members[r % 3:] + members[:r % 3]
+        order = members[r % len(members):] + members[:r % len(members)]
         for m in order:
             res = peers.run_member(m, files, tmp / "tf" / m["name"].replace(" ", "_") / f"run{r}", a, False)
             per[m["name"]].append(res["file_s"])
@@ -279,13 +286,21 @@ def openl3_side_by_side(tmp: Path, rounds: int, threads: int) -> dict:
                              for n, runs in per.items()}}
     ref_dir = tmp / "tf" / tf["name"].replace(" ", "_") / "run0"
     out["vs_tf"] = {}
-    for m in members[:2]:
+    ours = members[:-1]
+    for m in ours:
         d = tmp / "tf" / m["name"].replace(" ", "_") / "run0"
         out["vs_tf"][m["name"]] = worst([closeness(np.load(ref_dir / f"{f.stem}.npy"),
                                                    np.load(d / f"{f.stem}.npy"))
                                          for f in files])
+    if emulated:  # bfloat16 (emulated) in this process, on the same files, against TF's outputs
+        for p in ("float32", "bfloat16"):
+            ex = registry.create("openl3", device="cpu", weights_path=w, precision=p,
+                                 **{k: v for k, v in peers.OPENL3.items() if k != "weights"})
+            got = [ex.extract(audio_at(ex, f), ex.sample_rate).data for f in files]
+            out["vs_tf"][f"ours {p} (in this process{', emulated' if p == 'bfloat16' else ''})"] = worst(
+                [closeness(np.load(ref_dir / f"{f.stem}.npy"), g) for f, g in zip(files, got)])
     t = out["median_file_s"]
-    out["tf_over_ours"] = {m["name"]: round(t[tf["name"]][0] / t[m["name"]][0], 3) for m in members[:2]}
+    out["tf_over_ours"] = {m["name"]: round(t[tf["name"]][0] / t[m["name"]][0], 3) for m in ours}
     return out
 
 
@@ -295,17 +310,24 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-tf", action="store_true", help="skip the openl3 0.4.2 (TensorFlow) side-by-side")
+    ap.add_argument("--emulated", action="store_true",
+                    help="on a CPU without bfloat16 units: fidelity through oneDNN's emulation (see above)")
     ap.add_argument("--json", default=str(HERE / "results" / "bf16.json"))
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     units = base.cpu_bfloat16_units()
-    if not units:
-        print("this CPU has neither AVX512-BF16 nor AMX: precision bfloat16 is refused here", file=sys.stderr)
+    if not units and not args.emulated:
+        print("this CPU has neither AVX512-BF16 nor AMX: precision bfloat16 is refused here "
+              "(--emulated measures the fidelity through oneDNN's emulation)", file=sys.stderr)
         return 2
+    emulated = not units
+    if emulated:  # this process only: the plugins' check answers "emulated" instead of refusing
+        base.cpu_bfloat16_units = lambda capabilities=None: ("emulated",)
     result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "bfloat16_units": list(units), "torch": torch.__version__, "threads": args.threads,
+                          "bfloat16_units": list(units) or ["none: oneDNN emulation"],
+                          "emulated": emulated, "torch": torch.__version__, "threads": args.threads,
                           "loadavg_start": [round(v, 2) for v in os.getloadavg()]},
               "date": time.strftime("%Y-%m-%d %H:%M"), "models": {}}
     with tempfile.TemporaryDirectory(prefix="bf16_") as tmp:
@@ -322,7 +344,7 @@ def main() -> int:
                 print(f"{'':13s} network on 64 windows: {m['network_64_windows']}", flush=True)
         if not args.no_tf and "openl3" in args.models:
             tf_rounds = max(3, args.rounds // 2 + 1)
-            result["openl3_tf_side_by_side"] = openl3_side_by_side(tmp, tf_rounds, args.threads)
+            result["openl3_tf_side_by_side"] = openl3_side_by_side(tmp, tf_rounds, args.threads, emulated)
             print("openl3-TF side by side:", json.dumps(result["openl3_tf_side_by_side"]), flush=True)
     result["machine"]["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
