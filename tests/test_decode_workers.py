@@ -90,6 +90,15 @@ def gone(pids: list[int]) -> bool:
     return not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
 
 
+def all_gone(pids: list[int], timeout: float = 30) -> bool:
+    """Wait until every pid is gone. The workers are joined before the driver exits; its
+    multiprocessing resource tracker ends on its own once the driver's pipe closes, a moment later."""
+    deadline = time.monotonic() + timeout
+    while not gone(pids) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return gone(pids)
+
+
 # -- same outputs --------------------------------------------------------------------------
 @pytest.mark.slow
 def test_same_bytes_with_and_without_workers(tmp_path):
@@ -197,7 +206,7 @@ def test_worker_killed_mid_file_fails_that_file_only(tmp_path):
     assert "MediaError" in failures["truncated.flac"]["melspec"]  # as a run without workers says
     done = sorted(p.name for p in (out / "melspec").glob("*.npy"))
     assert done == [n.replace(".wav", ".npy") for n in names]
-    assert gone(pids) and leftovers(out) == []
+    assert all_gone(pids) and leftovers(out) == []
 
 
 # -- signals and kills -------------------------------------------------------------------------------
@@ -218,10 +227,7 @@ def test_stopped_with_workers_leaves_no_orphan_and_resumes(tmp_path, sig, code):
         proc.send_signal(sig)
         proc.communicate(timeout=120)
         assert proc.returncode == code
-        deadline = time.monotonic() + 30  # SIGKILL: the workers die with their driver (PDEATHSIG)
-        while not gone(pids) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert gone(pids)
+        assert all_gone(pids)  # SIGKILL: the workers die with their driver (PDEATHSIG)
     finally:
         os.close(fd)
     if sig != signal.SIGKILL:
