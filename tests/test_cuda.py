@@ -71,7 +71,9 @@ def test_float32_on_cuda_equals_the_cpu(name, make, video, exact_float32):
 
 @pytest.mark.parametrize("name", TORCH_PLUGINS)
 def test_the_cuda_default_autocast_stays_close_to_float32(name, make, video):
-    """precision auto on CUDA is float16 autocast: finite and, per row, cosine >= 0.999."""
+    """precision auto on CUDA is float16 autocast: finite and, per row, cosine >= 0.999. (On these
+    seeded random networks: a non-finite row here may be float16's range on random activations,
+    not a fault of the plugin; say which in the report.)"""
     extra = {"activations": True} if name == "crepe" else {}
     ref = make(name, device="cpu", params={"precision": "float32", **extra})
     gpu = make(name, device="cuda", params=extra)
@@ -85,9 +87,9 @@ def test_the_cuda_default_autocast_stays_close_to_float32(name, make, video):
 @pytest.mark.parametrize("sr_in, sr_out", [(44100, 48000), (44100, 16000), (44100, 24000), (22050, 16000)])
 def test_resample_torch_on_cuda_equals_resampy(sr_in, sr_out):
     resampy = pytest.importorskip("resampy")
-    x = material(sr_in * 3 + 7, sr_in, 5)
+    x = material(sr_in // 2 + 7, sr_in, 5)
     want = resampy.resample(x, sr_in, sr_out)
-    got = polyphase.resample_torch(torch.from_numpy(x).cuda(), sr_in, sr_out, block_out=40000)
+    got = polyphase.resample_torch(torch.from_numpy(x).cuda(), sr_in, sr_out, block_out=5000)  # blocks
     assert got.is_cuda and got.dtype == torch.float64 and tuple(got.shape) == want.shape
     assert np.abs(got.cpu().numpy() - want).max() <= 1e-12 * np.abs(want).max()
     x32 = x.astype(np.float32)
@@ -98,15 +100,15 @@ def test_resample_torch_on_cuda_equals_resampy(sr_in, sr_out):
 
 def test_a_run_on_cuda_writes_what_a_cpu_run_writes(tmp_path, exact_float32):
     """The driver on CUDA: the same files, shapes and (to float32 order) values; provenance
-    says cuda; 12 images packed into one forward pass per batch."""
+    says cuda; 12 images packed into one forward pass."""
     for i, f0 in enumerate((220.0, 330.0, 440.0)):
         write_wav(tmp_path / "in" / f"t{i}.wav", tone(f0, 2.5, 44100), 44100)
     from PIL import Image
 
     for i in range(12):
         Image.fromarray(scene(i, 160, 120)).save(tmp_path / "in" / f"img{i:02d}.png")
-    models = {"crepe": {"capacity": "tiny", "weights": "random", "precision": "float32"},
-              "openl3": {"weights": "random", "hop_size": 0.5, "precision": "float32"},
+    # (CREPE's f0 is an argmax: its CUDA-vs-CPU check is on the activations, above)
+    models = {"openl3": {"weights": "random", "hop_size": 0.5, "precision": "float32"},
               "resnet18": {"weights": "random", "precision": "float32"}}
     out = {}
     for dev in ("cpu", "cuda"):
@@ -128,7 +130,7 @@ def test_a_run_on_cuda_writes_what_a_cpu_run_writes(tmp_path, exact_float32):
     assert resnet["forward_passes"] < 12 and resnet["items_per_forward"] > 1, resnet
 
 
-def test_cuda_out_of_memory_halves_the_batch(tmp_path, make):
+def test_cuda_out_of_memory_halves_the_batch(tmp_path, make, exact_float32):
     """A real CUDA OOM (this process capped to a small share of the device): the extractor is
     retried at half the batch size until it fits, and the output equals a small-batch run."""
     ex = make("openl3", device="cuda", params={"hop_size": 0.05, "precision": "float32"})
