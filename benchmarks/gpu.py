@@ -7,8 +7,8 @@
 
 What a user runs, measured as they would see it (benchmarks/gpu_check.sh runs it on a lent machine):
 
-1. corpus: stereo 44.1 kHz 16-bit WAVs of music-like synthetic audio (notes, clicks, noise; each
-   file its own seed), written by a process pool;
+1. corpus: stereo 44.1 kHz 16-bit WAVs of throughput.py's music-like synthetic audio (notes,
+   clicks, noise; each file its own seed), written by a process pool;
 2. preflight: `run_extraction.py --decode_only` over the corpus (decode workers at their default):
    the CPU side's feed rate per model, its ceiling;
 3. the run: `run_extraction.py --config <these models> --device <device>` in a subprocess, every
@@ -45,6 +45,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))  # throughput.py's corpus
 import _checkout  # noqa: E402,F401  (the checkout as the package embedkit)
 
 DEFAULT_MODELS = ("openl3", "crepe", "mert", "clmr")
@@ -53,19 +54,15 @@ PARAMS = {"crepe": {"capacity": "full"}}  # the original script's settings; the 
 
 
 def write_file(args: tuple) -> str:
-    """File i of the corpus: a gliding tone, clicks and noise, stereo 16-bit (its own seed)."""
+    """File i of the corpus: throughput.py's music-like track, drawn from its own seed (the files
+    are written in parallel)."""
     import soundfile as sf
 
+    from throughput import track
+
     folder, i, seconds, sr = args
-    rng = np.random.default_rng(i)
-    t = np.arange(int(seconds * sr)) / sr
-    f0 = 110.0 * 2 ** (rng.integers(0, 24) / 12)
-    melody = 0.3 * np.sin(2 * np.pi * f0 * t * (1 + 0.01 * np.sin(2 * np.pi * 0.5 * t)))
-    clicks = (np.sin(2 * np.pi * (2 + i % 3) * t) > 0.995) * rng.standard_normal(t.size) * 0.5
-    noise = 0.02 * rng.standard_normal(t.size)
-    x = np.stack([melody + clicks + noise, melody - clicks + noise], 1).astype(np.float32)
     path = Path(folder) / f"track_{i:04d}.wav"
-    sf.write(path, x, sr, subtype="PCM_16")
+    sf.write(path, track(i, seconds, sr, np.random.default_rng(i)), sr, subtype="PCM_16")
     return str(path)
 
 

@@ -63,6 +63,16 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def track(i: int, seconds: float, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """Track i of the corpus: (N, 2) float32, a gliding tone, clicks and noise drawn from `rng`."""
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 110.0 * 2 ** (rng.integers(0, 24) / 12)
+    melody = 0.3 * np.sin(2 * np.pi * f0 * t * (1 + 0.01 * np.sin(2 * np.pi * 0.5 * t)))
+    clicks = (np.sin(2 * np.pi * (2 + i % 3) * t) > 0.995) * rng.standard_normal(t.size) * 0.5
+    noise = 0.02 * rng.standard_normal(t.size)
+    return np.stack([melody + clicks + noise, melody - clicks + noise], 1).astype(np.float32)
+
+
 def make_corpus(folder: Path, n_files: int, seconds: float, sr: int = 44100) -> list[Path]:
     """Stereo 44.1 kHz 16-bit WAVs of music-like synthetic audio (notes + clicks + noise)."""
     import soundfile as sf
@@ -70,15 +80,9 @@ def make_corpus(folder: Path, n_files: int, seconds: float, sr: int = 44100) -> 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     rng = np.random.default_rng(0)
-    t = np.arange(int(seconds * sr)) / sr
     for i in range(n_files):
-        f0 = 110.0 * 2 ** (rng.integers(0, 24) / 12)
-        melody = 0.3 * np.sin(2 * np.pi * f0 * t * (1 + 0.01 * np.sin(2 * np.pi * 0.5 * t)))
-        clicks = (np.sin(2 * np.pi * (2 + i % 3) * t) > 0.995) * rng.standard_normal(t.size) * 0.5
-        noise = 0.02 * rng.standard_normal(t.size)
-        x = np.stack([melody + clicks + noise, melody - clicks + noise], 1).astype(np.float32)
         p = folder / f"track_{i:04d}.wav"
-        sf.write(p, x, sr, subtype="PCM_16")
+        sf.write(p, track(i, seconds, sr, rng), sr, subtype="PCM_16")
         paths.append(p)
     return paths
 

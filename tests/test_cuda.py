@@ -130,7 +130,7 @@ def test_a_run_on_cuda_writes_what_a_cpu_run_writes(tmp_path, exact_float32):
     assert resnet["forward_passes"] < 12 and resnet["items_per_forward"] > 1, resnet
 
 
-def test_cuda_out_of_memory_halves_the_batch(tmp_path, make, exact_float32):
+def test_cuda_out_of_memory_halves_the_batch(make, exact_float32):
     """A real CUDA OOM (this process capped to a small share of the device): the extractor is
     retried at half the batch size until it fits, and the output equals a small-batch run."""
     ex = make("openl3", device="cuda", params={"hop_size": 0.05, "precision": "float32"})
@@ -138,10 +138,9 @@ def test_cuda_out_of_memory_halves_the_batch(tmp_path, make, exact_float32):
     audio = material(48000 * 6, 48000, 3).astype(np.float32)
     total = torch.cuda.get_device_properties(0).total_memory
     ex.batch_size = 4096  # ~120 windows in one call: several GB of activations
-    want_cap = 1.5e9 / total
     logs = []
     torch.cuda.empty_cache()
-    torch.cuda.set_per_process_memory_fraction(min(1.0, want_cap))
+    torch.cuda.set_per_process_memory_fraction(min(1.0, 1.5e9 / total))
     try:
         got = pipeline._extract_with_backoff(pipeline.ModelJob("openl3", ex), audio, logs.append)
     finally:
