@@ -595,6 +595,7 @@ class Media:
         self.kind = kind or kind_of(path) or "audio"
         self.error: Exception | None = None  # set by the run loop when opening/decoding failed
         self._decoded: audio_io.Decoded | None = None
+        self._dropped: tuple[float, int, dict] | None = None  # duration, rate, resampling times (drop_audio)
         self._audio_error: MediaError | None = None
         self._image: np.ndarray | None = None
         # audio files hold audio (or fail to decode); containers say what they hold when probed
@@ -654,21 +655,37 @@ class Media:
     @property
     def decoded_audio(self) -> bool:
         """Whether the audio has been decoded (successfully)."""
-        return self._decoded is not None
+        return self._decoded is not None or self._dropped is not None
 
     @property
     def duration_seconds(self) -> float:
         """Seconds of decoded audio (0 before decoding, and for images and silent videos)."""
+        if self._dropped is not None:
+            return self._dropped[0]
         return self._decoded.duration_seconds if self._decoded is not None else 0.0
 
     @property
     def source_sample_rate(self) -> int | None:
+        if self._dropped is not None:
+            return self._dropped[1]
         return self._decoded.sample_rate if self._decoded is not None else None
 
     @property
     def resample_seconds(self) -> dict:
         """Seconds spent resampling, per (rate, method)."""
+        if self._dropped is not None:
+            return self._dropped[2]
         return self._decoded.resample_seconds if self._decoded is not None else {}
+
+    def drop_audio(self) -> None:
+        """Free the samples, decoded and resampled (a short file waiting for its batch keeps only
+        its network inputs); duration, rates and resampling times stay for the report. Asking for
+        the samples afterwards is an error, not a second decoding."""
+        d = self._decoded
+        if d is not None:
+            self._dropped = (d.duration_seconds, d.sample_rate, d.resample_seconds)
+            self._decoded = None
+            self._audio_error = MediaError(f"{self.path.name}: its samples were freed (Media.drop_audio)")
 
     # image
     def image(self) -> np.ndarray:

@@ -390,11 +390,13 @@ def count_frames(m: media.Media, jobs: list[ModelJob]) -> None:
 
 # -- extract ------------------------------------------------------------------------------
 def extract(item: Item, jobs: list[ModelJob], m: media.Media,
-            log: Callable[[str], None] = print, stop: threading.Event | None = None) -> Iterator[Result]:
+            log: Callable[[str], None] = print, stop: threading.Event | None = None,
+            share: list[ModelJob] | None = None) -> Iterator[Result]:
     """Run every model on the file; yields one Result per job, as each finishes.
 
     Audio models get the (resampled) signal, image models the image, and every
-    frame model of a video shares one decoding pass of its frames.
+    frame model of a video shares one decoding pass of its frames. `share`: every model
+    of the file, where `jobs` are some of them (the resampling time is shared among them).
     """
     frame_jobs = []
     for job in jobs:
@@ -409,7 +411,7 @@ def extract(item: Item, jobs: list[ModelJob], m: media.Media,
             if item.kind == "video" and not m.has_audio:
                 yield Result(job, skipped="no audio track in this video")
                 continue
-            yield _run_audio(job, m, log, jobs)
+            yield _run_audio(job, m, log, share or jobs)
         elif item.kind == "image":
             yield _run_image(job, m)
         elif not m.has_video:
@@ -458,12 +460,16 @@ def _run_audio(job: ModelJob, m: media.Media, log: Callable[[str], None], jobs: 
     except Exception as exc:
         res.features, res.error = None, exc
     res.seconds = time.perf_counter() - t0
-    # the resampling done in the decoder, shared among the models using it
-    shared = audio_io.resample_key(*key)
+    res.resample_seconds = _resample_share(job, decoded, jobs)
+    return res
+
+
+def _resample_share(job: ModelJob, decoded: audio_io.Decoded, jobs: list[ModelJob]) -> float:
+    """The job's share of the resampling done in the decoder (shared among the models using it)."""
+    shared = audio_io.resample_key(*job.extractor.resample_key)
     users = sum(1 for j in jobs if not j.error and j.extractor.modality == "audio"
                 and audio_io.resample_key(*j.extractor.resample_key) == shared)
-    res.resample_seconds = decoded.resample_seconds.get(shared, 0.0) / max(1, users)
-    return res
+    return decoded.resample_seconds.get(shared, 0.0) / max(1, users)
 
 
 def _run_image(job: ModelJob, m: media.Media) -> Result:
@@ -483,17 +489,26 @@ def _run_image(job: ModelJob, m: media.Media) -> Result:
     return res
 
 
-# -- extract, images across files ------------------------------------------------------------------
-# The local executor packs the images of consecutive image files into one forward pass per model
-# (`batch_groups` says which files share one; `prepare_images` readies each file as it arrives,
-# `extract_image_batch` runs the batch). Only the network call is shared: decoding, each plugin's
-# per-image front-end (`prepare_image`) and the checks of each output stay per file, so a bad
-# image fails alone and never enters a batch. An image's vector does not depend on its batch
-# companions on the CPU (measured bitwise for resnet18 and openl3_image, checked by
-# tests/test_batching.py), so reruns, resumed and sharded runs write the same bytes.
+# -- extract, across files -----------------------------------------------------------------------
+# The local executor packs consecutive files into shared forward passes, per model: the images of
+# image files, and the items (windows, clips, frames) of short audio files, those with fewer items
+# than one network call (`Extractor.packs_audio`); a longer file runs alone, as it always did, so
+# its memory bound holds. `batch_groups` says which files may share a pass: groups of the sorted
+# listing, the same on every rerun and shard. `prepare_images` / `prepare_audio` ready each file as
+# it arrives (decoded pixels and samples are freed: a waiting file holds its network inputs only),
+# `extract_batch` runs the passes. Only the network calls are shared: decoding, each plugin's
+# front-end and the checks of each output stay per file, so a bad file fails alone and never
+# enters a batch. An item's output does not depend on its batch companions on the CPU (measured
+# bitwise, checked by tests/test_batching.py), so reruns, resumed and sharded runs write the same
+# bytes.
+# Short audio files wait until their items fill this many network calls of a model (or their
+# group ends): the last call's padding is then a small share, and the wait holds a few calls' items.
+PACK_CALLS = 8
+
+
 @dataclass
-class ImageBatchMember:
-    """One image file waiting for its batch: its models' Results and their prepared inputs."""
+class BatchMember:
+    """One file waiting for its batch: its models' Results and their prepared inputs."""
 
     item: Item
     jobs: list[ModelJob]
@@ -505,26 +520,38 @@ class ImageBatchMember:
         """The file's Results in its models' order (as `extract` yields them)."""
         return [self.results[j.alias] for j in self.jobs]
 
-
-def batch_groups(files: list[Path], jobs: list[ModelJob]) -> dict[Path, int]:
-    """Which image files share a forward pass: consecutive image files of `files` (the run's
-    sorted listing, after sharding) in groups of the largest `batch_size` among the models that
-    batch images: the same groups on every rerun, whatever is already done (a resumed run
-    computes the remaining members of a group together). {} when no model batches (batch_size 1)."""
-    live = [j for j in jobs if not j.error and "image" in j.kinds and j.extractor.batches_images]
-    size = max((j.extractor.batch_size for j in live), default=1)
-    if size <= 1:
-        return {}
-    images = [f for f in files if media.kind_of(f) == "image"]
-    return {f: i // size for i, f in enumerate(images)}
+    def items(self, alias: str) -> int:
+        """Network items this file adds to `alias`'s batch (an image: 1)."""
+        x = self.inputs.get(alias)
+        return 0 if x is None else len(x[0]) if self.item.kind == "audio" else 1
 
 
-def prepare_images(item: Item, jobs: list[ModelJob], m: media.Media) -> ImageBatchMember:
+def batch_groups(files: list[Path], jobs: list[ModelJob]) -> dict[Path, tuple[str, int]]:
+    """Which files may share a forward pass: consecutive image files of `files` (the run's sorted
+    listing, after sharding) in groups of the largest `batch_size` among the models that batch
+    images; consecutive audio files in groups of the largest network call among the models that
+    pack short audio. The same groups on every rerun, whatever is already done (a resumed run
+    computes the remaining members of a group together). Nothing where no model batches
+    (batch_size 1)."""
+    live = [j for j in jobs if not j.error]
+    sizes = {"image": max((j.extractor.batch_size for j in live
+                           if "image" in j.kinds and j.extractor.batches_images), default=1),
+             "audio": max((j.extractor.call_size() for j in live
+                           if j.extractor.modality == "audio" and j.extractor.batches_audio), default=1)}
+    groups: dict[Path, tuple[str, int]] = {}
+    for kind, size in sizes.items():
+        if size > 1:
+            of_kind = [f for f in files if (media.kind_of(f) or "audio") == kind]
+            groups.update({f: (kind, i // size) for i, f in enumerate(of_kind)})
+    return groups
+
+
+def prepare_images(item: Item, jobs: list[ModelJob], m: media.Media) -> BatchMember:
     """extract() of one image file up to the forward pass: load and decode failures as Results,
     each batching model's `prepare_image` (a refusal fails that model on this file only), models
     that do not batch run at once. The decoded pixels are freed after: a file waiting for its
     batch holds its network inputs only."""
-    member = ImageBatchMember(item, jobs, m, {}, {})
+    member = BatchMember(item, jobs, m, {}, {})
     for job in jobs:
         ex = job.extractor
         if job.error:
@@ -552,22 +579,71 @@ def prepare_images(item: Item, jobs: list[ModelJob], m: media.Media) -> ImageBat
     return member
 
 
-def extract_image_batch(members: list[ImageBatchMember]) -> None:
-    """The forward passes of several image files: per model, its prepared images in calls of
-    `batch_size` (`extract_images`); the Results land in each member. A call that fails is tried
-    again image by image, so only the guilty file fails."""
+def packing_jobs(item: Item, jobs: list[ModelJob], m: media.Media) -> list[ModelJob]:
+    """The models for which this audio file is short (`Extractor.packs_audio` of its signal at the
+    model's rate): those its items go to a shared call for. [] for a file that failed to decode."""
+    if item.kind != "audio" or m.error is not None:
+        return []
+    packing = []
+    for job in jobs:
+        ex = job.extractor
+        if job.error or ex.modality != "audio" or not ex.batches_audio:
+            continue
+        try:
+            n = m.audio(*ex.resample_key).shape[0]
+        except Exception:
+            continue  # `extract` reports it
+        if ex.packs_audio(n):
+            packing.append(job)
+    return packing
+
+
+def prepare_audio(item: Item, jobs: list[ModelJob], m: media.Media, packing: list[ModelJob],
+                  log: Callable[[str], None] = print) -> BatchMember:
+    """extract() of one short audio file up to the forward passes of the `packing` models (their
+    `prepare_audio`: a refusal fails that model on this file only); the other models run at once.
+    The samples are freed after (duration and rates stay for the report)."""
+    member = BatchMember(item, jobs, m, {}, {})
+    packed = {j.alias for j in packing}
+    others = [j for j in jobs if j.alias not in packed]
+    for res in extract(item, others, m, log, share=jobs):
+        member.results[res.job.alias] = res
+    for job in packing:
+        ex = job.extractor
+        res = member.results[job.alias] = Result(job)
+        t0 = time.perf_counter()
+        try:
+            audio = m.audio(*ex.resample_key)
+            member.inputs[job.alias], res.notes = _capture_notes(lambda: ex.prepare_audio(audio))
+        except Exception as exc:
+            res.error = exc
+        res.seconds = time.perf_counter() - t0
+        res.resample_seconds = _resample_share(job, m.decoded, jobs)
+    m.drop_audio()
+    return member
+
+
+def extract_batch(members: list[BatchMember], log: Callable[[str], None] = print) -> None:
+    """The forward passes of several files of one group: per model, its prepared inputs (images:
+    `extract_images` calls of `batch_size`; audio: the items of every file in one `forward_items`,
+    which makes calls of `call_size()`); the Results land in each member. A call that fails is
+    tried again file by file, so only the guilty file fails."""
     jobs: dict[str, ModelJob] = {}
     for mem in members:
         for alias in mem.inputs:
             jobs.setdefault(alias, mem.results[alias].job)
     for alias, job in jobs.items():
         todo = [mem for mem in members if alias in mem.inputs]
+        if job.extractor.modality == "audio":
+            _embed_audio(job, todo, log)
+            continue
         size = max(1, job.extractor.batch_size)
         for start in range(0, len(todo), size):
             _embed_images(job, todo[start:start + size])
 
 
-def _embed_images(job: ModelJob, group: list[ImageBatchMember]) -> None:
+
+def _embed_images(job: ModelJob, group: list[BatchMember]) -> None:
     alias, ex = job.alias, job.extractor
     t0 = time.perf_counter()
     feats = None
@@ -595,6 +671,42 @@ def _embed_images(job: ModelJob, group: list[ImageBatchMember]) -> None:
         except Exception as exc:
             res.features, res.error = None, exc
         res.seconds += time.perf_counter() - t1
+
+
+def _embed_audio(job: ModelJob, group: list[BatchMember], log: Callable[[str], None]) -> None:
+    alias, ex = job.alias, job.extractor
+    counts = [mem.items(alias) for mem in group]
+
+    def forward(x: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        return _capture_notes(lambda: _with_backoff(job, lambda: ex.forward_items(x), log))
+
+    t0 = time.perf_counter()
+    outs, got = None, []
+    try:
+        with _counting(ex, group[0].results[alias]):  # the batch's calls, counted once
+            outs, got = forward(np.concatenate([mem.inputs[alias][0] for mem in group]))
+        if len(outs) != sum(counts):
+            raise RuntimeError(f"{alias} returned {len(outs)} outputs for {sum(counts)} items")
+    except Exception:
+        outs = None  # tried again file by file below: the error then belongs to one file
+    elapsed, start = time.perf_counter() - t0, 0
+    for mem, n in zip(group, counts):
+        res, (items, state) = mem.results[alias], mem.inputs.pop(alias)
+        res.seconds += elapsed * n / max(1, sum(counts))
+        t1 = time.perf_counter()
+        try:
+            if outs is None:
+                with _counting(ex, res):
+                    rows, got = forward(items)
+            else:
+                rows = outs[start:start + n]
+            res.features, more = _capture_notes(lambda: ex.finish_audio(rows, state))
+            res.notes = list(dict.fromkeys([*res.notes, *got, *more]))
+            _validate_output(job, "audio", res.features)
+        except Exception as exc:
+            res.features, res.error = None, exc
+        res.seconds += time.perf_counter() - t1
+        start += n
 
 
 def _run_frames(jobs: list[ModelJob], m: media.Media, stop: threading.Event | None) -> Iterator[Result]:
@@ -666,9 +778,15 @@ def _validate_output(job: ModelJob, kind: str, feats: Features) -> None:
 def _extract_with_backoff(job: ModelJob, audio: np.ndarray, log: Callable[[str], None]) -> Features:
     """Run the extractor; on CUDA out-of-memory retry with half the batch size."""
     ex = job.extractor
+    return _with_backoff(job, lambda: ex.extract(audio, ex.sample_rate), log)
+
+
+def _with_backoff(job: ModelJob, fn: Callable[[], Any], log: Callable[[str], None]) -> Any:
+    """fn(); on CUDA out-of-memory, fn() again with half the model's batch size."""
+    ex = job.extractor
     while True:
         try:
-            return ex.extract(audio, ex.sample_rate)
+            return fn()
         except RuntimeError as exc:
             oom = "out of memory" in str(exc).lower() and str(ex.device).startswith("cuda")
             if not oom or ex.batch_size <= 1:
@@ -943,11 +1061,14 @@ class Runner:
         self._stats_lock = threading.Lock()  # the writer thread counts outcomes too
         self.decode_workers = 0  # decode processes this run uses (`decode_workers_for`)
         self._pool: Any = None  # the decode pool while there is one
-        # images across files: source -> its batch group, files of each group still to come, and
-        # the files of the group being filled (with what `prepare_images` made of them)
-        self._groups: dict[Path, int] = {}
+        # files across files' batches: source -> its batch group, files of each group in this run
+        # and how many have come, the files of the group being filled (with what `prepare_images`
+        # / `prepare_audio` made of them) and their items per model
+        self._groups: dict[Path, tuple[str, int]] = {}
         self._group_sizes: Counter = Counter()
-        self._batch: list[tuple[_Work, ImageBatchMember | None]] = []
+        self._group_seen: Counter = Counter()
+        self._batch: list[tuple[_Work, BatchMember | None]] = []
+        self._batch_items: Counter = Counter()
 
     # -- before any file ----------------------------------------------------------------
     def prepare(self) -> list[Item]:
@@ -1168,7 +1289,7 @@ class Runner:
                 got = self._next(q)
                 self.stats.waited_for_input_seconds += time.perf_counter() - t_wait
                 if got is None:
-                    self._flush_images()
+                    self._flush_batch()
                     break
                 if isinstance(got, BaseException):
                     raise got
@@ -1219,12 +1340,11 @@ class Runner:
 
     def _process(self, work: _Work) -> None:
         """Extract here; store in the writer thread, so writing overlaps the next extraction.
-        An image file of a batch group waits for the group's other files (`_add_image`)."""
+        A file of a batch group waits for the group's other files (`_add_to_batch`)."""
         group = self._groups.get(work.item.source)
-        if group is not None:
-            self._add_image(work, group)
+        if group is not None and self._add_to_batch(work, group):
             return
-        self._flush_images()  # files are stored in the listing's order
+        self._flush_batch()  # files are stored in the listing's order
         item, m = work.item, work.media
         try:
             if m is not None:
@@ -1240,31 +1360,48 @@ class Runner:
         finally:  # after this file's results are stored: count it, free its leases
             self._writer.submit(lambda: self._file_done(work))
 
-    def _add_image(self, work: _Work, group: int) -> None:
-        """Prepare an image file for its group's forward pass; run the group once it is whole (all
-        its files of this run have come; a file of another group first ends this one)."""
+    def _add_to_batch(self, work: _Work, group: tuple[str, int]) -> bool:
+        """Prepare a file for its group's forward passes; run them once the group is whole (all
+        its files of this run have come), once a model's waiting items fill PACK_CALLS network
+        calls, or when a file outside the group comes. False: an audio file that packs for no model (long,
+        or it failed to decode): it runs alone, after the waiting files."""
+        self._group_seen[group] += 1
+        kind, m = group[0], work.media
+        packing = []
+        if kind == "audio" and m is not None and work.jobs:
+            packing = packing_jobs(work.item, work.jobs, m)
+            if not packing:
+                return False
         if self._batch and self._groups[self._batch[0][0].item.source] != group:
-            self._flush_images()
+            self._flush_batch()
         member = None
-        if work.media is not None and work.jobs:
+        if m is not None and work.jobs:
             if self.opt.verbose:
-                self._progress.say(f"{work.item.source.as_posix()}: started (image; "
+                self._progress.say(f"{work.item.source.as_posix()}: started ({kind}; "
                                    f"{', '.join(j.alias for j in work.jobs)})")
-            member = prepare_images(work.item, work.jobs, work.media)
+            if kind == "image":
+                member = prepare_images(work.item, work.jobs, m)
+            else:
+                member = prepare_audio(work.item, work.jobs, m, packing, self._progress.say)
+                for job in packing:
+                    self._batch_items[job.alias] += member.items(job.alias)
         self._batch.append((work, member))
-        if len(self._batch) >= self._group_sizes[group]:
-            self._flush_images()
+        full = any(self._batch_items[j.alias] >= PACK_CALLS * j.extractor.call_size() for j in packing)
+        if full or self._group_seen[group] >= self._group_sizes[group]:
+            self._flush_batch()
+        return True
 
-    def _flush_images(self) -> None:
-        """The waiting image files' forward passes, then their stores, file by file in order."""
+    def _flush_batch(self) -> None:
+        """The waiting files' forward passes, then their stores, file by file in order."""
         batch, self._batch = self._batch, []
+        self._batch_items.clear()
         if not batch:
             return
         members = [mem for _, mem in batch if mem is not None]
         if members:
-            extract_image_batch(members)
+            extract_batch(members, self._progress.say)
             if self.opt.verbose:
-                self._progress.say(f"batch of {len(members)} image file(s) from "
+                self._progress.say(f"batch of {len(members)} {members[0].item.kind} file(s) from "
                                    f"{members[0].item.source.as_posix()}")
         for work, mem in batch:
             try:

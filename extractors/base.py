@@ -19,7 +19,10 @@ Contract, in the spirit of the HEAR 2021 API:
 - `load()` loads the network once per process (cached across instances);
 - the input, by modality:
   - audio: `extract(audio, sr)` on mono float32 (or `input_dtype`) at `sample_rate` -> `Features`;
-    runs on audio files and on the sound track of videos;
+    runs on audio files and on the sound track of videos; a plugin whose network runs on
+    fixed-size items (windows, clips, frames) may also give `audio_items(n_samples)`,
+    `prepare_audio(audio)`, `forward_items(items)` and `finish_audio(outputs, state)`: the
+    driver then packs the items of consecutive short files into one network call;
   - image: `extract_image(rgb)` on (H, W, 3) uint8 -> `Features`; runs on
     images, and on video frames where `takes_video_frames()` says so, through
     `frame_consumer(info)`; a plugin that batches images across files also gives
@@ -329,6 +332,10 @@ class Extractor(ABC):
 
     def extract(self, audio: np.ndarray, sr: int) -> Features:
         """Features of one mono float32 (`input_dtype`) signal at `self.sample_rate` Hz."""
+        return self._extract(self.checked_audio(audio, sr))
+
+    def checked_audio(self, audio: np.ndarray, sr: int) -> np.ndarray:
+        """`audio` as the plugin takes it (mono, `input_dtype`, at `sample_rate`), or ValueError."""
         if sr != self.sample_rate:
             raise ValueError(
                 f"{self.name} needs audio at {self.sample_rate} Hz, got {sr} Hz; "
@@ -339,7 +346,7 @@ class Extractor(ABC):
             raise ValueError(f"{self.name} needs mono audio (1-D), got shape {audio.shape}")
         if audio.dtype != np.dtype(self.input_dtype):
             audio = audio.astype(self.input_dtype)
-        return self._extract(audio)
+        return audio
 
     def _extract(self, audio: np.ndarray) -> Features:
         """Audio plugins: features of a mono `input_dtype` signal already at `sample_rate`."""
@@ -366,6 +373,43 @@ class Extractor(ABC):
     def batches_images(self) -> bool:
         """Whether `extract_images` runs one forward pass for several images (it is overridden)."""
         return type(self).extract_images is not Extractor.extract_images
+
+    # Short audio across files: a plugin whose network runs on fixed-size pieces of the signal
+    # (windows, clips, frames: "items") splits its `_extract` in three, and the driver packs the
+    # items of consecutive short files (fewer items than one network call) into shared calls:
+    # `prepare_audio` (the front-end), `forward_items` (the network, on the items of several
+    # files), `finish_audio` (one file's Features from its rows). Longer files keep `_extract`.
+    def audio_items(self, n_samples: int) -> int | None:
+        """Audio plugins that pack short files: how many network items a signal of `n_samples`
+        samples (at `sample_rate`) makes; None: this plugin does not pack."""
+        return None
+
+    def packs_audio(self, n_samples: int) -> bool:
+        """Whether a signal of `n_samples` samples is short: fewer items than one network call."""
+        items = self.audio_items(n_samples)
+        return items is not None and items < self.call_size()
+
+    def prepare_audio(self, audio: np.ndarray) -> tuple[np.ndarray, Any]:
+        """A short signal (as `_extract` takes it) -> its items (N, ...) float32, as the network
+        takes them, and what `finish_audio` needs (raise for a signal the plugin refuses)."""
+        raise NotImplementedError(f"{self.name} does not pack audio across files")
+
+    def forward_items(self, items: np.ndarray) -> np.ndarray:
+        """The network on (N, ...) items of one or several files -> (N, ...) float32 outputs."""
+        raise NotImplementedError(f"{self.name} does not pack audio across files")
+
+    def finish_audio(self, outputs: np.ndarray, state: Any) -> Features:
+        """One file's Features from its rows of `forward_items` (and `prepare_audio`'s state)."""
+        raise NotImplementedError(f"{self.name} does not pack audio across files")
+
+    @property
+    def batches_audio(self) -> bool:
+        """Whether the plugin packs short audio files across files (`audio_items` is overridden)."""
+        return type(self).audio_items is not Extractor.audio_items
+
+    def call_size(self) -> int:
+        """Items per network call (`TorchExtractor`: `cpu_call_size` on the CPU where set)."""
+        return self.batch_size
 
     # network calls made so far (`TorchExtractor.run_batches` counts them): the run's report
     # gives each model's forward passes and items per forward from them

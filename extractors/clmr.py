@@ -369,21 +369,43 @@ class CLMR(TorchExtractor):
             f"({CLIP_SAMPLES} samples at {SAMPLE_RATE} Hz, consecutive from sample 0)",
         )
 
-    def _extract(self, audio: np.ndarray) -> Features:
-        """audio (N,) float32 at 22050 Hz -> (num_clips, 512) float32 + clip-centre timestamps, or (512,)."""
-        net = self.load().net
+    @staticmethod
+    def _check_signal(audio: np.ndarray) -> None:
         if audio.shape[0] < CLIP_SAMPLES:
             warnings.warn(
                 f"clmr: audio has {audio.shape[0]} samples ({audio.shape[0] / SAMPLE_RATE:.2f} s), "
                 f"shorter than one {CLIP_SAMPLES}-sample clip ({CLIP_SAMPLES / SAMPLE_RATE:.2f} s); "
                 "zero-padded to one clip",
-                stacklevel=3,
+                stacklevel=4,
             )
+
+    # short files across files: their clips share network calls
+    def audio_items(self, n_samples: int) -> int:
+        return num_clips(n_samples, self.config["last_clip"])
+
+    def prepare_audio(self, audio: np.ndarray) -> tuple[np.ndarray, None]:
+        self._check_signal(audio)
+        return clip_batch(audio, 0, num_clips(audio.shape[0], self.config["last_clip"])), None
+
+    def forward_items(self, items: np.ndarray) -> np.ndarray:
+        return self.run_batches(items, self.load().net)
+
+    def finish_audio(self, outputs: np.ndarray, state: None) -> Features:
+        return self._features(outputs)
+
+    def _extract(self, audio: np.ndarray) -> Features:
+        """audio (N,) float32 at 22050 Hz -> (num_clips, 512) float32 + clip-centre timestamps, or (512,)."""
+        net = self.load().net
+        self._check_signal(audio)
         n = num_clips(audio.shape[0], self.config["last_clip"])
         out = np.empty((n, EMBEDDING_DIM), dtype=np.float32)
         for start in range(0, n, self.batch_size):  # batch_size clips in memory at a time
             stop = min(n, start + self.batch_size)
             out[start:stop] = self.run_batches(clip_batch(audio, start, stop), net)
+        return self._features(out)
+
+    def _features(self, out: np.ndarray) -> Features:
+        n = out.shape[0]
         if self.config["pooling"] == "mean":
             return Features(out.mean(axis=0, dtype=np.float64).astype(np.float32))
         return Features(out, clip_timestamps(n))

@@ -96,6 +96,13 @@ def frame_signal(audio: np.ndarray, hop: int, center: bool = True) -> np.ndarray
     return np.lib.stride_tricks.sliding_window_view(audio, FRAME)[::hop]
 
 
+def frame_count(n_samples: int, hop: int, center: bool = True) -> int:
+    """T, the number of frames `frame_signal` makes of `n_samples` samples."""
+    if center:
+        return 1 + n_samples // hop
+    return 1 + (max(n_samples, FRAME) - FRAME) // hop
+
+
 def normalize_frames(frames: np.ndarray) -> np.ndarray:
     """Each frame minus its mean, over its population std clipped at 1e-8 (float32, new array).
 
@@ -475,23 +482,36 @@ class Crepe(TorchExtractor):
         for start in range(0, frames.shape[0], batch):
             yield self.run_batches(normalize_frames(frames[start : start + batch]), net)
 
+    # very short files across files: their frames share network calls
+    def audio_items(self, n_samples: int) -> int:
+        return frame_count(n_samples, self.hop, self.config["center"])
+
+    def prepare_audio(self, audio: np.ndarray) -> tuple[np.ndarray, None]:
+        return normalize_frames(frame_signal(audio, self.hop, self.config["center"])), None
+
+    def forward_items(self, items: np.ndarray) -> np.ndarray:
+        return self.run_batches(items, self.load().net)
+
+    def finish_audio(self, outputs: np.ndarray, state: None) -> Features:
+        return self._features(outputs)
+
     def _extract(self, audio: np.ndarray) -> Features:
         c = self.config
-        keep = c["viterbi"] or c["activations"]
-        parts, f0, conf = [], [], []
+        if c["viterbi"] or c["activations"]:  # Viterbi needs the whole file: 1.44 kB per frame
+            return self._features(np.concatenate(list(self._activation_batches(audio)), axis=0))
+        f0, conf = [], []
         for act in self._activation_batches(audio):
             conf.append(act.max(axis=1))
-            if keep:
-                parts.append(act)  # Viterbi needs the whole file: 1.44 kB per frame
-            else:
-                f0.append(cents_to_hz(local_average_cents(act)))
-        if keep:
-            act = np.concatenate(parts, axis=0)
-            centers = viterbi_bins(act) if c["viterbi"] else None
-            f0 = cents_to_hz(local_average_cents(act, centers))
-        else:
-            f0 = np.concatenate(f0)
-        conf = np.concatenate(conf)
+            f0.append(cents_to_hz(local_average_cents(act)))
+        return self._output(np.concatenate(f0), np.concatenate(conf))
+
+    def _features(self, act: np.ndarray) -> Features:
+        """A whole file's Features from all its (T, 360) activations."""
+        centers = viterbi_bins(act) if self.config["viterbi"] else None
+        return self._output(cents_to_hz(local_average_cents(act, centers)), act.max(axis=1), act)
+
+    def _output(self, f0: np.ndarray, conf: np.ndarray, act: np.ndarray | None = None) -> Features:
+        c = self.config
         data = np.stack([f0, conf], axis=1).astype(np.float32)
         spec = self.output_spec()
         timestamps = spec.first_frame_seconds + np.arange(data.shape[0]) * spec.hop_seconds

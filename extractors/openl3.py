@@ -34,6 +34,10 @@ from embedkit.openl3.preprocessing import (
     TARGET_SR,
     WINDOW,
     hop_samples,
+    iter_window_chunks,
+    num_windows,
+    spectrogram_chunk,
+    timestamps,
 )
 
 torch = lazy_import("torch")
@@ -102,7 +106,11 @@ class OpenL3(OpenL3Network):
     # front-end's near-floor bins see float32 rounding, so float32 resampling moves
     # embeddings by ~0.5 % (docs/openl3.md).
     resample_precision = "float64"
-    default_batch_size = 16
+    default_batch_size = 16  # windows per network call on CUDA
+    # One window per call on the CPU: 1.26x faster than calls of 16 on a 30 s file (2 threads,
+    # activations stay in cache; BENCHMARKS.md, "Short audio across files"); the same bytes, the
+    # network's outputs do not depend on the call's shape here (tests/test_batching.py).
+    cpu_call_size = 1
     about = {"reproduces": "openl3 0.4.2 (kapre 0.4.1 front-end semantics)"}
     params = {
         "input_repr": Param("mel256", str, "spectrogram fed to the network", choices=INPUT_REPRS),
@@ -133,14 +141,14 @@ class OpenL3(OpenL3Network):
         )
 
     def embed_spectrograms(self, spec: np.ndarray) -> np.ndarray:
-        """(B, F, T) dB spectrograms -> (B, embedding_size) float32, `batch_size` per network call."""
+        """(B, F, T) dB spectrograms -> (B, embedding_size) float32, `call_size()` per network call."""
         net, c = self.load().net, self.config
         size = c["embedding_size"]
         return self.run_batches(np.asarray(spec, np.float32),
                                 lambda x: audio_forward(net, x, c["input_repr"], size), (size,))
 
-    def _extract(self, audio: np.ndarray) -> Features:
-        c = self.config
+    @staticmethod
+    def _check_signal(audio: np.ndarray) -> None:
         if audio.size == 0:
             raise ValueError("openl3: empty audio (0 samples)")
         if audio.shape[0] < WINDOW:
@@ -148,8 +156,32 @@ class OpenL3(OpenL3Network):
                 f"openl3: audio is {audio.shape[0] / TARGET_SR:.3f} s, shorter than the 1 s window; "
                 "it is zero-padded (as openl3 does)",
                 OpenL3Warning,
-                stacklevel=2,
+                stacklevel=3,
             )
+
+    # short files across files: the windows' spectrograms, made as `embed_signal` makes its one chunk
+    def audio_items(self, n_samples: int) -> int | None:
+        if n_samples <= 0:
+            return None  # `_extract` says what is wrong
+        return num_windows(n_samples, hop_samples(self.config["hop_size"]), self.config["center"])
+
+    def prepare_audio(self, audio: np.ndarray) -> tuple[np.ndarray, int]:
+        c = self.config
+        self._check_signal(audio)
+        hop_len = hop_samples(c["hop_size"])
+        n = num_windows(audio.shape[0], hop_len, c["center"])
+        ((_, segment, starts),) = iter_window_chunks(audio, hop_len, c["center"], n)
+        return np.asarray(spectrogram_chunk(segment, starts, c["input_repr"], c["frontend"]), np.float32), n
+
+    def forward_items(self, items: np.ndarray) -> np.ndarray:
+        return self.embed_spectrograms(items)
+
+    def finish_audio(self, outputs: np.ndarray, state: int) -> Features:
+        return Features(outputs, timestamps(state, self.config["hop_size"]))
+
+    def _extract(self, audio: np.ndarray) -> Features:
+        c = self.config
+        self._check_signal(audio)
         emb, ts = embed_signal(
             self.load(), audio, c["input_repr"], c["embedding_size"], c["hop_size"], c["center"],
             c["frontend"], self.batch_size, embed=self.embed_spectrograms,

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from embedkit import media, pipeline, registry
+from embedkit import audio_io, media, pipeline, registry
 from embedkit.extractors.base import Extractor, Features, OutputSpec
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, tone, write_wav
 from tests.media_synth import scene
 
 N = 48
@@ -196,7 +196,7 @@ def test_a_failing_batch_is_tried_again_image_by_image(tmp_path):
         m = pipeline.decode(tmp_path, item, [job])
         members.append(pipeline.prepare_images(item, [job], m))
         assert m._image is None  # the pixels are freed; the prepared input waits
-    pipeline.extract_image_batch(members)
+    pipeline.extract_batch(members)
     results = [mem.ordered()[0] for mem in members]
     assert [r.error is None for r in results] == [True, True, False, True, True]
     assert "white image" in str(results[2].error)
@@ -211,8 +211,8 @@ def test_batch_groups_come_from_the_listing_not_from_what_is_done():
     jobs = [pipeline.ModelJob("r", registry.create("resnet18", weights_path="random", batch_size=3))]
     files = [Path(f) for f in ("a.png", "b.wav", "c.jpg", "d.png", "e.png", "f.png", "g.mp4", "h.png")]
     assert pipeline.batch_groups(files, jobs) == {
-        Path("a.png"): 0, Path("c.jpg"): 0, Path("d.png"): 0, Path("e.png"): 1, Path("f.png"): 1,
-        Path("h.png"): 1}
+        Path("a.png"): ("image", 0), Path("c.jpg"): ("image", 0), Path("d.png"): ("image", 0),
+        Path("e.png"): ("image", 1), Path("f.png"): ("image", 1), Path("h.png"): ("image", 1)}
     single = [pipeline.ModelJob("r", registry.create("resnet18", weights_path="random", batch_size=1))]
     assert pipeline.batch_groups(files, single) == {}  # one per forward: today's path
 
@@ -272,3 +272,278 @@ def test_shards_write_what_one_run_writes(small, tmp_path):
         res = run_cli(*args, "--output_base", str(out), "--shard", shard)
         assert res.returncode == 0, res.stderr
     assert npys(out / "resnet18") == npys(clean / "resnet18")
+
+
+# -- short audio across files (windows, clips, frames) ------------------------------------------------------
+# A short file (fewer items than one network call) shares calls with its neighbours; a longer one
+# runs alone. CREPE with its real (tiny) weights and tones of known pitch; OpenL3 and CLMR on random
+# weights (the packing mechanics, not the numbers).
+PACKERS = [("openl3", {"weights_path": "random", "input_repr": "mel128", "hop_size": 0.25}),
+           ("crepe", {"capacity": "tiny"}),
+           ("clmr", {"weights_path": "random"})]
+
+
+def short_signals(ex, seconds: list[float]) -> list[np.ndarray]:
+    """Tones (110 Hz * 1.25^i) with a little noise, at the plugin's rate, as the plugin takes them."""
+    rng = np.random.default_rng(7)
+    sr = ex.sample_rate
+    noise = [0.01 * rng.standard_normal(int(round(s * sr))) for s in seconds]
+    return [ex.checked_audio(tone(110 * 1.25 ** i, s, sr) + z, sr)
+            for i, (s, z) in enumerate(zip(seconds, noise))]
+
+
+def same_features(a: Features, b: Features) -> bool:
+    return (np.asarray(a.data).tobytes() == np.asarray(b.data).tobytes()
+            and np.array_equal(a.timestamps, b.timestamps) and a.extras.keys() == b.extras.keys()
+            and all(a.extras[k].tobytes() == b.extras[k].tobytes() for k in a.extras))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, params", PACKERS, ids=[p[0] for p in PACKERS])
+def test_a_short_files_features_do_not_depend_on_its_companions(name, params, one_torch_thread):
+    """prepare_audio -> forward_items (the items of several files, calls of any size) -> finish_audio
+    gives each file the bytes `extract` gives it alone. (Where a CPU's kernels made this false, a
+    resumed run's partial batch would write other bytes: this test says so.) openl3 in calls of
+    `batch_size` (on the CPU it makes calls of 1: the same bytes, so that choice changes no number);
+    crepe in its fixed blocks of 32 frames; clmr in its CPU calls of one clip (its kernels are not
+    invariant to the batch shape there: it packs on CUDA only)."""
+    alone = registry.create(name, **params)
+    signals = short_signals(alone, [0.3, 1.2, 0.15, 2.9, 0.7] if name != "clmr" else [1.0, 5.5, 2.7, 8.1])
+    expected = [alone.extract(s, alone.sample_rate) for s in signals]
+    for size in (2, 5, 16):
+        ex = registry.create(name, batch_size=size, **params)
+        if name == "openl3":  # calls of `size` on the CPU too (its own are of 1): the shapes under test
+            ex.cpu_call_size = None
+        prepared = [ex.prepare_audio(s) for s in signals]
+        counts = [len(items) for items, _ in prepared]
+        assert counts == [ex.audio_items(s.shape[0]) for s in signals]
+        before = ex.forward_passes
+        outs = ex.forward_items(np.concatenate([items for items, _ in prepared]))
+        assert ex.forward_passes - before == math.ceil(sum(counts) / ex.call_size())  # crepe: fixed blocks
+        bounds = np.cumsum([0, *counts])
+        for (_, state), lo, hi, want in zip(prepared, bounds[:-1], bounds[1:], expected):
+            assert same_features(ex.finish_audio(outs[lo:hi], state), want), f"{name}: calls of {size}"
+
+
+def test_short_means_fewer_items_than_one_call():
+    crepe = registry.create("crepe", capacity="tiny")  # 10 ms frames at 16 kHz, calls of 32 on the CPU
+    assert crepe.call_size() == 32
+    assert crepe.audio_items(160 * 30) == 31 and crepe.packs_audio(160 * 30)
+    assert crepe.audio_items(160 * 31) == 32 and not crepe.packs_audio(160 * 31)
+    ol3 = registry.create("openl3", weights_path="random", hop_size=0.5, batch_size=4)
+    assert [ol3.audio_items(n) for n in (1, 24000, 24001, 72000, 72001)] == [1, 1, 2, 3, 4]
+    assert ol3.call_size() == 1 and not ol3.packs_audio(1)  # one window per call on the CPU
+    ol3.cpu_call_size = None  # calls of batch_size, as on CUDA
+    assert ol3.packs_audio(72000) and not ol3.packs_audio(72001) and ol3.audio_items(0) is None
+    assert not registry.create("clmr", weights_path="random").packs_audio(100)  # 1 clip per call on the CPU
+    assert not registry.create("mert", weights_path="random").batches_audio  # whole-signal transformer
+
+
+class Loudness(Extractor):
+    """RMS per 0.1 s window, packing short files; its network call fails when any window in it is
+    silent (as a network can fail on one input): the driver must try the files one by one."""
+
+    name = "loudness_test"
+    sample_rate = 16000
+    default_batch_size = 8
+
+    def _load(self) -> Any:
+        return None
+
+    def output_spec(self, kind: str = "audio") -> OutputSpec:
+        return OutputSpec(axes=("time", "dim"), hop_seconds=0.1)
+
+    def audio_items(self, n_samples: int) -> int:
+        return max(1, -(-n_samples // 1600))
+
+    def prepare_audio(self, audio: np.ndarray) -> tuple[np.ndarray, int]:
+        k = self.audio_items(audio.shape[0])
+        x = np.zeros(k * 1600, np.float32)
+        x[:audio.shape[0]] = audio
+        return x.reshape(k, 1600), k
+
+    def forward_items(self, items: np.ndarray) -> np.ndarray:
+        self.forward_passes += 1
+        self.items_forwarded += len(items)
+        if (np.abs(items).max(axis=1) == 0).any():
+            raise RuntimeError("silent window in the call")
+        return np.sqrt((items.astype(np.float64) ** 2).mean(axis=1, keepdims=True)).astype(np.float32)
+
+    def finish_audio(self, outputs: np.ndarray, state: int) -> Features:
+        return Features(outputs, 0.1 * np.arange(state))
+
+    def _extract(self, audio: np.ndarray) -> Features:
+        items, k = self.prepare_audio(audio)
+        return self.finish_audio(self.forward_items(items), k)
+
+
+def test_a_failing_packed_call_is_tried_again_file_by_file(tmp_path):
+    paths = [write_wav(tmp_path / f"t{i}.wav", tone(300 + 50 * i, 0.3, 16000) * (i != 2), 16000)
+             for i in range(5)]
+    job = pipeline.ModelJob("loudness", Loudness())
+    members = []
+    for p in paths:
+        item = pipeline.Item(Path(p.name), "audio", {"loudness": Path(p.stem)}, [job])
+        m = pipeline.decode(tmp_path, item, [job])
+        packing = pipeline.packing_jobs(item, [job], m)
+        assert packing == [job]  # 3 windows, calls of 8
+        members.append(pipeline.prepare_audio(item, [job], m, packing))
+        assert m.decoded_audio and m.duration_seconds == 0.3  # the samples are freed, the facts kept
+        with pytest.raises(audio_io.MediaError, match="freed"):
+            m.audio(16000, "soxr_hq")
+    pipeline.extract_batch(members)
+    results = [mem.ordered()[0] for mem in members]
+    assert [r.error is None for r in results] == [True, True, False, True, True]
+    assert "silent window" in str(results[2].error)
+    for r in results[:2] + results[3:]:  # a sine's RMS: amplitude / sqrt(2)
+        assert r.features.data.shape == (3, 1)
+        np.testing.assert_allclose(r.features.data[:2, 0], 0.5 / np.sqrt(2), rtol=2e-2)
+        np.testing.assert_allclose(r.features.timestamps, [0.0, 0.1, 0.2])
+    assert sum(r.forward_passes for r in results) == 1 + 5  # the failed call, then one per file
+    assert results[0].forward_passes == 2  # the batch's call is counted on its first file
+
+
+def write_tones(folder: Path, seconds: list[float], sr: int = 22050) -> list[Path]:
+    rng = np.random.default_rng(3)
+    return [write_wav(folder / f"t{i:02d}.wav", tone(110 * 1.25 ** (i % 12), s, sr)
+                      + 0.01 * rng.standard_normal(int(round(s * sr))).astype(np.float32), sr)
+            for i, s in enumerate(seconds)]
+
+
+def expected_passes(counts: dict[str, list[int | None]], calls: dict[str, int]) -> dict[str, int]:
+    """Forward passes per model over one group's files (items per file and model) by the driver's
+    rule: a file short for some model waits in the batch (for the others it runs at once, alone:
+    `ceil`, its calls padded or not); the batch runs (every model's waiting items, in calls) once a
+    model's waiting items fill PACK_CALLS calls, and before a file short for no model, which runs
+    alone. None: a file that failed to decode (short for no model, no pass)."""
+    passes = dict.fromkeys(counts, 0)
+    waiting = dict.fromkeys(counts, 0)
+
+    def flush() -> None:
+        for m in counts:
+            passes[m] += math.ceil(waiting[m] / calls[m])
+            waiting[m] = 0
+
+    for row in zip(*counts.values()):
+        files = dict(zip(counts, row))
+        short = {m for m, n in files.items() if n is not None and n < calls[m]}
+        if not short:
+            flush()
+        for m, n in files.items():
+            if m in short:
+                waiting[m] += n
+            elif n is not None:
+                passes[m] += math.ceil(n / calls[m])
+        if any(waiting[m] >= pipeline.PACK_CALLS * calls[m] for m in short):
+            flush()
+    flush()
+    return passes
+
+
+# seconds: on the CPU crepe packs files under 0.31 s (32 frames per call); openl3 makes calls of
+# one window there, so it packs nothing and runs every file alone beside crepe's batches
+SHORT_S = [0.1, 0.12, 0.08, 0.15, 1.3, 0.2, 6.0, 0.1, 2.2, 0.09, 0.11, 1.1, 0.12, 0.5]
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory) -> dict[str, Any]:
+    """14 tones and a corrupt file sorted among them; crepe (tiny) and openl3 (random weights)."""
+    d = tmp_path_factory.mktemp("tones")
+    paths = write_tones(d / "in", SHORT_S)
+    (d / "in" / "t03b.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 30)
+    cfg = d / "models.yaml"
+    cfg.write_text("models:\n  crepe:\n    capacity: tiny\n"
+                   "  openl3:\n    weights: random\n    input_repr: mel128\n    hop_size: 0.25\n")
+    out = d / "out"
+    res = run_cli("--audio_dir", str(d / "in"), "--output_base", str(out), "--config", str(cfg),
+                  "--models", "crepe", "openl3", "--torch_threads", "1", "--decode_workers", "0")
+    assert res.returncode == 1, res.stderr  # the corrupt file: reported, the rest written
+    return {"dir": d, "paths": paths, "out": out, "log": res.stdout + res.stderr}
+
+
+@pytest.mark.slow
+def test_short_tones_share_forward_passes_and_keep_their_own_numbers(tones, one_torch_thread):
+    out, paths = tones["out"], tones["paths"]
+    models = report(out)["models"]
+    crepe = registry.create("crepe", capacity="tiny")
+    ol3 = registry.create("openl3", weights_path="random", input_repr="mel128", hop_size=0.25)
+    plugins = {"crepe": crepe, "openl3": ol3}
+    counts = {name: [ex.audio_items(len(audio_io.load(p).at(ex.sample_rate, ex.resampler,
+                                                             ex.resample_precision))) for p in paths]
+              for name, ex in plugins.items()}
+    calls = {name: ex.call_size() for name, ex in plugins.items()}
+    # the listing: the corrupt t03b.wav after t03 (it fails to decode: short for no model, 0 items)
+    listing = {name: [*n[:4], None, *n[4:]] for name, n in counts.items()}
+    expected = expected_passes(listing, calls)
+    for name, ex in plugins.items():
+        r, n, call = models[name], counts[name], calls[name]
+        assert r["ok"] == len(paths) and r["failed"] == 1
+        assert r["items_forwarded"] == sum(n)
+        alone = sum(math.ceil(k / call) for k in n)  # each file on its own calls
+        assert r["forward_passes"] == expected[name]
+        if name == "crepe":  # files share passes
+            assert expected[name] < alone and r["items_per_forward"] > max(k for k in n if k < call)
+        for p in paths:  # the bytes the file gets alone, through the same plugin
+            alone = pipeline.extract_file(ex, p)
+            assert np.load(out / name / f"{p.stem}.npy").tobytes() == np.asarray(alone.data).tobytes(), p.name
+    for i, p in enumerate(paths):  # and what they say is true: each tone's pitch
+        f0, conf = np.load(out / "crepe" / f"{p.stem}.npy").T
+        sure = conf > 0.5
+        assert sure.sum() >= len(f0) / 3, p.name
+        cents = 1200 * np.abs(np.log2(np.median(f0[sure]) / (110 * 1.25 ** (i % 12))))
+        assert cents < 25, (p.name, cents)
+    failures = {(f["file"], f["model"]) for f in report(out)["failures"]}
+    assert failures == {("t03b.wav", "crepe"), ("t03b.wav", "openl3")}
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory) -> tuple[Path, Path, list[str]]:
+    """24 tones of 0.2 s (21 CREPE frames each): a batch runs once its frames fill 8 calls of 32,
+    i.e. files 0-12 together, then 13-23."""
+    d = tmp_path_factory.mktemp("short")
+    write_tones(d / "in", [0.2] * 24, sr=16000)
+    cfg = d / "models.yaml"
+    cfg.write_text("models:\n  crepe:\n    capacity: tiny\n")
+    args = ["--audio_dir", str(d / "in"), "--config", str(cfg), "--models", "crepe", "--torch_threads", "1"]
+    clean = d / "clean"
+    res = run_cli(*args, "--output_base", str(clean))
+    assert res.returncode == 0, res.stderr
+    passes = report(clean)["models"]["crepe"]["forward_passes"]
+    assert passes == expected_passes({"crepe": [21] * 24}, {"crepe": 32})["crepe"] == 9 + 8
+    return d, clean, args
+
+
+@pytest.mark.slow
+def test_a_sigkill_inside_an_audio_batch_resumes_to_identical_bytes(short_run, tmp_path):
+    """As for images: strace kills the run at its n-th open of manifest.jsonl, tried until the kill
+    lands inside a batch's stores (files 1-12 or 14-23 recorded)."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed (apt-get install strace)")
+    d, clean, args = short_run
+    for when in range(10, 40, 3):
+        out = tmp_path / f"out{when}"
+        out.mkdir()
+        subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(out / "manifest.jsonl"),
+                        "-e", f"inject=openat:signal=SIGKILL:when={when}", sys.executable,
+                        str(ROOT / "run_extraction.py"), "--no_progress", *args, "--prefetch", "1",
+                        "--output_base", str(out)], cwd=ROOT, capture_output=True, timeout=300)
+        done = {r.get("source") for r in manifest(out)}
+        if 0 < len(done) < 24 and len(done) != 13:
+            break
+    else:
+        pytest.fail("no kill landed inside a batch")
+    res = run_cli(*args, "--output_base", str(out))
+    assert res.returncode == 0, res.stderr
+    assert report(out)["models"]["crepe"]["ok"] + len(done) >= 24
+    assert npys(out / "crepe") == npys(clean / "crepe")
+    assert sorted({r["source"] for r in manifest(out)}) == [f"t{i:02d}.wav" for i in range(24)]
+
+
+@pytest.mark.slow
+def test_audio_shards_write_what_one_run_writes(short_run, tmp_path):
+    d, clean, args = short_run
+    out = tmp_path / "sharded"
+    for shard in ("0/2", "1/2"):
+        res = run_cli(*args, "--output_base", str(out), "--shard", shard)
+        assert res.returncode == 0, res.stderr
+    assert npys(out / "crepe") == npys(clean / "crepe")

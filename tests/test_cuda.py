@@ -1,6 +1,7 @@
 """The CUDA paths: every torch plugin on a CUDA device gives what it gives on the CPU, the torch
 resampler on the device equals resampy, a run on CUDA writes what a CPU run writes and packs
-images across files, and a CUDA out-of-memory halves the batch instead of failing the file.
+images and short audio files across files, and a CUDA out-of-memory halves the batch instead of
+failing the file.
 
 Skipped without CUDA (this project's CI and development machines have none). On a lent GPU
 machine `benchmarks/gpu_check.sh` runs this file, the parity tests and `benchmarks/gpu.py`.
@@ -100,7 +101,7 @@ def test_resample_torch_on_cuda_equals_resampy(sr_in, sr_out):
 
 def test_a_run_on_cuda_writes_what_a_cpu_run_writes(tmp_path, exact_float32):
     """The driver on CUDA: the same files, shapes and (to float32 order) values; provenance
-    says cuda; 12 images packed into one forward pass."""
+    says cuda; 12 images packed into one forward pass, three short audio files into one."""
     for i, f0 in enumerate((220.0, 330.0, 440.0)):
         write_wav(tmp_path / "in" / f"t{i}.wav", tone(f0, 2.5, 44100), 44100)
     from PIL import Image
@@ -128,6 +129,11 @@ def test_a_run_on_cuda_writes_what_a_cpu_run_writes(tmp_path, exact_float32):
                 assert np.abs(a - b).max() <= F32_REL * max(np.abs(a).max(), 1e-30), rel
     resnet = out["cuda"]["models"]["resnet18"]
     assert resnet["forward_passes"] < 12 and resnet["items_per_forward"] > 1, resnet
+    # three short files of 5 windows (2.5 s at hop 0.5) share one call of 16 on CUDA (on the CPU
+    # openl3 makes calls of one window)
+    ol3 = out["cuda"]["models"]["openl3"]
+    assert ol3["forward_passes"] == 1 and ol3["items_forwarded"] == 15, ol3
+    assert out["cpu"]["models"]["openl3"]["forward_passes"] == 15
 
 
 def test_cuda_out_of_memory_halves_the_batch(make, exact_float32):

@@ -204,6 +204,30 @@ def test_batch_size_does_not_change_outputs(name, kind, make, video):
         np.testing.assert_array_equal(one.timestamps, three.timestamps)
 
 
+PACKERS = [n for n in PLUGINS if registry.get(n).audio_items is not base.Extractor.audio_items]
+
+
+@pytest.mark.parametrize("name", PACKERS)
+def test_packed_short_audio_is_what_extract_gives(name, make):
+    """A plugin that packs short audio across files: its three steps on two signals in one
+    `forward_items` give each the Features `extract` gives it alone, `audio_items` counts them,
+    and what it calls short is fewer items than one call."""
+    ex = make(name, batch_size=4)
+    sr = ex.sample_rate
+    signals = [ex.checked_audio(chirp(sr, s), sr) for s in (0.4, 1.3)]
+    prepared = [ex.prepare_audio(x) for x in signals]
+    assert [len(items) for items, _ in prepared] == [ex.audio_items(x.shape[0]) for x in signals]
+    outs = ex.forward_items(np.concatenate([items for items, _ in prepared]))
+    lo = 0
+    for x, (items, state) in zip(signals, prepared):
+        got, want = ex.finish_audio(outs[lo:lo + len(items)], state), ex.extract(x, sr)
+        lo += len(items)
+        np.testing.assert_array_equal(got.data, want.data)
+        np.testing.assert_array_equal(got.timestamps, want.timestamps)
+        assert got.extras.keys() == want.extras.keys()
+        assert ex.packs_audio(x.shape[0]) == (len(items) < ex.call_size())
+
+
 # ------------------------------------------------------------------ provenance and weights
 @pytest.mark.parametrize("name", PLUGINS)
 def test_provenance_is_json_and_says_where_the_weights_came_from(name, make):
