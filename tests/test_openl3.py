@@ -108,6 +108,24 @@ def test_network_alone_equals_openl3(repr_, frontend):
         assert rel_max_diff(emb, ref[key]) <= NETWORK_RTOL, (size, rel_max_diff(emb, ref[key]))
 
 
+def test_the_api_runs_one_window_per_call_on_the_cpu_with_the_bytes_of_one_batch(one_torch_thread):
+    """run_network on the CPU calls the network once per window (faster there); its output is the
+    bytes of one call over the whole batch (the network's outputs do not depend on the call's
+    shape on the CPU, what lets the plugins choose their CPU call size)."""
+    loaded = net.LoadedModel(wf.random_network("audio"), "cpu")
+    spec = np.random.default_rng(5).normal(-40, 15, (5, *pre.spectrogram_shape("mel256"))).astype(np.float32)
+    calls = []
+    hook = loaded.net.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    try:
+        per_window = net.run_network(loaded, spec, "mel256", 512, "float32")
+    finally:
+        hook.remove()
+    assert calls == [1] * 5
+    with torch.inference_mode():
+        batch = net.audio_forward(loaded.net, torch.from_numpy(spec), "mel256", 512).numpy()
+    assert per_window.tobytes() == batch.tobytes()
+
+
 # ---------------------------------------------------------------------------
 # 3. end to end from the 44.1 kHz audio
 # ---------------------------------------------------------------------------
