@@ -391,12 +391,13 @@ def count_frames(m: media.Media, jobs: list[ModelJob]) -> None:
 # -- extract ------------------------------------------------------------------------------
 def extract(item: Item, jobs: list[ModelJob], m: media.Media,
             log: Callable[[str], None] = print, stop: threading.Event | None = None,
-            share: list[ModelJob] | None = None) -> Iterator[Result]:
+            share: list[ModelJob] | None = None, defer: dict[str, Any] | None = None) -> Iterator[Result]:
     """Run every model on the file; yields one Result per job, as each finishes.
 
     Audio models get the (resampled) signal, image models the image, and every
     frame model of a video shares one decoding pass of its frames. `share`: every model
     of the file, where `jobs` are some of them (the resampling time is shared among them).
+    `defer`: video models that pack leave their last items there (`_run_frames`).
     """
     frame_jobs = []
     for job in jobs:
@@ -419,7 +420,7 @@ def extract(item: Item, jobs: list[ModelJob], m: media.Media,
         else:
             frame_jobs.append(job)
     if frame_jobs:
-        yield from _run_frames(frame_jobs, m, stop)
+        yield from _run_frames(frame_jobs, m, stop, defer)
 
 
 @contextlib.contextmanager
@@ -523,21 +524,22 @@ class BatchMember:
     def items(self, alias: str) -> int:
         """Network items this file adds to `alias`'s batch (an image: 1)."""
         x = self.inputs.get(alias)
-        return 0 if x is None else len(x[0]) if self.item.kind == "audio" else 1
+        return 0 if x is None else 1 if self.item.kind == "image" else len(x[0])
 
 
 def batch_groups(files: list[Path], jobs: list[ModelJob]) -> dict[Path, tuple[str, int]]:
     """Which files may share a forward pass: consecutive image files of `files` (the run's sorted
     listing, after sharding) in groups of the largest `batch_size` among the models that batch
-    images; consecutive audio files in groups of the largest network call among the models that
-    pack short audio. The same groups on every rerun, whatever is already done (a resumed run
-    computes the remaining members of a group together). Nothing where no model batches
-    (batch_size 1)."""
+    images; consecutive audio (video) files in groups of the largest network call among the
+    models that pack short audio (videos' last items). The same groups on every rerun, whatever
+    is already done (a resumed run computes the remaining members of a group together). Nothing
+    where no model batches (batch_size 1)."""
     live = [j for j in jobs if not j.error]
     sizes = {"image": max((j.extractor.batch_size for j in live
                            if "image" in j.kinds and j.extractor.batches_images), default=1),
              "audio": max((j.extractor.call_size() for j in live
-                           if j.extractor.modality == "audio" and j.extractor.batches_audio), default=1)}
+                           if j.extractor.modality == "audio" and j.extractor.batches_audio), default=1),
+             "video": max((j.extractor.call_size() for j in live if j.extractor.batches_video), default=1)}
     groups: dict[Path, tuple[str, int]] = {}
     for kind, size in sizes.items():
         if size > 1:
@@ -623,6 +625,16 @@ def prepare_audio(item: Item, jobs: list[ModelJob], m: media.Media, packing: lis
     return member
 
 
+def prepare_video(item: Item, jobs: list[ModelJob], m: media.Media, log: Callable[[str], None] = print,
+                  stop: threading.Event | None = None) -> BatchMember:
+    """extract() of one video, every model run, but the models that pack videos keep their last
+    items (fewer than one call) for the batch's shared calls."""
+    member = BatchMember(item, jobs, m, {}, {})
+    for res in extract(item, jobs, m, log, stop, defer=member.inputs):
+        member.results[res.job.alias] = res
+    return member
+
+
 def extract_batch(members: list[BatchMember], log: Callable[[str], None] = print) -> None:
     """The forward passes of several files of one group: per model, its prepared inputs (images:
     `extract_images` calls of `batch_size`; audio: the items of every file in one `forward_items`,
@@ -634,8 +646,8 @@ def extract_batch(members: list[BatchMember], log: Callable[[str], None] = print
             jobs.setdefault(alias, mem.results[alias].job)
     for alias, job in jobs.items():
         todo = [mem for mem in members if alias in mem.inputs]
-        if job.extractor.modality == "audio":
-            _embed_audio(job, todo, log)
+        if job.extractor.modality in ("audio", "video"):
+            _embed_items(job, todo, log)
             continue
         size = max(1, job.extractor.batch_size)
         for start in range(0, len(todo), size):
@@ -673,9 +685,15 @@ def _embed_images(job: ModelJob, group: list[BatchMember]) -> None:
         res.seconds += time.perf_counter() - t1
 
 
-def _embed_audio(job: ModelJob, group: list[BatchMember], log: Callable[[str], None]) -> None:
+def _embed_items(job: ModelJob, group: list[BatchMember], log: Callable[[str], None]) -> None:
+    """Audio files' or videos' items of one model in shared calls; each file's Features from its
+    rows (`finish_audio`, or the video consumer's `finish_with`)."""
     alias, ex = job.alias, job.extractor
     counts = [mem.items(alias) for mem in group]
+    kind = ex.modality
+
+    def finish(rows: np.ndarray, state: Any) -> Features:
+        return ex.finish_audio(rows, state) if kind == "audio" else state.finish_with(rows)
 
     def forward(x: np.ndarray) -> tuple[np.ndarray, list[str]]:
         return _capture_notes(lambda: _with_backoff(job, lambda: ex.forward_items(x), log))
@@ -700,17 +718,21 @@ def _embed_audio(job: ModelJob, group: list[BatchMember], log: Callable[[str], N
                     rows, got = forward(items)
             else:
                 rows = outs[start:start + n]
-            res.features, more = _capture_notes(lambda: ex.finish_audio(rows, state))
+            res.features, more = _capture_notes(lambda: finish(rows, state))
             res.notes = list(dict.fromkeys([*res.notes, *got, *more]))
-            _validate_output(job, "audio", res.features)
+            _validate_output(job, kind, res.features)
         except Exception as exc:
             res.features, res.error = None, exc
         res.seconds += time.perf_counter() - t1
         start += n
 
 
-def _run_frames(jobs: list[ModelJob], m: media.Media, stop: threading.Event | None) -> Iterator[Result]:
-    """One decoding pass over the video; every chunk goes to every frame model's consumer."""
+def _run_frames(jobs: list[ModelJob], m: media.Media, stop: threading.Event | None,
+                defer: dict[str, Any] | None = None) -> Iterator[Result]:
+    """One decoding pass over the video; every chunk goes to every frame model's consumer.
+    With `defer`, a model that packs videos (`Extractor.batches_video`, calls of more than one
+    item) closes its consumer instead of finishing it: its last items and the consumer go into
+    `defer` (alias -> (items, consumer)) and its Result waits for them (`extract_batch`)."""
     results = {j.alias: Result(j) for j in jobs}
     consumers: dict[str, Any] = {}
     try:
@@ -748,14 +770,26 @@ def _run_frames(jobs: list[ModelJob], m: media.Media, stop: threading.Event | No
     for job in jobs:
         res = results[job.alias]
         if job.alias in consumers:
+            ex, consumer = job.extractor, consumers[job.alias]
+            packs = defer is not None and ex.batches_video and ex.call_size() > 1
             t0 = time.perf_counter()
             try:
-                with _counting(job.extractor, res):
-                    res.features, got = _capture_notes(consumers[job.alias].finish)
+                with _counting(ex, res):
+                    if packs:
+                        left, got = _capture_notes(consumer.close)
+                        if len(left):
+                            defer[job.alias] = (left, consumer)
+                        else:
+                            res.features = consumer.finish_with(np.zeros((0,)))
+                    else:
+                        res.features, got = _capture_notes(consumer.finish)
                 notes[job.alias] += got
-                _validate_output(job, "video", res.features)
+                if res.features is not None:
+                    _validate_output(job, "video", res.features)
             except Exception as exc:
                 res.features, res.error = None, exc
+                if defer is not None:
+                    defer.pop(job.alias, None)
             res.seconds += time.perf_counter() - t0
         res.notes = list(dict.fromkeys(notes[job.alias]))
         yield res
@@ -1381,13 +1415,17 @@ class Runner:
                                    f"{', '.join(j.alias for j in work.jobs)})")
             if kind == "image":
                 member = prepare_images(work.item, work.jobs, m)
-            else:
+            elif kind == "audio":
                 member = prepare_audio(work.item, work.jobs, m, packing, self._progress.say)
-                for job in packing:
-                    self._batch_items[job.alias] += member.items(job.alias)
+            else:
+                member = prepare_video(work.item, work.jobs, m, self._progress.say, self._stop)
+                packing = [j for j in work.jobs if j.alias in member.inputs]
+            for job in packing:
+                self._batch_items[job.alias] += member.items(job.alias)
         self._batch.append((work, member))
         full = any(self._batch_items[j.alias] >= PACK_CALLS * j.extractor.call_size() for j in packing)
-        if full or self._group_seen[group] >= self._group_sizes[group]:
+        idle = kind == "video" and not packing  # nothing of it waits: no reason to hold the others
+        if full or idle or self._group_seen[group] >= self._group_sizes[group]:
             self._flush_batch()
         return True
 

@@ -266,6 +266,11 @@ class R3D18(TorchExtractor):
     def frame_consumer(self, info: Any) -> "ClipEmbedder":
         return ClipEmbedder(self, info)
 
+    # videos across files: a video's last clips (fewer than one call) share calls with the next
+    # videos' (`ClipEmbedder.close` / `finish_with`); clips as the consumer keeps them, uint8
+    def forward_items(self, items: np.ndarray) -> np.ndarray:
+        return self.embed_clips(items)
+
 
 class ClipEmbedder:
     """One video through R3D-18: grid frames in, clips out `batch_size` at a time."""
@@ -298,9 +303,9 @@ class ClipEmbedder:
         frames = [self.frames[k] for k in range(start, stop)]
         return np.stack(frames + [frames[-1]] * (CLIP_FRAMES - len(frames)))
 
-    def _cut(self, final: bool = False) -> None:
+    def _cut(self, final: bool = False, drain: bool = True) -> None:
         """Queue every clip whose frames are all here (at the end, a padded one as configured);
-        embed full batches (at the end, everything)."""
+        embed full batches (at the end, everything, unless `drain` is off: `close`)."""
         while (self.next_clip * self.hop + CLIP_FRAMES - 1) in self.frames:
             start = self.next_clip * self.hop
             self.pending.append(self._clip(start, start + CLIP_FRAMES))
@@ -315,12 +320,19 @@ class ClipEmbedder:
         for k in [k for k in self.frames if k < self.next_clip * self.hop]:
             del self.frames[k]  # no later clip needs them
         size = self.plugin.batch_size
-        while len(self.pending) >= size or (final and self.pending):
+        while len(self.pending) >= size or (final and drain and self.pending):
             batch, self.pending = self.pending[:size], self.pending[size:]
             self.embeddings.append(self.plugin.embed_clips(np.stack(batch)))
 
     def finish(self) -> Features:
         """(num_clips, 512) float32 and clip-centre timestamps; or (512,) with pooling: mean."""
+        self.close(drain=True)
+        return self._features()
+
+    def close(self, drain: bool = False) -> np.ndarray:
+        """The end of the video: every clip cut and every full batch embedded; the clips left
+        (fewer than a batch) are returned, (n, 16, 112, 112, 3) uint8, for the driver to embed
+        with other videos' (`finish_with` takes their embeddings)."""
         self._take(self.grid.finish())
         total = self.grid.k  # grid frames in the video (K)
         if total == 0:
@@ -338,7 +350,17 @@ class ClipEmbedder:
                 f"{CLIP_FRAMES}-frame clip; padded by repeating its last frame",
                 ShortVideoWarning, stacklevel=2,
             )
-        self._cut(final=True)
+        self._cut(final=True, drain=drain)
+        left = np.stack(self.pending) if self.pending else np.zeros((0, CLIP_FRAMES, CROP, CROP, 3), np.uint8)
+        self.pending = []
+        return left
+
+    def finish_with(self, embeddings: np.ndarray) -> Features:
+        """The video's Features, `embeddings` being those of the clips `close` returned."""
+        self.embeddings.append(np.asarray(embeddings, np.float32).reshape(-1, EMBEDDING_DIM))
+        return self._features()
+
+    def _features(self) -> Features:
         data = np.concatenate(self.embeddings) if self.embeddings else np.zeros((0, EMBEDDING_DIM), "float32")
         if self.plugin.config["pooling"] == "mean":
             return Features(data.mean(axis=0, dtype=np.float64).astype(np.float32))

@@ -547,3 +547,56 @@ def test_audio_shards_write_what_one_run_writes(short_run, tmp_path):
         res = run_cli(*args, "--output_base", str(out), "--shard", shard)
         assert res.returncode == 0, res.stderr
     assert npys(out / "crepe") == npys(clean / "crepe")
+
+
+# -- videos across files: the last clips of each video ---------------------------------------------------
+VIDEO_FRAMES = [20, 36, 24, 52, 28]  # at 15 fps, hop 8: 1, 3, 2, 5, 2 clips
+
+
+def video_passes(clips: list[int], call: int) -> int:
+    """R3D-18's calls over videos in groups of `call` consecutive files: each video's full calls
+    alone, as it decodes; the clips left at its end (here never none) share calls with its group's."""
+    passes = 0
+    for g in range(0, len(clips), call):
+        group = clips[g:g + call]
+        passes += sum(n // call for n in group) + math.ceil(sum(n % call for n in group) / call)
+    return passes
+
+
+@pytest.mark.slow
+def test_videos_last_clips_share_forward_passes(tmp_path, monkeypatch):
+    """R3D-18 in calls of 4 (on the CPU it makes calls of 1, which packing cannot improve: set here
+    as on CUDA): the clips each video leaves at its end go into shared calls with the next videos'
+    (groups of 4 files), the report counts them, and each video keeps its own embeddings (to
+    float32 rounding: oneDNN's 3-D convolutions round by batch shape, 1e-7) against each video
+    on its own calls."""
+    from embedkit.extractors import r3d18
+    from embedkit.extractors.base import Extractor
+    from tests.media_synth import moving_shapes, write_video
+
+    for i, n in enumerate(VIDEO_FRAMES):
+        write_video(tmp_path / "in" / f"v{i}.mp4", moving_shapes(i, n, 96, 64), fps=15)
+    monkeypatch.setattr(r3d18.R3D18, "cpu_call_size", None)
+    models = {"r3d18": {"weights": "random", "hop_frames": 8, "batch_size": 4}}
+    clips = [r3d18.num_clips(n, 8) for n in VIDEO_FRAMES]
+    assert all(n % 4 for n in clips)
+    runs = {}
+    for what in ("packed", "per_file"):
+        if what == "per_file":  # the driver then sees a plugin that does not pack
+            monkeypatch.setattr(r3d18.R3D18, "forward_items", Extractor.forward_items)
+        stats = embedkit_run(tmp_path / "in", tmp_path / what, models)
+        runs[what] = stats.models["r3d18"]
+        assert runs[what].ok == len(VIDEO_FRAMES) and not stats.failures
+    assert runs["packed"].forward_passes == video_passes(clips, 4) < runs["per_file"].forward_passes
+    assert runs["per_file"].forward_passes == sum(math.ceil(n / 4) for n in clips)
+    assert runs["packed"].items_forwarded == runs["per_file"].items_forwarded == sum(clips)
+    for i, n in enumerate(clips):
+        a, b = (np.load(tmp_path / what / "r3d18" / f"v{i}.npy") for what in ("packed", "per_file"))
+        assert a.shape == b.shape == (n, 512)
+        assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max(), i
+
+
+def embedkit_run(folder: Path, out: Path, models: dict):
+    import embedkit
+
+    return embedkit.run(folder, out, models=models, log=lambda msg: None, torch_threads=1)

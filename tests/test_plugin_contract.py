@@ -228,6 +228,30 @@ def test_packed_short_audio_is_what_extract_gives(name, make):
         assert ex.packs_audio(x.shape[0]) == (len(items) < ex.call_size())
 
 
+VIDEO_PACKERS = [n for n in PLUGINS if registry.create(n, **FAST.get(n, {})).batches_video]
+
+
+@pytest.mark.parametrize("name", VIDEO_PACKERS)
+def test_a_videos_last_items_packed_give_what_finish_gives(name, make, video):
+    """A plugin that packs videos: its consumer's `close()` (the items left, fewer than a batch),
+    `forward_items` on them and `finish_with` give the Features `finish()` gives."""
+    ex = make(name, batch_size=3)
+    feats = []
+    for packed in (False, True):
+        info, chunks = media.iter_frames(video, chunk_frames=7)
+        consumer = ex.frame_consumer(info)
+        for chunk in chunks:
+            consumer.add(chunk)
+        if packed:
+            left = consumer.close()
+            assert 0 < len(left) < 3
+            feats.append(consumer.finish_with(ex.forward_items(left)))
+        else:
+            feats.append(consumer.finish())
+    np.testing.assert_array_equal(feats[0].data, feats[1].data)
+    np.testing.assert_array_equal(feats[0].timestamps, feats[1].timestamps)
+
+
 # ------------------------------------------------------------------ provenance and weights
 @pytest.mark.parametrize("name", PLUGINS)
 def test_provenance_is_json_and_says_where_the_weights_came_from(name, make):
