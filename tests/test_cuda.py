@@ -136,6 +136,20 @@ def test_a_run_on_cuda_writes_what_a_cpu_run_writes(tmp_path, exact_float32):
     assert out["cpu"]["models"]["openl3"]["forward_passes"] == 15
 
 
+def test_videos_last_clips_share_a_cuda_call(tmp_path):
+    """R3D-18 on CUDA in calls of 4: three short videos of 1, 3 and 2 clips (hop 8) leave all
+    their clips at their ends, and those share 2 calls instead of 3."""
+    from tests.media_synth import moving_shapes, write_video
+
+    for i, n in enumerate((20, 36, 24)):
+        write_video(tmp_path / "in" / f"v{i}.mp4", moving_shapes(i, n, 96, 64), fps=15)
+    models = {"r3d18": {"weights": "random", "hop_frames": 8, "batch_size": 4, "precision": "float32"}}
+    stats = embedkit.run(tmp_path / "in", tmp_path / "out", models=models, device="cuda", log=lambda m: None)
+    r = stats.models["r3d18"]
+    assert r.ok == 3 and not stats.failures
+    assert r.forward_passes == 2 and r.items_forwarded == 6
+
+
 def test_cuda_out_of_memory_halves_the_batch(make, exact_float32):
     """A real CUDA OOM (this process capped to a small share of the device): the extractor is
     retried at half the batch size until it fits, and the output equals a small-batch run."""
