@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -231,28 +231,32 @@ def small(tmp_path_factory) -> tuple[Path, Path, list[str]]:
     return d, clean, args
 
 
-@pytest.mark.slow
-def test_a_sigkill_inside_a_batch_resumes_to_identical_bytes(small, tmp_path):
-    """strace kills the run at its n-th open of manifest.jsonl: tried until the kill lands inside a
-    batch's stores (a number of outputs on disk that is no multiple of 8). The rerun computes the
-    rest of that batch (and the array without its line, if any) and the folder holds the bytes of
-    the uninterrupted run."""
+def killed_inside_a_batch(args: list[str], tmp_path: Path, whens: range,
+                          inside: Callable[[int], bool]) -> tuple[Path, set]:
+    """strace kills the run at its n-th open of manifest.jsonl, for n in `whens` (reads for claims
+    and appends interleave), until the kill lands inside a batch's stores (`inside(files
+    recorded)`): the output folder and the sources its manifest records."""
     if shutil.which("strace") is None:
         pytest.skip("strace is not installed (apt-get install strace)")
-    d, clean, args = small
-    for when in range(14, 40, 3):  # reads (claims) and appends interleave: try until one lands
+    for when in whens:
         out = tmp_path / f"out{when}"
         out.mkdir()
         subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(out / "manifest.jsonl"),
                         "-e", f"inject=openat:signal=SIGKILL:when={when}", sys.executable,
                         str(ROOT / "run_extraction.py"), "--no_progress", *args, "--prefetch", "1",
                         "--output_base", str(out)], cwd=ROOT, capture_output=True, timeout=300)
-        written = len(npys(out / "resnet18")) if (out / "resnet18").is_dir() else 0
-        if 0 < written < 24 and written % 8:
-            break
-    else:
-        pytest.fail("no kill landed inside a batch")
-    recorded = {r.get("source") for r in manifest(out)}
+        done = {r.get("source") for r in manifest(out)}
+        if inside(len(done)):
+            return out, done
+    pytest.fail("no kill landed inside a batch")
+
+
+@pytest.mark.slow
+def test_a_sigkill_inside_a_batch_resumes_to_identical_bytes(small, tmp_path):
+    """Killed inside a batch of 8 images: the rerun computes the rest of that batch (and the array
+    without its line, if any) and the folder holds the bytes of the uninterrupted run."""
+    d, clean, args = small
+    out, recorded = killed_inside_a_batch(args, tmp_path, range(14, 40, 3), lambda n: 0 < n < 24 and n % 8)
     pending = [i for i in range(24) if f"im{i:02d}.png" not in recorded]
     res = run_cli(*args, "--output_base", str(out))
     assert res.returncode == 0, res.stderr
@@ -265,13 +269,15 @@ def test_a_sigkill_inside_a_batch_resumes_to_identical_bytes(small, tmp_path):
 
 
 @pytest.mark.slow
-def test_shards_write_what_one_run_writes(small, tmp_path):
-    d, clean, args = small
+@pytest.mark.parametrize("run, model", [("small", "resnet18"), ("short_run", "crepe")])
+def test_shards_write_what_one_run_writes(run, model, request, tmp_path):
+    """Images, and short audio files: two shards write what one run writes."""
+    d, clean, args = request.getfixturevalue(run)
     out = tmp_path / "sharded"
     for shard in ("0/2", "1/2"):
         res = run_cli(*args, "--output_base", str(out), "--shard", shard)
         assert res.returncode == 0, res.stderr
-    assert npys(out / "resnet18") == npys(clean / "resnet18")
+    assert npys(out / model) == npys(clean / model)
 
 
 # -- short audio across files (windows, clips, frames) ------------------------------------------------------
@@ -515,38 +521,15 @@ def short_run(tmp_path_factory) -> tuple[Path, Path, list[str]]:
 
 @pytest.mark.slow
 def test_a_sigkill_inside_an_audio_batch_resumes_to_identical_bytes(short_run, tmp_path):
-    """As for images: strace kills the run at its n-th open of manifest.jsonl, tried until the kill
-    lands inside a batch's stores (files 1-12 or 14-23 recorded)."""
-    if shutil.which("strace") is None:
-        pytest.skip("strace is not installed (apt-get install strace)")
+    """As for images, killed inside a batch (files 1-12 or 14-23 recorded): the rerun writes the
+    bytes of the uninterrupted run."""
     d, clean, args = short_run
-    for when in range(10, 40, 3):
-        out = tmp_path / f"out{when}"
-        out.mkdir()
-        subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(out / "manifest.jsonl"),
-                        "-e", f"inject=openat:signal=SIGKILL:when={when}", sys.executable,
-                        str(ROOT / "run_extraction.py"), "--no_progress", *args, "--prefetch", "1",
-                        "--output_base", str(out)], cwd=ROOT, capture_output=True, timeout=300)
-        done = {r.get("source") for r in manifest(out)}
-        if 0 < len(done) < 24 and len(done) != 13:
-            break
-    else:
-        pytest.fail("no kill landed inside a batch")
+    out, done = killed_inside_a_batch(args, tmp_path, range(10, 40, 3), lambda n: 0 < n < 24 and n != 13)
     res = run_cli(*args, "--output_base", str(out))
     assert res.returncode == 0, res.stderr
     assert report(out)["models"]["crepe"]["ok"] + len(done) >= 24
     assert npys(out / "crepe") == npys(clean / "crepe")
     assert sorted({r["source"] for r in manifest(out)}) == [f"t{i:02d}.wav" for i in range(24)]
-
-
-@pytest.mark.slow
-def test_audio_shards_write_what_one_run_writes(short_run, tmp_path):
-    d, clean, args = short_run
-    out = tmp_path / "sharded"
-    for shard in ("0/2", "1/2"):
-        res = run_cli(*args, "--output_base", str(out), "--shard", shard)
-        assert res.returncode == 0, res.stderr
-    assert npys(out / "crepe") == npys(clean / "crepe")
 
 
 # -- videos across files: the last clips of each video ---------------------------------------------------
