@@ -492,12 +492,13 @@ def _run_image(job: ModelJob, m: media.Media) -> Result:
 
 # -- extract, across files -----------------------------------------------------------------------
 # The local executor packs consecutive files into shared forward passes, per model: the images of
-# image files, and the items (windows, clips, frames) of short audio files, those with fewer items
-# than one network call (`Extractor.packs_audio`); a longer file runs alone, as it always did, so
-# its memory bound holds. `batch_groups` says which files may share a pass: groups of the sorted
-# listing, the same on every rerun and shard. `prepare_images` / `prepare_audio` ready each file as
-# it arrives (decoded pixels and samples are freed: a waiting file holds its network inputs only),
-# `extract_batch` runs the passes. Only the network calls are shared: decoding, each plugin's
+# image files, the items (windows, clips, frames) of short audio files, those with fewer items
+# than one network call (`Extractor.packs_audio`; a longer file runs alone, as it always did, so
+# its memory bound holds), and the clips each video leaves at its end (`Extractor.batches_video`).
+# `batch_groups` says which files may share a pass: groups of the sorted listing, the same on every
+# rerun and shard. `prepare_images` / `_audio` / `_video` ready each file as it arrives (decoded
+# pixels and samples are freed: a waiting file holds its network inputs only), `extract_batch`
+# runs the passes. Only the network calls are shared: decoding, each plugin's
 # front-end and the checks of each output stay per file, so a bad file fails alone and never
 # enters a batch. An item's output does not depend on its batch companions on the CPU (measured
 # bitwise, checked by tests/test_batching.py), so reruns, resumed and sharded runs write the same
@@ -637,9 +638,9 @@ def prepare_video(item: Item, jobs: list[ModelJob], m: media.Media, log: Callabl
 
 def extract_batch(members: list[BatchMember], log: Callable[[str], None] = print) -> None:
     """The forward passes of several files of one group: per model, its prepared inputs (images:
-    `extract_images` calls of `batch_size`; audio: the items of every file in one `forward_items`,
-    which makes calls of `call_size()`); the Results land in each member. A call that fails is
-    tried again file by file, so only the guilty file fails."""
+    `extract_images` calls of `batch_size`; audio and videos: the items of every file in one
+    `forward_items`, which makes calls of `call_size()`); the Results land in each member. A
+    call that fails is tried again file by file, so only the guilty file fails."""
     jobs: dict[str, ModelJob] = {}
     for mem in members:
         for alias in mem.inputs:
@@ -652,7 +653,6 @@ def extract_batch(members: list[BatchMember], log: Callable[[str], None] = print
         size = max(1, job.extractor.batch_size)
         for start in range(0, len(todo), size):
             _embed_images(job, todo[start:start + size])
-
 
 
 def _embed_images(job: ModelJob, group: list[BatchMember]) -> None:
@@ -788,8 +788,6 @@ def _run_frames(jobs: list[ModelJob], m: media.Media, stop: threading.Event | No
                     _validate_output(job, "video", res.features)
             except Exception as exc:
                 res.features, res.error = None, exc
-                if defer is not None:
-                    defer.pop(job.alias, None)
             res.seconds += time.perf_counter() - t0
         res.notes = list(dict.fromkeys(notes[job.alias]))
         yield res

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 import _checkout  # noqa: E402,F401  (the checkout as the package embedkit)
 
 import embedkit  # noqa: E402
-from bench_image_batching import cpu_name  # noqa: E402
+from bench_image_batching import cpu_name, speedups, summary  # noqa: E402
 
 CASES = {
     "openl3": ({"openl3": {"weights": "random"}}, 1.0),
@@ -98,17 +98,10 @@ def compare(name: str, clips: int, repeats: int, device: str, threads: int, tmp:
         for what in (("packed", "per_file") if r % 2 == 0 else ("per_file", "packed")):
             runs[what].append(one_run(folder, model, device, threads, what == "packed"))
     row: dict = {"model": name, "clips": clips, "clip_seconds": seconds,
-                 "same_bytes": runs["packed"][0]["arrays"] == runs["per_file"][0]["arrays"]}
-    for what, got in runs.items():
-        walls = [g["wall_s"] for g in got]
-        row[what] = {"best_wall_s": round(min(walls), 3),
-                     "median_wall_s": round(statistics.median(walls), 3),
-                     "files_per_s_median": round(clips / statistics.median(walls), 2),
-                     "forward_passes": got[0]["forward_passes"],
-                     "items_per_forward": got[0]["items_per_forward"]}
+                 "same_bytes": runs["packed"][0]["arrays"] == runs["per_file"][0]["arrays"],
+                 **{what: summary(got, clips, "files") for what, got in runs.items()}}
     p, s = row["packed"], row["per_file"]
-    row["speedup_best"] = round(s["best_wall_s"] / p["best_wall_s"], 3)
-    row["speedup_median"] = round(s["median_wall_s"] / p["median_wall_s"], 3)
+    row.update(speedups(p, s))
     print(f"{name:<8} {clips} x {seconds} s: packed {p['files_per_s_median']:.2f} files/s "
           f"({p['forward_passes']} passes of {p['items_per_forward']})  per file "
           f"{s['files_per_s_median']:.2f} files/s ({s['forward_passes']} passes of "

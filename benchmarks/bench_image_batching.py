@@ -85,6 +85,21 @@ def one_run(folder: Path, model: dict, batch_size: int | None, device: str, thre
         shutil.rmtree(out, ignore_errors=True)
 
 
+def summary(got: list[dict], items: int, unit: str) -> dict:
+    """One setting's interleaved runs: best and median wall time, the rates, the report's passes."""
+    walls = [r["wall_s"] for r in got]
+    return {"best_wall_s": round(min(walls), 3), "median_wall_s": round(statistics.median(walls), 3),
+            f"{unit}_per_s_best": round(items / min(walls), 2),
+            f"{unit}_per_s_median": round(items / statistics.median(walls), 2),
+            "forward_passes": got[0]["forward_passes"], "items_per_forward": got[0]["items_per_forward"]}
+
+
+def speedups(fast: dict, slow: dict) -> dict:
+    """How much faster `fast` ran than `slow` (summary()s), best and median."""
+    return {"speedup_best": round(slow["best_wall_s"] / fast["best_wall_s"], 3),
+            "speedup_median": round(slow["median_wall_s"] / fast["median_wall_s"], 3)}
+
+
 def compare(name: str, folder: Path, model: dict, items: int, repeats: int, device: str,
             threads: int, unit: str) -> dict:
     one_run(folder, model, None, device, threads)  # warm-up: load, first-call kernels of both shapes
@@ -93,17 +108,10 @@ def compare(name: str, folder: Path, model: dict, items: int, repeats: int, devi
     for _ in range(repeats):
         runs["batched"].append(one_run(folder, model, None, device, threads))
         runs["one_per_forward"].append(one_run(folder, model, 1, device, threads))
-    row: dict = {"model": name, unit: items}
-    for what, got in runs.items():
-        walls = [r["wall_s"] for r in got]
-        row[what] = {"best_wall_s": round(min(walls), 3),
-                     "median_wall_s": round(statistics.median(walls), 3),
-                     f"{unit}_per_s_best": round(items / min(walls), 2),
-                     "forward_passes": got[0]["forward_passes"],
-                     "items_per_forward": got[0]["items_per_forward"]}
+    row: dict = {"model": name, unit: items,
+                 **{what: summary(got, items, unit) for what, got in runs.items()}}
     b, s = row["batched"], row["one_per_forward"]
-    row["speedup_best"] = round(s["best_wall_s"] / b["best_wall_s"], 3)
-    row["speedup_median"] = round(s["median_wall_s"] / b["median_wall_s"], 3)
+    row.update(speedups(b, s))
     print(f"{name:<28} batched {b[f'{unit}_per_s_best']:>8.2f} {unit}/s ({b['forward_passes']} passes, "
           f"{b['items_per_forward']} items each)   one per forward {s[f'{unit}_per_s_best']:>8.2f} {unit}/s "
           f"({s['forward_passes']} passes)   x{row['speedup_best']:.2f} best, "
