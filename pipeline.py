@@ -647,7 +647,7 @@ def extract_batch(members: list[BatchMember], log: Callable[[str], None] = print
             jobs.setdefault(alias, mem.results[alias].job)
     for alias, job in jobs.items():
         todo = [mem for mem in members if alias in mem.inputs]
-        if job.extractor.modality in ("audio", "video"):
+        if todo[0].item.kind != "image":  # a group's files are of one kind
             _embed_items(job, todo, log)
             continue
         size = max(1, job.extractor.batch_size)
@@ -690,7 +690,7 @@ def _embed_items(job: ModelJob, group: list[BatchMember], log: Callable[[str], N
     rows (`finish_audio`, or the video consumer's `finish_with`)."""
     alias, ex = job.alias, job.extractor
     counts = [mem.items(alias) for mem in group]
-    kind = ex.modality
+    kind = group[0].item.kind  # audio or video (an image model's video frames too)
 
     def finish(rows: np.ndarray, state: Any) -> Features:
         return ex.finish_audio(rows, state) if kind == "audio" else state.finish_with(rows)

@@ -32,9 +32,9 @@ Contract, in the spirit of the HEAR 2021 API:
   - video: `frame_consumer(info)` only;
   a frame consumer gets every decoded chunk of the video (`media.FrameChunk`:
   frames with presentation times; it selects and converts what it needs) through
-  `add(chunk)` and returns the file's `Features` from `finish()`; a video plugin may
-  also give the consumer `close()` and `finish_with(outputs)` and itself `forward_items`:
-  the driver then packs the last items of consecutive videos into shared calls;
+  `add(chunk)` and returns the file's `Features` from `finish()`; a plugin that reads
+  videos may also give the consumer `close()` and `finish_with(outputs)` and itself
+  `forward_items`: the driver then packs the last items of consecutive videos into shared calls;
 - `weight_files()` / `fetch_weights()` for `--download_only` (records and resolver:
   `weights.py`);
 - `provenance()` -> dict for the metadata.
@@ -398,7 +398,7 @@ class Extractor(ABC):
 
     def forward_items(self, items: np.ndarray) -> np.ndarray:
         """The network on (N, ...) items of one or several files -> (N, ...) float32 outputs."""
-        raise NotImplementedError(f"{self.name} does not pack audio across files")
+        raise NotImplementedError(f"{self.name} does not pack items across files")
 
     def finish_audio(self, outputs: np.ndarray, state: Any) -> Features:
         """One file's Features from its rows of `forward_items` (and `prepare_audio`'s state)."""
@@ -409,14 +409,15 @@ class Extractor(ABC):
         """Whether the plugin packs short audio files across files (`audio_items` is overridden)."""
         return type(self).audio_items is not Extractor.audio_items
 
-    # Videos across files: a video plugin whose frame consumer also gives `close()` (the end of
-    # the video: its items not yet run, fewer than one call) and `finish_with(outputs)` (its
-    # Features once they ran), with `forward_items` here, has those last items packed with the
-    # next videos' into shared calls.
+    # Videos across files: a plugin that reads videos (a video plugin, or an image plugin on video
+    # frames) whose frame consumer also gives `close()` (the end of the video: its items not yet
+    # run, fewer than one call) and `finish_with(outputs)` (its Features once they ran), with
+    # `forward_items` here, has those last items packed with the next videos' into shared calls.
     @property
     def batches_video(self) -> bool:
         """Whether the plugin packs videos' last items across files (`forward_items` is overridden)."""
-        return self.modality == "video" and type(self).forward_items is not Extractor.forward_items
+        reads_videos = self.modality == "video" or (self.modality == "image" and self.takes_video_frames())
+        return reads_videos and type(self).forward_items is not Extractor.forward_items
 
     def call_size(self) -> int:
         """Items per network call (`TorchExtractor`: `cpu_call_size` on the CPU where set)."""

@@ -47,6 +47,9 @@ def select_by_rate(
     return keep, last_bin
 
 
+NO_FRAMES = "openl3_image: the video has no frames to embed"
+
+
 def _valid_rate(v: Any) -> bool:
     return v is None or (isinstance(v, float) and np.isfinite(v) and v > 0)
 
@@ -75,8 +78,25 @@ class _FrameConsumer:
             emb = self.embedder.finish()
         finally:
             self.embedder.close()
+        return self._features(emb)
+
+    def close(self) -> np.ndarray:
+        """The end of the video: its frames left (fewer than a batch), as network inputs, for calls
+        shared with other videos (`finish_with` takes their embeddings)."""
+        if self.embedder.count == 0:
+            self.embedder.close()
+            raise ValueError(NO_FRAMES)
+        try:
+            return self.embedder.finish_items()
+        finally:
+            self.embedder.close()
+
+    def finish_with(self, embeddings: np.ndarray) -> Features:
+        return self._features(self.embedder.finish_with(embeddings))
+
+    def _features(self, emb: np.ndarray) -> Features:
         if emb.shape[0] == 0:
-            raise ValueError("openl3_image: the video has no frames to embed")
+            raise ValueError(NO_FRAMES)
         return Features(emb, np.concatenate(self.times))
 
 
@@ -158,6 +178,11 @@ class OpenL3Image(OpenL3Network):
 
     def frame_consumer(self, info: Any) -> _FrameConsumer:
         return _FrameConsumer(self, info)
+
+    # videos across files: a video's last frames (fewer than a call) share calls with the next
+    # videos' (`_FrameConsumer.close` / `finish_with`); each already scaled by its own video's peak
+    def forward_items(self, items: np.ndarray) -> np.ndarray:
+        return self.embed_images(items)
 
     def provenance(self) -> dict[str, Any]:
         prov = super().provenance()

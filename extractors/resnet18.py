@@ -268,6 +268,11 @@ class ResNet18(TorchExtractor):
         out = self.embed_crops(np.stack(prepared))
         return [Features(row.copy()) for row in out]
 
+    # videos across files: a video's last frames (fewer than a call) share calls with the next
+    # videos' (`FrameEmbedder.close` / `finish_with`); crops as the consumer keeps them, uint8
+    def forward_items(self, items: np.ndarray) -> np.ndarray:
+        return self.embed_crops(items)
+
     def frame_consumer(self, info: Any) -> "FrameEmbedder":
         if self.config["frame_rate"] is None:
             raise ValueError("resnet18: video frames need frame_rate (e.g. frame_rate: 1)")
@@ -307,10 +312,21 @@ class FrameEmbedder:
 
     def finish(self) -> Features:
         """(num_frames, 512) float32 and (num_frames,) float64 seconds; or (512,) with pooling: mean."""
+        return self.finish_with(self.plugin.embed_crops(self.close()))
+
+    def close(self) -> np.ndarray:
+        """The end of the video: every full batch embedded; the crops left (fewer than a batch),
+        (n, 224, 224, 3) uint8, for calls shared with other videos (`finish_with` takes theirs)."""
         self._take(self.grid.finish())
-        self._run(len(self.crops))
-        if not self.embeddings:
+        if not self.times:
             raise ValueError("resnet18: the video gave no frames to embed")
+        left = np.stack(self.crops) if self.crops else np.zeros((0, CROP, CROP, 3), np.uint8)
+        self.crops = []
+        return left
+
+    def finish_with(self, embeddings: np.ndarray) -> Features:
+        """The video's Features, `embeddings` being those of the crops `close` returned."""
+        self.embeddings.append(np.asarray(embeddings, np.float32).reshape(-1, EMBEDDING_DIM))
         data = np.concatenate(self.embeddings)
         if self.plugin.config["pooling"] == "mean":
             return Features(data.mean(axis=0, dtype=np.float64).astype(np.float32))

@@ -423,6 +423,22 @@ class VideoEmbedder:
             return np.zeros((0, self.size), np.float32)
         return np.concatenate(self._out)
 
+    def finish_items(self) -> np.ndarray:
+        """The end of the video, its last call left out: every full batch embedded, the frames
+        left (fewer than a batch) returned as the (n, 224, 224, 3) float32 inputs `finish` would
+        give the network, for calls shared with other videos (`finish_with` takes their rows)."""
+        if self.peak < 255:
+            self._release_waiting(self.peak)
+        none = np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+        rest = np.concatenate(self._ready) if self._ready else none
+        self._ready, self._n_ready = [], 0
+        return crop_and_scale(rest, self.peak)
+
+    def finish_with(self, embeddings: np.ndarray) -> np.ndarray:
+        """`finish`'s result, `embeddings` being those of the inputs `finish_items` returned."""
+        self._out.append(np.asarray(embeddings, np.float32).reshape(-1, self.size))
+        return np.concatenate(self._out)
+
     def close(self) -> None:
         if self._spill is not None:
             self._spill.close()

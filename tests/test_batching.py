@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from embedkit import audio_io, media, pipeline, registry
+from embedkit.extractors import r3d18
 from embedkit.extractors.base import Extractor, Features, OutputSpec
 from tests.conftest import ROOT, run_cli, tone, write_wav
 from tests.media_synth import scene
@@ -532,54 +533,106 @@ def test_a_sigkill_inside_an_audio_batch_resumes_to_identical_bytes(short_run, t
     assert sorted({r["source"] for r in manifest(out)}) == [f"t{i:02d}.wav" for i in range(24)]
 
 
-# -- videos across files: the last clips of each video ---------------------------------------------------
-VIDEO_FRAMES = [20, 36, 24, 52, 28]  # at 15 fps, hop 8: 1, 3, 2, 5, 2 clips
+# -- videos across files: the last items of each video ---------------------------------------------------
+VIDEO_FRAMES = [18, 26, 38, 50, 28]  # at 15 fps
+
+# model -> (params, its items per video of T frames at 15 fps)
+VIDEO_MODELS = {
+    # clips of 16 frames, hop 8: 1, 2, 3, 5, 2 clips
+    "r3d18": ({"hop_frames": 8}, lambda t: r3d18.num_clips(t, 8)),
+    # the nearest frame to every 1/5 s (_frames' rule): ceil(T * 5 / 15) frames, 6, 9, 13, 17, 10
+    "resnet18": ({"frame_rate": 5.0}, lambda t: math.ceil(t * 5 / 15)),
+    # the first frame of each 1/5 s: the same counts
+    "openl3_image": ({"frame_rate": 5.0, "input_repr": "mel128"}, lambda t: math.ceil(t / 3)),
+}
 
 
-def video_passes(clips: list[int], call: int) -> int:
-    """R3D-18's calls over videos in groups of `call` consecutive files: each video's full calls
-    alone, as it decodes; the clips left at its end (here never none) share calls with its group's."""
+def video_passes(items: list[int], call: int) -> int:
+    """A model's calls over videos in groups of `call` consecutive files: each video's full calls
+    alone, as it decodes; the items left at its end share calls with its group's."""
     passes = 0
-    for g in range(0, len(clips), call):
-        group = clips[g:g + call]
+    for g in range(0, len(items), call):
+        group = items[g:g + call]
         passes += sum(n // call for n in group) + math.ceil(sum(n % call for n in group) / call)
     return passes
 
 
 @pytest.mark.slow
-def test_videos_last_clips_share_forward_passes(tmp_path, monkeypatch):
-    """R3D-18 in calls of 4 (on the CPU it makes calls of 1, which packing cannot improve: set here
-    as on CUDA): the clips each video leaves at its end go into shared calls with the next videos'
-    (groups of 4 files), the report counts them, and each video keeps its own embeddings (to
-    float32 rounding: oneDNN's 3-D convolutions round by batch shape, 1e-7) against each video
-    on its own calls."""
-    from embedkit.extractors import r3d18
-    from embedkit.extractors.base import Extractor
+@pytest.mark.parametrize("name", list(VIDEO_MODELS))
+def test_videos_last_items_share_forward_passes(name, tmp_path, monkeypatch):
+    """Calls of 4 (on the CPU r3d18 and openl3_image make calls of 1, which packing cannot improve:
+    set here as on CUDA; resnet18 makes calls of batch_size everywhere): the clips or frames each
+    video leaves at its end go into shared calls with the next videos' (groups of 4 files), the
+    report counts them, and each video keeps its own embeddings (its bytes; R3D-18's to float32
+    rounding: oneDNN's 3-D convolutions round by batch shape, 1e-7) against each video on its own
+    calls."""
     from tests.media_synth import moving_shapes, write_video
 
     for i, n in enumerate(VIDEO_FRAMES):
         write_video(tmp_path / "in" / f"v{i}.mp4", moving_shapes(i, n, 96, 64), fps=15)
-    monkeypatch.setattr(r3d18.R3D18, "cpu_call_size", None)
-    models = {"r3d18": {"weights": "random", "hop_frames": 8, "batch_size": 4}}
-    clips = [r3d18.num_clips(n, 8) for n in VIDEO_FRAMES]
-    assert all(n % 4 for n in clips)
+    plugin = registry.get(name)
+    monkeypatch.setattr(plugin, "cpu_call_size", None)
+    params, count = VIDEO_MODELS[name]
+    models = {name: {"weights": "random", "batch_size": 4, **params}}
+    items = [count(n) for n in VIDEO_FRAMES]
+    assert sum(n % 4 for n in items) > 4  # leftovers that fill shared calls
     runs = {}
     for what in ("packed", "per_file"):
         if what == "per_file":  # the driver then sees a plugin that does not pack
-            monkeypatch.setattr(r3d18.R3D18, "forward_items", Extractor.forward_items)
+            monkeypatch.setattr(plugin, "forward_items", Extractor.forward_items)
         stats = embedkit_run(tmp_path / "in", tmp_path / what, models)
-        runs[what] = stats.models["r3d18"]
+        runs[what] = stats.models[name]
         assert runs[what].ok == len(VIDEO_FRAMES) and not stats.failures
-    assert runs["packed"].forward_passes == video_passes(clips, 4) < runs["per_file"].forward_passes
-    assert runs["per_file"].forward_passes == sum(math.ceil(n / 4) for n in clips)
-    assert runs["packed"].items_forwarded == runs["per_file"].items_forwarded == sum(clips)
-    for i, n in enumerate(clips):
-        a, b = (np.load(tmp_path / what / "r3d18" / f"v{i}.npy") for what in ("packed", "per_file"))
-        assert a.shape == b.shape == (n, 512)
+    assert runs["packed"].forward_passes == video_passes(items, 4) < runs["per_file"].forward_passes
+    assert runs["per_file"].forward_passes == sum(math.ceil(n / 4) for n in items)
+    assert runs["packed"].items_forwarded == runs["per_file"].items_forwarded == sum(items)
+    for i, n in enumerate(items):
+        a, b = (np.load(tmp_path / what / name / f"v{i}.npy") for what in ("packed", "per_file"))
+        assert a.shape == b.shape and a.shape[0] == n
         assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max(), i
+        if name != "r3d18":  # 2-D convolutions: the bytes (as for images, above)
+            assert a.tobytes() == b.tobytes(), i
+            ta, tb = (np.load(tmp_path / what / f"{name}.timestamps" / f"v{i}.npy")
+                      for what in ("packed", "per_file"))
+            np.testing.assert_array_equal(ta, tb)
 
 
 def embedkit_run(folder: Path, out: Path, models: dict):
     import embedkit
 
     return embedkit.run(folder, out, models=models, log=lambda msg: None, torch_threads=1)
+
+
+@pytest.fixture(scope="module")
+def video_run(tmp_path_factory) -> tuple[Path, Path, list[str]]:
+    """8 short videos and an uninterrupted resnet18 run over their frames at 5/s in calls of 4
+    (resnet18 packs videos on the CPU too): two groups of 4 videos, each with shared last calls."""
+    from tests.media_synth import moving_shapes, write_video
+
+    d = tmp_path_factory.mktemp("videos")
+    for i, n in enumerate(VIDEO_FRAMES + VIDEO_FRAMES[:3]):
+        write_video(d / "in" / f"v{i}.mp4", moving_shapes(i, n, 96, 64), fps=15)
+    cfg = d / "models.yaml"
+    cfg.write_text("models:\n  resnet18:\n    weights: random\n    frame_rate: 5.0\n    batch_size: 4\n")
+    args = ["--audio_dir", str(d / "in"), "--config", str(cfg), "--models", "resnet18",
+            "--torch_threads", "1"]
+    clean = d / "clean"
+    res = run_cli(*args, "--output_base", str(clean))
+    assert res.returncode == 0, res.stderr
+    frames = [math.ceil(n / 3) for n in VIDEO_FRAMES + VIDEO_FRAMES[:3]]
+    assert report(clean)["models"]["resnet18"]["forward_passes"] == video_passes(frames, 4)
+    return d, clean, args
+
+
+@pytest.mark.slow
+def test_a_sigkill_inside_a_video_batch_resumes_to_identical_bytes(video_run, tmp_path):
+    """Killed while a group of 4 videos is being stored: the rerun writes the bytes (embeddings and
+    timestamps) of the uninterrupted run."""
+    d, clean, args = video_run
+    out, done = killed_inside_a_batch(args, tmp_path, range(8, 40, 3), lambda n: 0 < n < 8 and n % 4)
+    res = run_cli(*args, "--output_base", str(out))
+    assert res.returncode == 0, res.stderr
+    assert report(out)["models"]["resnet18"]["ok"] + len(done) >= 8
+    for folder in ("resnet18", "resnet18.timestamps"):
+        assert npys(out / folder) == npys(clean / folder)
+    assert sorted({r["source"] for r in manifest(out)}) == [f"v{i}.mp4" for i in range(8)]

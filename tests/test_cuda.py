@@ -136,18 +136,23 @@ def test_a_run_on_cuda_writes_what_a_cpu_run_writes(tmp_path, exact_float32):
     assert out["cpu"]["models"]["openl3"]["forward_passes"] == 15
 
 
-def test_videos_last_clips_share_a_cuda_call(tmp_path):
-    """R3D-18 on CUDA in calls of 4: three short videos of 1, 3 and 2 clips (hop 8) leave all
-    their clips at their ends, and those share 2 calls instead of 3."""
+def test_videos_last_items_share_cuda_calls(tmp_path):
+    """R3D-18 and OpenL3's image network on CUDA in calls of 4, three short videos (18, 26, 38
+    frames at 15 fps): R3D-18's 1, 2 and 3 clips (hop 8) are all left at the videos' ends and share
+    2 calls instead of 3; openl3_image's 6, 9 and 13 frames (5/s) leave 2, 1 and 1: 7 calls, not 9."""
     from tests.media_synth import moving_shapes, write_video
 
-    for i, n in enumerate((20, 36, 24)):
+    for i, n in enumerate((18, 26, 38)):
         write_video(tmp_path / "in" / f"v{i}.mp4", moving_shapes(i, n, 96, 64), fps=15)
-    models = {"r3d18": {"weights": "random", "hop_frames": 8, "batch_size": 4, "precision": "float32"}}
+    models = {"r3d18": {"weights": "random", "hop_frames": 8, "batch_size": 4, "precision": "float32"},
+              "openl3_image": {"weights": "random", "frame_rate": 5.0, "batch_size": 4,
+                               "precision": "float32"}}
     stats = embedkit.run(tmp_path / "in", tmp_path / "out", models=models, device="cuda", log=lambda m: None)
-    r = stats.models["r3d18"]
-    assert r.ok == 3 and not stats.failures
+    assert not stats.failures
+    r, o = stats.models["r3d18"], stats.models["openl3_image"]
+    assert r.ok == o.ok == 3
     assert r.forward_passes == 2 and r.items_forwarded == 6
+    assert o.forward_passes == 7 and o.items_forwarded == 28
 
 
 def test_cuda_out_of_memory_halves_the_batch(make, exact_float32):
