@@ -292,11 +292,34 @@ def sniff_hint(path: str | os.PathLike) -> str:
 PRECISIONS = ("float32", "float64")
 
 
+# resampy's filters on a torch device (a run on CUDA): files up to this long go there whole; a
+# longer one (its float64 copies would take GBs of device memory) stays on the CPU, in blocks.
+DEVICE_RESAMPLE_SECONDS = 1200.0
+# where a run resamples with resampy's filters (`pipeline.resample_device_for`)
+RESAMPLE_ON = ("auto", "cpu", "device")
+
+
+def resamples_on(device: str | None, n_samples: int, sr_in: int, sr_out: int, method: str) -> str | None:
+    """The torch device `resample` uses for this signal (None: NumPy on the CPU): `device` for
+    resampy's filters at rates `polyphase` takes, on signals from one filter length to
+    DEVICE_RESAMPLE_SECONDS; never for soxr (a CPU library)."""
+    from embedkit import polyphase
+
+    if (device is None or method.startswith("soxr") or sr_in == sr_out
+            or not polyphase.supported(sr_in, sr_out, method)):
+        return None
+    if not int(np.ceil(sr_in / sr_out)) + 1 <= n_samples <= DEVICE_RESAMPLE_SECONDS * sr_in:
+        return None
+    return device
+
+
 def resample(audio: np.ndarray, sr_in: int, sr_out: int, method: str = "soxr_hq",
              precision: str | None = None, residual: np.ndarray | None = None,
-             out_dtype: type = np.float32) -> np.ndarray:
+             out_dtype: type = np.float32, device: str | None = None) -> np.ndarray:
     """Resample mono audio; returns `out_dtype` (float32 unless a plugin takes float64).
-    Identity (up to the dtype) when the rates match.
+    Identity (up to the dtype) when the rates match. `device`: a torch device for resampy's
+    filters (`resamples_on` says when it is used): `polyphase.resample_torch` there, the same
+    bounds against resampy as the NumPy path; the result comes back as a NumPy array.
 
     precision (resampy's filters only; soxr's is set by its quality): the arithmetic
     resampy accumulates in, "float32" or "float64"; None: the input's own (float64
@@ -319,6 +342,9 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int, method: str = "soxr_hq"
     audio = np.asarray(audio)
     if precision is None:
         precision = "float64" if audio.dtype == np.float64 else "float32"
+    on = resamples_on(device, audio.shape[0], sr_in, sr_out, method)
+    if on is not None and audio.ndim == 1:
+        return _resample_torch(audio, sr_in, sr_out, method, precision, residual, out_dtype, on)
     n_out = int(np.ceil(audio.shape[0] * sr_out / sr_in))
     # resampy refuses signals shorter than its filter; zero-extend those (what the
     # filter assumes beyond the ends anyway) and keep the expected length.
@@ -330,6 +356,20 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int, method: str = "soxr_hq"
         padded = np.pad(audio, (0, max(min_len, int(np.ceil(n_out * sr_in / sr_out)) + 1) - audio.shape[0]))
         return resampy_resample(padded, sr_in, sr_out, method, precision, out_dtype)[:n_out]
     return resampy_resample(audio, sr_in, sr_out, method, precision, out_dtype, residual)
+
+
+def _resample_torch(audio: np.ndarray, sr_in: int, sr_out: int, method: str, precision: str,
+                    residual: np.ndarray | None, out_dtype: type, device: str) -> np.ndarray:
+    import torch
+
+    from embedkit import polyphase
+
+    x = torch.from_numpy(np.ascontiguousarray(audio)).to(device)
+    lo = None
+    if residual is not None and precision == "float64":
+        lo = torch.from_numpy(np.ascontiguousarray(residual)).to(device)
+    y = polyphase.resample_torch(x, sr_in, sr_out, method, precision, residual=lo)
+    return y.cpu().numpy().astype(out_dtype, copy=False)  # float64 -> float32: rounded once, as on the CPU
 
 
 def resampy_resample(x: np.ndarray, sr_in: float, sr_out: float, filter: str = "kaiser_best",
@@ -384,8 +424,10 @@ class Decoded:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def at(self, rate: int, method: str, precision: str = "float32", dtype: str = "float32") -> np.ndarray:
-        """The signal at `rate` Hz via `method` in `precision` (see `resample`), computed once.
+    def at(self, rate: int, method: str, precision: str = "float32", dtype: str = "float32",
+           device: str | None = None) -> np.ndarray:
+        """The signal at `rate` Hz via `method` in `precision` (see `resample`; on the torch
+        `device` where `resamples_on` says so), computed once.
 
         float64 precision uses the residual where there is one: the result is then the
         float64 signal (as openl3 builds it from sf.read) resampled, rounded to float32
@@ -408,7 +450,7 @@ class Decoded:
                     self._cache[key] = self.audio if same else out
                 else:
                     self._cache[key] = resample(self.audio, self.sample_rate, rate, method, precision, lo,
-                                                np.dtype(dtype))
+                                                np.dtype(dtype), device)
                 self.resample_seconds[key] = time.perf_counter() - t0
             return self._cache[key]
 

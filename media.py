@@ -638,9 +638,10 @@ class Media:
                 raise
         return self._decoded
 
-    def audio(self, rate: int, method: str, precision: str = "float32", dtype: str = "float32") -> np.ndarray:
+    def audio(self, rate: int, method: str, precision: str = "float32", dtype: str = "float32",
+              device: str | None = None) -> np.ndarray:
         """Mono `dtype` at `rate` Hz, resampled once per (rate, method, precision, dtype):
-        see `audio_io.resample`.
+        see `audio_io.resample` (`device`: resampy's filters on that torch device).
 
         float64 resampling starts from the float64 signal (float32 plus residual).
         """
@@ -650,7 +651,7 @@ class Media:
             if not decoded.has_residual:  # decoded earlier without it: read the file again for it
                 _, _, decoded.residual = audio_io.decode_mono(self.path, residual=True)
                 decoded.has_residual = True
-        return self.decoded.at(rate, method, precision, dtype)
+        return self.decoded.at(rate, method, precision, dtype, device)
 
     @property
     def decoded_audio(self) -> bool:

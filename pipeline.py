@@ -55,6 +55,9 @@ class ModelJob:
     extractor: Extractor
     out_dir: Path | None = None
     error: str | None = None  # load failure: every file this model takes fails with this cause
+    # where resampy's filters bring audio to this model: a torch device (the model's CUDA device:
+    # the model stage resamples there, the decoder does not), or None: NumPy in the decoder
+    resample_device: str | None = None
     _specs: dict = field(default_factory=dict, repr=False)
     _meta_stat: tuple | None = field(default=None, repr=False)  # features.json as this job last saw it
 
@@ -133,6 +136,7 @@ class RunOptions:
     max_pixels_per_frame: int = media.MAX_PIXELS_PER_FRAME  # the size guard for images and video frames
     decode_workers: int | None = None  # decode processes (None: the cores beside the models'; 0: in-process)
     decode_only: bool = False  # the preflight: decode and resample every file, load no model, write no array
+    resample_on: str = "auto"  # resampy's filters: "auto" (on the models' CUDA device), "cpu", "device"
 
 
 @dataclass
@@ -366,9 +370,33 @@ def _decode(m: media.Media, item: Item, live: list[ModelJob]) -> None:
         for job in live:
             if job.extractor.modality == "audio":
                 try:
-                    m.audio(*job.extractor.resample_key)
+                    key = job.extractor.resample_key
+                    n, sr = m.decoded.audio.shape[0], m.decoded.sample_rate
+                    if audio_io.resamples_on(job.resample_device, n, sr, key[0], key[1]) is None:
+                        m.audio(*key)  # else the model stage resamples on its device
                 except Exception:
                     pass  # raised again in extract, for the models that need the sound only
+
+
+def model_audio(m: media.Media, job: ModelJob) -> np.ndarray:
+    """The file's signal as `job`'s model takes it (resampled once, on its `resample_device`)."""
+    return m.audio(*job.extractor.resample_key, device=job.resample_device)
+
+
+def resample_device_for(resample_on: str, job: ModelJob) -> str | None:
+    """Where resampy's filters bring audio to `job`'s model (RunOptions.resample_on): "cpu" None
+    (NumPy, in the decoder); "device" the model's torch device (on a CPU run: torch on the CPU,
+    for checks); "auto" the model's device where it is CUDA, else None. None for soxr and for
+    models that take no audio."""
+    if resample_on not in audio_io.RESAMPLE_ON:
+        raise ValueError(f"resample_on must be one of {', '.join(audio_io.RESAMPLE_ON)}, got {resample_on!r}")
+    ex = job.extractor
+    if resample_on == "cpu" or job.error or ex.modality != "audio" or ex.resample_method.startswith("soxr"):
+        return None
+    device = str(getattr(ex, "device", "cpu"))
+    if resample_on == "device":
+        return device
+    return device if device.startswith("cuda") else None
 
 
 def count_frames(m: media.Media, jobs: list[ModelJob]) -> None:
@@ -444,10 +472,9 @@ def _capture_notes(fn: Callable[[], Any]) -> tuple[Any, list[str]]:
 
 def _run_audio(job: ModelJob, m: media.Media, log: Callable[[str], None], jobs: list[ModelJob]) -> Result:
     ex = job.extractor
-    key = ex.resample_key
     try:
         decoded = m.decoded
-        audio = m.audio(*key)
+        audio = model_audio(m, job)
     except audio_io.MediaError as exc:
         return Result(job, error=exc, stage="decode")
     except Exception as exc:
@@ -593,7 +620,7 @@ def packing_jobs(item: Item, jobs: list[ModelJob], m: media.Media) -> list[Model
         if job.error or ex.modality != "audio" or not ex.batches_audio:
             continue
         try:
-            n = m.audio(*ex.resample_key).shape[0]
+            n = model_audio(m, job).shape[0]
         except Exception:
             continue  # `extract` reports it
         if ex.packs_audio(n):
@@ -616,7 +643,7 @@ def prepare_audio(item: Item, jobs: list[ModelJob], m: media.Media, packing: lis
         res = member.results[job.alias] = Result(job)
         t0 = time.perf_counter()
         try:
-            audio = m.audio(*ex.resample_key)
+            audio = model_audio(m, job)
             member.inputs[job.alias], res.notes = _capture_notes(lambda: ex.prepare_audio(audio))
         except Exception as exc:
             res.error = exc
@@ -972,6 +999,9 @@ def write_metadata(job: ModelJob, output_base: Path, overwrite: bool = False) ->
         "sample_rate": ex.sample_rate,
         "resampler": ex.resample_method if ex.modality == "audio" else None,
         "resample_precision": ex.resample_precision if ex.modality == "audio" else None,
+        # "decoder": NumPy in the decode stage (soxr, or resampy's filters); "torch:<device>": the model stage
+        "resampled_in": (f"torch:{job.resample_device}" if job.resample_device else "decoder")
+        if ex.modality == "audio" else None,
         **job.spec(primary).to_json(),
         "extra_folders": {f.name.split(".", 1)[1]: f.name for f in job.folders()[:-1]},
         "params": ex.config,
@@ -990,7 +1020,7 @@ def write_metadata(job: ModelJob, output_base: Path, overwrite: bool = False) ->
 
 
 def load_models(jobs: list[ModelJob], output_base: Path, stats: RunStats, log: Callable[[str], None],
-                threads: int | None = None, overwrite: bool = False) -> None:
+                threads: int | None = None, overwrite: bool = False, resample_on: str = "auto") -> None:
     """Load every model once: weight problems show before the first file; the other models go on.
 
     A model folder claimed by another configuration meanwhile is a configuration error
@@ -1004,6 +1034,7 @@ def load_models(jobs: list[ModelJob], output_base: Path, stats: RunStats, log: C
         stats.model(job.alias)
         try:
             job.extractor.load()
+            job.resample_device = resample_device_for(resample_on, job)
             write_metadata(job, output_base, overwrite)
         except outputs.ConfigConflict as exc:
             raise ConfigError(str(exc)) from None
@@ -1073,6 +1104,7 @@ class _Work:
     outcomes: list[Outcome]
     media: media.Media | None = None
     decode_seconds: float = 0.0  # decode + resampling, in the prefetch thread or a decode worker
+    decode_resampling: float = 0.0  # of which resampling (the model stage may resample more, on a device)
 
 
 class Runner:
@@ -1163,7 +1195,8 @@ class Runner:
     def load(self) -> None:
         """Load every model and claim its folder (features.json)."""
         opt = self.opt
-        load_models(self.jobs, opt.output_base, self.stats, self.log, opt.torch_threads, opt.overwrite)
+        load_models(self.jobs, opt.output_base, self.stats, self.log, opt.torch_threads, opt.overwrite,
+                    opt.resample_on)
 
     def _announce(self, items: list[Item]) -> None:
         s, listing = self.stats, self.listing
@@ -1213,6 +1246,7 @@ class Runner:
                     if self.opt.decode_only:
                         count_frames(work.media, work.jobs)
                     work.decode_seconds = time.perf_counter() - t0
+                    work.decode_resampling = sum(work.media.resample_seconds.values())
                 if not self._offer(q, work):
                     self._release(work)
         except BaseException as exc:  # never die silently: hand the error to the main thread
@@ -1250,7 +1284,8 @@ class Runner:
                         ready.add(i)
                         continue
                     slim = Item(item.source, item.kind, {}, [])
-                    views = [ModelJob(j.alias, decode_pool.DecodeView(j.extractor))  # type: ignore[arg-type]
+                    views = [ModelJob(j.alias, decode_pool.DecodeView(j.extractor),  # type: ignore[arg-type]
+                                      resample_device=j.resample_device)
                              for j in work.jobs if not j.error]
                     pool.submit(i, opt.audio_dir, slim, views, opt.max_pixels_per_frame, opt.decode_only)
                 while emit in ready:
@@ -1274,6 +1309,7 @@ class Runner:
                         m = media.Media(opt.audio_dir / work.item.source, work.item.kind)
                         m.error = RuntimeError(f"decoding failed in the worker: {failure}")
                     work.media, work.decode_seconds = m, seconds
+                    work.decode_resampling = sum(m.resample_seconds.values())
                     ready.add(i)
         finally:
             for work in held.values():  # claimed but never handed over (the run is stopping)
@@ -1485,7 +1521,7 @@ class Runner:
                 self.stats.add(outcome)
                 self._check_disk(outcome)
             if work.media is not None:
-                self.stats.decode_seconds += work.decode_seconds - sum(work.media.resample_seconds.values())
+                self.stats.decode_seconds += work.decode_seconds - work.decode_resampling
                 self.stats.count_decoded(work.media)
         self._release(work)
         self._progress.file_done()

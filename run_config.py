@@ -11,6 +11,7 @@ A config file (all keys optional):
     batch_size: null        # default for every model; per model below wins
     prefetch: 2
     decode_workers: null    # decode processes ahead of the models (null: cores beside the models; 0: none)
+    resample_on: auto       # resampy filters (openl3, crepe): auto (a CUDA model: its GPU) | cpu | device
     verbose: false
     progress_every: 60      # seconds between progress lines when stderr is not a terminal
     lease_seconds: 300      # a lock whose heartbeat is older than this is taken over
@@ -42,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embedkit import media, registry
+from embedkit import audio_io, media, registry
 from embedkit.extractors.base import ConfigError
 
 TOP_KEYS = {
@@ -57,6 +58,7 @@ TOP_KEYS = {
     "batch_size": (int, type(None)),
     "prefetch": int,
     "decode_workers": (int, type(None)),
+    "resample_on": str,
     "verbose": bool,
     "progress_every": (int, float),
     "lease_seconds": (int, float),
@@ -96,6 +98,7 @@ class RunConfig:
     batch_size: int | None = None
     prefetch: int = 2
     decode_workers: int | None = None
+    resample_on: str = "auto"
     verbose: bool = False
     progress_every: float = 60.0
     lease_seconds: float = 300.0
@@ -250,6 +253,12 @@ def build(file_data: dict[str, Any], where: str, overrides: dict[str, Any]) -> R
     if cfg.decode_workers is not None and not 0 <= cfg.decode_workers <= 256:
         errors.add(f"decode_workers must be 0 (decode in the driver) to 256, or null (the cores beside the "
                    f"models'), got {cfg.decode_workers!r}")
+    if cfg.resample_on not in audio_io.RESAMPLE_ON:
+        errors.add(f"resample_on must be auto (on the model's GPU where it runs on one), cpu or device, "
+                   f"got {cfg.resample_on!r}")
+    elif cfg.resample_on == "device" and cfg.engine == "ray":
+        errors.add("resample_on: device applies to the local engine (Ray resamples in its decode tasks, "
+                   "on their CPUs); leave it at auto or cpu with engine ray")
     if cfg.lease_seconds < 10:
         errors.add("lease_seconds must be >= 10 (the heartbeat renews a lease every lease/5 seconds)")
     if cfg.engine not in ENGINES:

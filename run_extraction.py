@@ -46,6 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decode_workers", type=int,
                    help="processes decoding and resampling files ahead of the models (default: the cores "
                         "beside the models' threads; 0: in the driver). Engine ray: not used (Ray decodes)")
+    p.add_argument("--resample_on", choices=("auto", "cpu", "device"),
+                   help="where resampy's filters (openl3, crepe) run: auto (default) on the model's GPU "
+                        "where it runs on CUDA, else in the decoders on the CPU; cpu: always the decoders; "
+                        "device: the model's device")
     p.add_argument("--decode_only", action="store_true",
                    help="preflight: decode and resample every file for the configured models without "
                         "loading any (no weights needed), write no array; list bad files (exit 1 if any) and "
@@ -219,6 +223,7 @@ def run_options(cfg, shard: tuple[int, int] | None, progress: bool, progress_eve
         torch_threads=cfg.torch_threads,
         max_pixels_per_frame=cfg.max_pixels_per_frame,
         decode_workers=cfg.decode_workers,
+        resample_on="cpu" if cfg.engine == "ray" else cfg.resample_on,
     )
 
 

@@ -11,7 +11,8 @@ What a user runs, measured as they would see it (benchmarks/gpu_check.sh runs it
    clicks, noise; each file its own seed), written by a process pool;
 2. preflight: `run_extraction.py --decode_only` over the corpus (decode workers at their default):
    the CPU side's feed rate per model, its ceiling;
-3. the run: `run_extraction.py --config <these models> --device <device>` in a subprocess, every
+3. the run: `run_extraction.py --config <these models> --device <device>` in a subprocess (resampy's
+   filters on the GPU unless --resample_on cpu), every
    model with `weights: random` (architecture-identical, seeded: speed, never accuracy), while
    `nvidia-smi` samples the GPU's utilization and memory every 0.2 s; from run_report.json per
    model: seconds, forward passes, items per forward pass;
@@ -49,7 +50,8 @@ sys.path.insert(0, str(HERE))  # throughput.py's corpus
 import _checkout  # noqa: E402,F401  (the checkout as the package embedkit)
 
 DEFAULT_MODELS = ("openl3", "crepe", "mert", "clmr")
-KEYS = ("ok", "failed", "inference_seconds", "wall_seconds", "forward_passes", "items_per_forward")
+KEYS = ("ok", "failed", "inference_seconds", "resample_seconds", "wall_seconds", "forward_passes",
+        "items_per_forward")
 PARAMS = {"crepe": {"capacity": "full"}}  # the original script's settings; the rest at their defaults
 
 
@@ -189,6 +191,9 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--precision", help="every model's precision (default: the plugins' own: float16 "
                     "autocast on CUDA)")
+    ap.add_argument("--resample_on", default="auto", choices=("auto", "cpu", "device"),
+                    help="the run's --resample_on (auto: openl3's and crepe's resampy filters on the GPU; "
+                         "cpu: in the decode workers, to compare)")
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per model alone")
     ap.add_argument("--work", type=Path, help="keep the corpus and outputs here (default: a temporary one)")
     ap.add_argument("--json", type=Path, default=HERE / "results" / "gpu.json")
@@ -204,7 +209,8 @@ def main() -> int:
     corpus, out = work / "audio", work / "out"
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(args.device),
               "corpus": f"{args.files} files x {args.seconds:g} s, stereo 44.1 kHz 16-bit WAV",
-              "device": args.device, "models": args.models, "precision": args.precision or "plugin default"}
+              "device": args.device, "models": args.models, "precision": args.precision or "plugin default",
+              "resample_on": args.resample_on}
     def save() -> None:  # after each stage: a run cut short by its time limit keeps what it measured
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1) + "\n")
@@ -223,7 +229,8 @@ def main() -> int:
         save()
 
         sampler = GpuSampler()
-        wall, rc = cli([*common, "--output_base", str(out)], work / "run.log")
+        wall, rc = cli([*common, "--output_base", str(out), "--resample_on", args.resample_on],
+                       work / "run.log")
         gpu = sampler.stop()
         report = json.loads((out / "run_report.json").read_text())
         audio_s = args.files * args.seconds

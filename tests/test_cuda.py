@@ -1,7 +1,7 @@
 """The CUDA paths: every torch plugin on a CUDA device gives what it gives on the CPU, the torch
-resampler on the device equals resampy, a run on CUDA writes what a CPU run writes and packs
-images and short audio files across files, and a CUDA out-of-memory halves the batch instead of
-failing the file.
+resampler on the device equals resampy, a run on CUDA writes what a CPU run writes (resampling
+on the GPU) and packs images, short audio files and videos' last items across files, and a CUDA
+out-of-memory halves the batch instead of failing the file.
 
 Skipped without CUDA (this project's CI and development machines have none). On a lent GPU
 machine `benchmarks/gpu_check.sh` runs this file, the parity tests and `benchmarks/gpu.py`.
@@ -101,7 +101,8 @@ def test_resample_torch_on_cuda_equals_resampy(sr_in, sr_out):
 
 def test_a_run_on_cuda_writes_what_a_cpu_run_writes(tmp_path, exact_float32):
     """The driver on CUDA: the same files, shapes and (to float32 order) values; provenance
-    says cuda; 12 images packed into one forward pass, three short audio files into one."""
+    says cuda, features.json that resampling ran there; 12 images packed into one forward pass,
+    three short audio files into one."""
     for i, f0 in enumerate((220.0, 330.0, 440.0)):
         write_wav(tmp_path / "in" / f"t{i}.wav", tone(f0, 2.5, 44100), 44100)
     from PIL import Image
@@ -127,6 +128,10 @@ def test_a_run_on_cuda_writes_what_a_cpu_run_writes(tmp_path, exact_float32):
             assert a.shape == b.shape and a.dtype == b.dtype, rel
             if a.dtype.kind == "f" and a.size:
                 assert np.abs(a - b).max() <= F32_REL * max(np.abs(a).max(), 1e-30), rel
+    # openl3's 44.1 -> 48 kHz (resampy's kaiser_best, float64) ran on the GPU, in the model stage
+    where = {dev: json.loads((tmp_path / dev / "openl3" / "features.json").read_text())["resampled_in"]
+             for dev in ("cpu", "cuda")}
+    assert where["cuda"].startswith("torch:cuda") and where["cpu"] == "decoder", where
     resnet = out["cuda"]["models"]["resnet18"]
     assert resnet["forward_passes"] < 12 and resnet["items_per_forward"] > 1, resnet
     # three short files of 5 windows (2.5 s at hop 0.5) share one call of 16 on CUDA (on the CPU

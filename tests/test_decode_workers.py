@@ -286,3 +286,67 @@ def test_default_workers_leave_the_models_their_cores(tmp_path):
         == cores
     assert media.Media(tmp_path / "x.wav").frames_decoded == 0
     np.testing.assert_equal(pipeline.decode_workers_for(opt, jobs, 0), 0)
+
+
+# -- resampy's filters on a device (resample_on) ------------------------------------------------
+def test_the_decoder_leaves_device_resampling_to_the_model_stage(tmp_path):
+    """A model resampling on a torch device (a CUDA run's GPU; torch on the CPU here): the decoder
+    does not resample for it (soxr models it still does); the model stage does, once, within the
+    float32 rounding bound the NumPy path keeps against resampy (tests/test_polyphase.py)."""
+    from embedkit import audio_io
+
+    write_wav(tmp_path / "a.wav", tone(220, 1.0, 44100), 44100)
+    crepe, mel = registry.create("crepe", capacity="tiny"), registry.create("melspec")
+    jobs = [pipeline.ModelJob("crepe", crepe, resample_device="cpu"), pipeline.ModelJob("melspec", mel)]
+    m = pipeline.decode(tmp_path, pipeline.Item(Path("a.wav"), "audio", {}, jobs), jobs)
+    key = audio_io.resample_key(*crepe.resample_key)
+    assert set(m.resample_seconds) == {audio_io.resample_key(*mel.resample_key)}
+    got = pipeline.model_audio(m, jobs[0])
+    assert key in m.resample_seconds and pipeline.model_audio(m, jobs[0]) is got  # once
+    from embedkit import polyphase
+    from tests.test_polyphase import U32, bound
+
+    x = m.decoded.audio
+    want = polyphase.resampy_loop(x, 44100, 16000)  # resampy's own loop, in float32
+    assert got.shape == want.shape
+    assert (np.abs(got.astype(np.float64) - want) <= bound(x, 44100, 16000, "kaiser_best", U32)).all()
+
+
+def test_where_resampling_runs():
+    """`resample_on`: auto is the model's device where it is CUDA; soxr, equal rates, rates
+    polyphase refuses, signals under a filter length or over DEVICE_RESAMPLE_SECONDS stay on the CPU."""
+    from embedkit import audio_io
+
+    crepe, mel = registry.create("crepe", capacity="tiny"), registry.create("melspec")
+    job, soxr = pipeline.ModelJob("crepe", crepe), pipeline.ModelJob("melspec", mel)
+    assert pipeline.resample_device_for("auto", job) is None  # a CPU model
+    assert pipeline.resample_device_for("device", job) == "cpu"
+    assert pipeline.resample_device_for("cpu", job) is None
+    assert pipeline.resample_device_for("device", soxr) is None
+    crepe.device = "cuda:1"  # the decision only (nothing runs)
+    assert pipeline.resample_device_for("auto", job) == "cuda:1"
+    with pytest.raises(ValueError, match="resample_on must be one of auto, cpu, device"):
+        pipeline.resample_device_for("gpu", job)
+    on = audio_io.resamples_on
+    assert on("cuda", 44100, 44100, 16000, "kaiser_best") == "cuda"
+    assert on("cuda", 44100, 44100, 16000, "soxr_hq") is None
+    assert on("cuda", 44100, 16000, 16000, "kaiser_best") is None
+    assert on("cuda", 44100, 44100, 48001, "kaiser_best") is None  # resampy's loop, on the CPU
+    assert on("cuda", 3, 44100, 16000, "kaiser_best") is None  # zero-extended on the CPU
+    longest = int(audio_io.DEVICE_RESAMPLE_SECONDS * 44100)
+    assert on("cuda", longest, 44100, 16000, "kaiser_best") == "cuda"
+    assert on("cuda", longest + 1, 44100, 16000, "kaiser_best") is None
+    assert on(None, 44100, 44100, 16000, "kaiser_best") is None
+
+
+@pytest.mark.parametrize("yaml, error", [
+    ("resample_on: gpu\n", "resample_on must be auto (on the model's GPU where it runs on one), cpu or"),
+    ("resample_on: device\nengine: ray\n", "resample_on: device applies to the local engine"),
+])
+def test_resample_on_is_checked(tmp_path, yaml, error):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml + "models: [crepe]\n")
+    (tmp_path / "in").mkdir()
+    res = run_cli("--config", str(cfg), "--audio_dir", str(tmp_path / "in"),
+                  "--output_base", str(tmp_path / "o"))
+    assert res.returncode == 2 and error in res.stderr, res.stderr
