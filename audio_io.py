@@ -319,7 +319,8 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int, method: str = "soxr_hq"
     """Resample mono audio; returns `out_dtype` (float32 unless a plugin takes float64).
     Identity (up to the dtype) when the rates match. `device`: a torch device for resampy's
     filters (`resamples_on` says when it is used): `polyphase.resample_torch` there, the same
-    bounds against resampy as the NumPy path; the result comes back as a NumPy array.
+    bounds against resampy as the NumPy path; the result comes back as a NumPy array (out of
+    device memory: the NumPy path instead).
 
     precision (resampy's filters only; soxr's is set by its quality): the arithmetic
     resampy accumulates in, "float32" or "float64"; None: the input's own (float64
@@ -344,7 +345,15 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int, method: str = "soxr_hq"
         precision = "float64" if audio.dtype == np.float64 else "float32"
     on = resamples_on(device, audio.shape[0], sr_in, sr_out, method)
     if on is not None and audio.ndim == 1:
-        return _resample_torch(audio, sr_in, sr_out, method, precision, residual, out_dtype, on)
+        try:
+            return _resample_torch(audio, sr_in, sr_out, method, precision, residual, out_dtype, on)
+        except RuntimeError as exc:  # torch.OutOfMemoryError is one: the CPU path below, same bounds
+            if "out of memory" not in str(exc).lower():
+                raise
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     n_out = int(np.ceil(audio.shape[0] * sr_out / sr_in))
     # resampy refuses signals shorter than its filter; zero-extend those (what the
     # filter assumes beyond the ends anyway) and keep the expected length.

@@ -160,6 +160,24 @@ def test_videos_last_items_share_cuda_calls(tmp_path):
     assert o.forward_passes == 7 and o.items_forwarded == 28
 
 
+def test_resampling_out_of_cuda_memory_falls_back_to_the_cpu():
+    """A real CUDA OOM while resampling on the device (the process capped to a few MB): the NumPy
+    path gives the samples, the file does not fail."""
+    from embedkit import audio_io
+
+    x = material(44100 * 60, 44100, 9).astype(np.float32)  # 60 s: ~30 MB of float64 on the device
+    want = audio_io.resample(x, 44100, 48000, "kaiser_best", "float64")
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(min(1.0, 8e6 / total))
+    try:
+        got = audio_io.resample(x, 44100, 48000, "kaiser_best", "float64", device="cuda")
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+    np.testing.assert_array_equal(got, want)
+
+
 def test_cuda_out_of_memory_halves_the_batch(make, exact_float32):
     """A real CUDA OOM (this process capped to a small share of the device): the extractor is
     retried at half the batch size until it fits, and the output equals a small-batch run."""

@@ -312,6 +312,24 @@ def test_the_decoder_leaves_device_resampling_to_the_model_stage(tmp_path):
     assert (np.abs(got.astype(np.float64) - want) <= bound(x, 44100, 16000, "kaiser_best", U32)).all()
 
 
+def test_out_of_device_memory_resamples_on_the_cpu(monkeypatch):
+    """A device out of memory while resampling (a CUDA OOM: its message; tests/test_cuda.py makes
+    a real one) costs the file nothing: the NumPy path gives its samples."""
+    from embedkit import audio_io, polyphase
+
+    x = tone(220, 0.5, 44100)
+
+    def full(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(polyphase, "resample_torch", full)
+    got = audio_io.resample(x, 44100, 16000, "kaiser_best", "float32", device="cpu")
+    np.testing.assert_array_equal(got, audio_io.resample(x, 44100, 16000, "kaiser_best", "float32"))
+    monkeypatch.setattr(polyphase, "resample_torch", lambda *a, **k: 1 / 0)  # any other error: raised
+    with pytest.raises(ZeroDivisionError):
+        audio_io.resample(x, 44100, 16000, "kaiser_best", "float32", device="cpu")
+
+
 def test_where_resampling_runs():
     """`resample_on`: auto is the model's device where it is CUDA; soxr, equal rates, rates
     polyphase refuses, signals under a filter length or over DEVICE_RESAMPLE_SECONDS stay on the CPU."""
