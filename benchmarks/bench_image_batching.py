@@ -15,8 +15,11 @@ median wall time per setting (models loaded before timing: the process caches th
 (the plugin's `cpu_call_size`, set in this process only), interleaved with one file per forward:
 how a plugin's CPU call size is chosen (openl3_image's 1).
 
-Video (--videos N): N short videos (320x240, 15 fps) through resnet18 at frame_rate 5: a video's
-frames are batched within the file (`batch_size` frames per call); files are not packed across.
+Video (--videos N): N short videos (320x240, 15 fps) through resnet18 at frame_rate 5, at the
+default batch size (`batch_size` frames per call, each video's last frames packed with the next
+videos') vs `batch_size: 1`; and (--video-packing) the same default run against each video on its
+own calls (the packing across files switched off in this process: the plugin seen without
+`forward_items`), interleaved.
 """
 
 from __future__ import annotations
@@ -152,12 +155,44 @@ def call_sizes(name: str, folder: Path, items: int, repeats: int, threads: int, 
     return row
 
 
+def video_packing(folder: Path, frames: int, repeats: int, device: str, threads: int) -> dict:
+    """resnet18 on the videos: last frames packed across videos vs each video on its own calls."""
+    from embedkit.extractors.base import Extractor
+    from embedkit.extractors.resnet18 import ResNet18
+
+    model = {"resnet18": {"weights": "random", "frame_rate": 5.0}}
+    own = ResNet18.forward_items
+
+    def go(packed: bool) -> dict:
+        ResNet18.forward_items = own if packed else Extractor.forward_items
+        try:
+            return one_run(folder, model, None, device, threads)
+        finally:
+            ResNet18.forward_items = own
+
+    go(True), go(False)  # warm-up
+    runs: dict[str, list[dict]] = {"packed": [], "per_video": []}
+    for r in range(repeats):
+        for what in (("packed", "per_video") if r % 2 == 0 else ("per_video", "packed")):
+            runs[what].append(go(what == "packed"))
+    row: dict = {"model": "resnet18 video, packing across videos", "frames": frames,
+                 **{what: summary(got, frames, "frames") for what, got in runs.items()}}
+    row.update(speedups(row["packed"], row["per_video"]))
+    p, v = row["packed"], row["per_video"]
+    print(f"resnet18 videos packed {p['frames_per_s_best']:.2f} frames/s ({p['forward_passes']} passes)   "
+          f"per video {v['frames_per_s_best']:.2f} frames/s ({v['forward_passes']} passes)   "
+          f"x{row['speedup_best']:.2f} best, x{row['speedup_median']:.2f} median", flush=True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--videos", type=int, default=6)
     ap.add_argument("--video-seconds", type=float, default=2.0)
+    ap.add_argument("--video-packing", action="store_true",
+                    help="also the videos with their last frames packed across videos vs per video")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--models", nargs="*", default=["resnet18", "openl3_image"])
@@ -184,6 +219,8 @@ def main() -> None:
             rows.append(compare("resnet18 video, 5 frames/s", videos,
                                 {"resnet18": {"weights": "random", "frame_rate": 5.0}}, frames,
                                 args.repeats, args.device, args.threads, "frames"))
+            if args.video_packing:
+                rows.append(video_packing(videos, frames, args.repeats, args.device, args.threads))
     after = os.getloadavg()
     print(f"load average after {after[0]:.2f} {after[1]:.2f} {after[2]:.2f}")
     if args.json:

@@ -724,9 +724,10 @@ class TorchExtractor(Extractor):
         return inference_context(self.device, self.autocast_dtype)
 
     def call_size(self) -> int:
-        """Items per network call: `cpu_call_size` on the CPU where set, else `batch_size`."""
+        """Items per network call: on the CPU `cpu_call_size` where set (at most `batch_size`: 1
+        stays one item per call), else `batch_size`."""
         if self.cpu_call_size and not self.device.startswith("cuda"):
-            return self.cpu_call_size
+            return max(1, min(self.cpu_call_size, self.batch_size))
         return self.batch_size
 
     def run_batches(self, inputs: np.ndarray, forward: Callable[[Any], Any],

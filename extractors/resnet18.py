@@ -193,8 +193,9 @@ class ResNet18(TorchExtractor):
     """ResNet-18 (ImageNet-1k): images -> (512,); with `frame_rate`, video frames -> (num_frames, 512).
 
     The network and its input are in channels_last memory format (1.3x faster convolutions on the
-    CPU; outputs within 5e-7 of the default layout). A video's frames go `batch_size` per call;
-    the driver packs the images of consecutive image files into one call (`extract_images`). On
+    CPU; outputs within 5e-7 of the default layout). Images and a video's frames go `batch_size`
+    per call (on the CPU at most 8: `cpu_call_size`); the driver packs the images of consecutive
+    image files (`extract_images`) and the last frames of consecutive videos into shared calls. On
     this project's CPUs (oneDNN, AVX-512) an image's vector was measured bitwise the same alone
     or at any position of a batch of 2 to 40, at 1 and 2 threads, so a file's output does not
     depend on its companions (tests/test_batching.py checks it on the machine it runs on).
@@ -212,6 +213,9 @@ class ResNet18(TorchExtractor):
     }
     weights_file = WEIGHTS
     default_batch_size = 32
+    # On the CPU calls of 8 images: 1.6x one per call on the AMD EPYC (2 threads), where calls of
+    # 32 gave 1.35x (their activations leave the caches); the bytes do not depend on it (above).
+    cpu_call_size = 8
     cpu_bfloat16 = True  # precision: bfloat16 on CPUs with AVX512-BF16/AMX (BENCHMARKS.md, "bf16 on the CPU")
     about = {
         "model": "torchvision resnet18 (ResNet18_Weights.IMAGENET1K_V1), 512-d output of the global "
