@@ -543,8 +543,8 @@ VIDEO_MODELS = {
     "r3d18": ({"hop_frames": 8}, lambda t: r3d18.num_clips(t, 8)),
     # the nearest frame to every 1/5 s (_frames' rule): ceil(T * 5 / 15) frames, 6, 9, 13, 17, 10
     "resnet18": ({"frame_rate": 5.0}, lambda t: math.ceil(t * 5 / 15)),
-    # the first frame of each 1/5 s: the same counts
-    "openl3_image": ({"frame_rate": 5.0, "input_repr": "mel128"}, lambda t: math.ceil(t / 3)),
+    # the first frame of each 1/2.5 s: ceil(T / 6) frames, 3, 5, 7, 9, 5 (its network is the slow one)
+    "openl3_image": ({"frame_rate": 2.5, "input_repr": "mel128"}, lambda t: math.ceil(t / 6)),
 }
 
 
