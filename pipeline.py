@@ -683,69 +683,61 @@ def extract_batch(members: list[BatchMember], log: Callable[[str], None] = print
 
 
 def _embed_images(job: ModelJob, group: list[BatchMember]) -> None:
-    alias, ex = job.alias, job.extractor
-    t0 = time.perf_counter()
-    feats = None
-    try:
-        with _counting(ex, group[0].results[alias]):  # the batch's calls, counted once
-            feats, got = _capture_notes(lambda: ex.extract_images([mem.inputs[alias] for mem in group]))
-        if len(feats) != len(group):
-            raise RuntimeError(f"{alias} returned {len(feats)} outputs for {len(group)} images")
-    except Exception:
-        feats = None  # tried again one by one below: the error then belongs to one file
-    share = (time.perf_counter() - t0) / len(group)
-    for n, mem in enumerate(group):
-        res, x = mem.results[alias], mem.inputs.pop(alias)
-        res.seconds += share
-        t1 = time.perf_counter()
-        try:
-            if feats is None:
-                with _counting(ex, res):
-                    one, got = _capture_notes(lambda: ex.extract_images([x]))
-                res.features = one[0]
-            else:
-                res.features = feats[n]
-            res.notes = list(dict.fromkeys([*res.notes, *got]))
-            _validate_output(job, "image", res.features)
-        except Exception as exc:
-            res.features, res.error = None, exc
-        res.seconds += time.perf_counter() - t1
+    """Image files' prepared inputs of one model in `extract_images` calls; a Features each."""
+    ex = job.extractor
+    _shared_calls(job, group, "image", [1] * len(group),
+                  lambda: ex.extract_images([mem.inputs[job.alias] for mem in group]),
+                  lambda x: ex.extract_images([x]), lambda outs, x: outs[0])
 
 
 def _embed_items(job: ModelJob, group: list[BatchMember], log: Callable[[str], None]) -> None:
     """Audio files' or videos' items of one model in shared calls; each file's Features from its
     rows (`finish_audio`, or the video consumer's `finish_with`)."""
-    alias, ex = job.alias, job.extractor
-    counts = [mem.items(alias) for mem in group]
+    ex = job.extractor
     kind = group[0].item.kind  # audio or video (an image model's video frames too)
 
-    def finish(rows: np.ndarray, state: Any) -> Features:
+    def forward(x: np.ndarray) -> np.ndarray:
+        return _with_backoff(job, lambda: ex.forward_items(x), log)
+
+    def finish(rows: np.ndarray, inputs: tuple[np.ndarray, Any]) -> Features:
+        state = inputs[1]
         return ex.finish_audio(rows, state) if kind == "audio" else state.finish_with(rows)
 
-    def forward(x: np.ndarray) -> tuple[np.ndarray, list[str]]:
-        return _capture_notes(lambda: _with_backoff(job, lambda: ex.forward_items(x), log))
+    _shared_calls(job, group, kind, [mem.items(job.alias) for mem in group],
+                  lambda: forward(np.concatenate([mem.inputs[job.alias][0] for mem in group])),
+                  lambda inputs: forward(inputs[0]), finish)
 
+
+def _shared_calls(job: ModelJob, group: list[BatchMember], kind: str, counts: list[int],
+                  together: Callable[[], Any], alone: Callable[[Any], Any],
+                  finish: Callable[[Any, Any], Features]) -> None:
+    """One model's calls for a batch: `together()` on every member's input (outputs in member
+    order, `counts[i]` for member i); where it fails, `alone(input)` member by member, so the error
+    belongs to one file. `finish(outputs, input)` gives each file's Features, checked as `kind`;
+    the shared calls' time is split by items."""
+    alias, ex = job.alias, job.extractor
+    total = sum(counts)
     t0 = time.perf_counter()
     outs, got = None, []
     try:
         with _counting(ex, group[0].results[alias]):  # the batch's calls, counted once
-            outs, got = forward(np.concatenate([mem.inputs[alias][0] for mem in group]))
-        if len(outs) != sum(counts):
-            raise RuntimeError(f"{alias} returned {len(outs)} outputs for {sum(counts)} items")
+            outs, got = _capture_notes(together)
+        if len(outs) != total:
+            raise RuntimeError(f"{alias} returned {len(outs)} outputs for {total} items")
     except Exception:
         outs = None  # tried again file by file below: the error then belongs to one file
     elapsed, start = time.perf_counter() - t0, 0
     for mem, n in zip(group, counts):
-        res, (items, state) = mem.results[alias], mem.inputs.pop(alias)
-        res.seconds += elapsed * n / max(1, sum(counts))
+        res, x = mem.results[alias], mem.inputs.pop(alias)
+        res.seconds += elapsed * n / max(1, total)
         t1 = time.perf_counter()
         try:
             if outs is None:
                 with _counting(ex, res):
-                    rows, got = forward(items)
+                    rows, got = _capture_notes(lambda: alone(x))
             else:
                 rows = outs[start:start + n]
-            res.features, more = _capture_notes(lambda: finish(rows, state))
+            res.features, more = _capture_notes(lambda: finish(rows, x))
             res.notes = list(dict.fromkeys([*res.notes, *got, *more]))
             _validate_output(job, kind, res.features)
         except Exception as exc:

@@ -223,7 +223,7 @@ def run_options(cfg, shard: tuple[int, int] | None, progress: bool, progress_eve
         torch_threads=cfg.torch_threads,
         max_pixels_per_frame=cfg.max_pixels_per_frame,
         decode_workers=cfg.decode_workers,
-        resample_on="cpu" if cfg.engine == "ray" else cfg.resample_on,
+        resample_on=cfg.resample_on,  # the Ray engine resamples in its decode tasks whatever it says
     )
 
 

@@ -83,10 +83,9 @@ class _FrameConsumer:
     def close(self) -> np.ndarray:
         """The end of the video: its frames left (fewer than a batch), as network inputs, for calls
         shared with other videos (`finish_with` takes their embeddings)."""
-        if self.embedder.count == 0:
-            self.embedder.close()
-            raise ValueError(NO_FRAMES)
         try:
+            if self.embedder.count == 0:
+                raise ValueError(NO_FRAMES)
             return self.embedder.finish_items()
         finally:
             self.embedder.close()
