@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -103,24 +104,34 @@ def speedups(fast: dict, slow: dict) -> dict:
             "speedup_median": round(slow["median_wall_s"] / fast["median_wall_s"], 3)}
 
 
-def compare(name: str, folder: Path, model: dict, items: int, repeats: int, device: str,
-            threads: int, unit: str) -> dict:
-    one_run(folder, model, None, device, threads)  # warm-up: load, first-call kernels of both shapes
-    one_run(folder, model, 1, device, threads)
-    runs: dict[str, list[dict]] = {"batched": [], "one_per_forward": []}
-    for _ in range(repeats):
-        runs["batched"].append(one_run(folder, model, None, device, threads))
-        runs["one_per_forward"].append(one_run(folder, model, 1, device, threads))
+def interleaved(name: str, items: int, unit: str, repeats: int, fast: tuple[str, Callable[[], dict]],
+                slow: tuple[str, Callable[[], dict]]) -> dict:
+    """Two settings of one run, each warmed up, then `repeats` rounds alternating which goes first:
+    their summary()s and how much faster `fast` ran."""
+    cases = dict([fast, slow])
+    for go in cases.values():
+        go()  # warm-up: load, first-call kernels of each shape
+    runs: dict[str, list[dict]] = {what: [] for what in cases}
+    for r in range(repeats):
+        for what in (list(cases) if r % 2 == 0 else list(cases)[::-1]):
+            runs[what].append(cases[what]())
     row: dict = {"model": name, unit: items,
                  **{what: summary(got, items, unit) for what, got in runs.items()}}
-    b, s = row["batched"], row["one_per_forward"]
-    row.update(speedups(b, s))
-    print(f"{name:<28} batched {b[f'{unit}_per_s_best']:>8.2f} {unit}/s ({b['forward_passes']} passes, "
-          f"{b['items_per_forward']} items each)   one per forward {s[f'{unit}_per_s_best']:>8.2f} {unit}/s "
+    f, s = row[fast[0]], row[slow[0]]
+    row.update(speedups(f, s))
+    print(f"{name:<28} {fast[0]} {f[f'{unit}_per_s_best']:>8.2f} {unit}/s ({f['forward_passes']} passes, "
+          f"{f['items_per_forward']} items each)   {slow[0]} {s[f'{unit}_per_s_best']:>8.2f} {unit}/s "
           f"({s['forward_passes']} passes)   x{row['speedup_best']:.2f} best, "
-          f"x{row['speedup_median']:.2f} median",
-          flush=True)
+          f"x{row['speedup_median']:.2f} median", flush=True)
     return row
+
+
+def compare(name: str, folder: Path, model: dict, items: int, repeats: int, device: str,
+            threads: int, unit: str) -> dict:
+    """The default batch size (files packed) vs `batch_size: 1`."""
+    return interleaved(name, items, unit, repeats,
+                       ("batched", lambda: one_run(folder, model, None, device, threads)),
+                       ("one_per_forward", lambda: one_run(folder, model, 1, device, threads)))
 
 
 def call_sizes(name: str, folder: Path, items: int, repeats: int, threads: int, sizes: list[int]) -> dict:
@@ -170,19 +181,8 @@ def video_packing(folder: Path, frames: int, repeats: int, device: str, threads:
         finally:
             ResNet18.forward_items = own
 
-    go(True), go(False)  # warm-up
-    runs: dict[str, list[dict]] = {"packed": [], "per_video": []}
-    for r in range(repeats):
-        for what in (("packed", "per_video") if r % 2 == 0 else ("per_video", "packed")):
-            runs[what].append(go(what == "packed"))
-    row: dict = {"model": "resnet18 video, packing across videos", "frames": frames,
-                 **{what: summary(got, frames, "frames") for what, got in runs.items()}}
-    row.update(speedups(row["packed"], row["per_video"]))
-    p, v = row["packed"], row["per_video"]
-    print(f"resnet18 videos packed {p['frames_per_s_best']:.2f} frames/s ({p['forward_passes']} passes)   "
-          f"per video {v['frames_per_s_best']:.2f} frames/s ({v['forward_passes']} passes)   "
-          f"x{row['speedup_best']:.2f} best, x{row['speedup_median']:.2f} median", flush=True)
-    return row
+    return interleaved("resnet18 video, packing across videos", frames, "frames", repeats,
+                       ("packed", lambda: go(True)), ("per_video", lambda: go(False)))
 
 
 def main() -> None:
